@@ -1,0 +1,24 @@
+// Threading. oneDNN (GEMM, convolution) runs on its OpenMP pool; element-wise and fused
+// kernels run on TBB through parallel_for below. Two pools spinning on two cores fight, so
+// small ranges (under `grain` elements per chunk) run inline on the calling thread, and the
+// thread count is set once for both pools by set_num_threads().
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace flowlab {
+
+// Runs fn(begin, end) over [0, n) in chunks of at least `grain`; inline when n <= grain or
+// when only one thread is configured.
+void parallel_for(std::int64_t n, std::int64_t grain,
+                  const std::function<void(std::int64_t, std::int64_t)>& fn);
+
+// Sets the threads of both pools (oneDNN/OpenMP and TBB). 0 = all cores.
+void set_num_threads(int n);
+int num_threads();
+
+// Elements per chunk below which element-wise kernels stay single-threaded.
+constexpr std::int64_t kElementwiseGrain = 1 << 15;
+
+}  // namespace flowlab

@@ -1,0 +1,138 @@
+// Registry: one table per kind of registered type. Each entry has a name, a one-line doc, a
+// parameter schema and a factory, and records its origin (the plugin file). The registry is an
+// object, not a global: the plugin loader stages a plugin's registrations in a fresh Registry
+// and merges it into the live one only if the whole registration succeeded.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "flowlab/bijector.hpp"
+#include "flowlab/conditioner.hpp"
+#include "flowlab/dataset.hpp"
+#include "flowlab/dequantizer.hpp"
+#include "flowlab/distribution.hpp"
+#include "flowlab/optimizer.hpp"
+#include "flowlab/params.hpp"
+#include "flowlab/rng.hpp"
+
+namespace flowlab {
+
+class Registry;
+
+// What a factory gets besides its validated parameters.
+struct BuildContext {
+    Shape event_shape;    // the per-sample input shape of this layer / distribution
+    Shape context_shape;  // empty when the flow is unconditional
+    Rng* rng = nullptr;   // for initialisation; deterministic per seed
+    const Registry* registry = nullptr;  // to build nested types (e.g. a conditioner)
+};
+
+// How the conformance suite exercises a bijector (the defaults suit most layers).
+struct ConformanceHints {
+    std::vector<Shape> shapes = {{5}};   // event shapes to test
+    std::string params_json = "{}";       // parameters to build with (schema defaults fill the rest)
+    double input_scale = 1.0;             // inputs ~ N(0, scale^2) (or uniform in (0,1) if unit_interval)
+    bool unit_interval = false;           // inputs must lie in (0, 1) (e.g. logit)
+    bool positive = false;                // inputs must be > 0
+};
+
+using BijectorFactory = std::function<std::unique_ptr<Bijector>(const Params&, const BuildContext&)>;
+using DistributionFactory = std::function<std::unique_ptr<BaseDistribution>(const Params&, const BuildContext&)>;
+using DequantizerFactory = std::function<std::unique_ptr<Dequantizer>(const Params&, const BuildContext&)>;
+using OptimizerFactory = std::function<std::unique_ptr<Optimizer>(const Params&, std::vector<NamedVar>)>;
+using ScheduleFactory = std::function<std::unique_ptr<Schedule>(const Params&)>;
+using ConditionerFactory = std::function<std::unique_ptr<Conditioner>(const Params&, const ConditionerSpec&, Rng&)>;
+using DatasetFactory = std::function<Dataset(const Params&, std::uint64_t seed)>;
+
+template <class Factory>
+struct Entry {
+    std::string name;
+    std::string doc;
+    Schema schema;
+    Factory factory;
+    ConformanceHints hints = {};  // used for bijectors only
+    std::string origin = {};      // set by the registry: the plugin file, or "<builtin>"
+};
+
+using BijectorEntry = Entry<BijectorFactory>;
+using DistributionEntry = Entry<DistributionFactory>;
+using DequantizerEntry = Entry<DequantizerFactory>;
+using OptimizerEntry = Entry<OptimizerFactory>;
+using ScheduleEntry = Entry<ScheduleFactory>;
+using ConditionerEntry = Entry<ConditionerFactory>;
+using DatasetEntry = Entry<DatasetFactory>;
+
+template <class Factory>
+class Table {
+public:
+    explicit Table(std::string kind) : kind_(std::move(kind)) {}
+    const std::string& kind() const { return kind_; }
+    // Throws PluginError on a duplicate name, naming both origins.
+    void add(Entry<Factory> e, const std::string& origin);
+    bool contains(const std::string& name) const { return entries_.count(name) != 0; }
+    // Throws ConfigError "unknown <kind> 'x'; did you mean 'y'? (known: ...)" at `where`.
+    const Entry<Factory>& get(const std::string& name, const std::string& where) const;
+    const Entry<Factory>* find(const std::string& name) const;
+    std::vector<std::string> names() const;
+    const std::map<std::string, Entry<Factory>>& entries() const { return entries_; }
+
+private:
+    std::string kind_;
+    std::map<std::string, Entry<Factory>> entries_;
+};
+
+// What a plugin knows of itself, recorded by the loader.
+struct PluginRecord {
+    std::string name, version, description, path;
+};
+
+class Registry {
+public:
+    Registry();
+
+    // The origin stamped on entries added from now on (the loader sets the plugin's path).
+    void set_origin(std::string origin) { origin_ = std::move(origin); }
+    const std::string& origin() const { return origin_; }
+
+    void add_bijector(BijectorEntry e) { bijectors.add(std::move(e), origin_); }
+    void add_distribution(DistributionEntry e) { distributions.add(std::move(e), origin_); }
+    void add_dequantizer(DequantizerEntry e) { dequantizers.add(std::move(e), origin_); }
+    void add_optimizer(OptimizerEntry e) { optimizers.add(std::move(e), origin_); }
+    void add_schedule(ScheduleEntry e) { schedules.add(std::move(e), origin_); }
+    void add_conditioner(ConditionerEntry e) { conditioners.add(std::move(e), origin_); }
+    void add_dataset(DatasetEntry e) { datasets.add(std::move(e), origin_); }
+
+    // Builds a nested type from a {"type": ..., ...} object: looks it up, validates the
+    // parameters against its schema (errors point into the config) and calls its factory.
+    std::unique_ptr<Bijector> make_bijector(const Params& p, const BuildContext& c) const;
+    std::unique_ptr<BaseDistribution> make_distribution(const Params& p, const BuildContext& c) const;
+    std::unique_ptr<Dequantizer> make_dequantizer(const Params& p, const BuildContext& c) const;
+    std::unique_ptr<Optimizer> make_optimizer(const Params& p, std::vector<NamedVar> params) const;
+    std::unique_ptr<Schedule> make_schedule(const Params& p) const;
+    std::unique_ptr<Conditioner> make_conditioner(const Params& p, const ConditionerSpec& s, Rng& rng) const;
+    Dataset make_dataset(const Params& p, std::uint64_t seed) const;
+
+    // Moves every entry of `staged` into this registry; all or nothing (a duplicate name
+    // throws PluginError before anything is committed).
+    void merge(Registry&& staged);
+
+    std::vector<PluginRecord> plugins;  // loaded plugins, in load order
+
+    Table<BijectorFactory> bijectors{"bijector"};
+    Table<DistributionFactory> distributions{"base distribution"};
+    Table<DequantizerFactory> dequantizers{"dequantizer"};
+    Table<OptimizerFactory> optimizers{"optimizer"};
+    Table<ScheduleFactory> schedules{"schedule"};
+    Table<ConditionerFactory> conditioners{"conditioner"};
+    Table<DatasetFactory> datasets{"dataset"};
+
+private:
+    std::string origin_ = "<builtin>";
+};
+
+}  // namespace flowlab
