@@ -61,6 +61,10 @@ struct Node {
     const char* op = "leaf";
     std::vector<std::shared_ptr<Node>> inputs;
     BackwardFn backward;
+
+    // Tears the graph above this node down iteratively: a default destructor would recurse once
+    // per op and overflow the stack on long chains.
+    ~Node();
 };
 
 class Var {

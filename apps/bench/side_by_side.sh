@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Training throughput of flowlab against a PyTorch reference of the same workload, measured
+# side by side on one machine: the two alternate, round after round, so that drifts in the
+# machine's speed hit both alike. Prints each run's JSON line and the ratio of the medians.
+#
+#   apps/bench/side_by_side.sh REFERENCE_DIR w1 [ROUNDS]
+#
+# REFERENCE_DIR holds the reference scripts (w1_moons_realnvp.py, w2_fmnist_maf.py, ...).
+# Both systems get 2 threads: flowlab's oneDNN/TBB pools; for PyTorch the best split found for
+# each workload (torch 1 + OpenBLAS 2 for the GEMM workloads W1/W2, torch 2 + OpenBLAS 1 for W3).
+set -euo pipefail
+ref=${1:?usage: side_by_side.sh REFERENCE_DIR w1|w2|w3 [ROUNDS]}
+workload=${2:?usage: side_by_side.sh REFERENCE_DIR w1|w2|w3 [ROUNDS]}
+rounds=${3:-3}
+here=$(cd "$(dirname "$0")/../.." && pwd)
+flowlab=${FLOWLAB:-$here/build/bin/flowlab}
+case $workload in
+  w1) cfg=configs/quickstart.json; script=w1_moons_realnvp.py; warm=50; timed=500
+      torch_env=(OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=2); torch_args=(--threads 1 --blas-threads 2 --foreach) ;;
+  w2) cfg=configs/fmnist_maf.json; script=w2_fmnist_maf.py; warm=10; timed=100
+      torch_env=(OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=2); torch_args=(--threads 1 --blas-threads 2) ;;
+  w3) cfg=configs/fmnist_glow.json; script=w3_fmnist_glow.py; warm=5; timed=30
+      torch_env=(OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=1); torch_args=(--threads 2 --blas-threads 1 --channels-last) ;;
+  *) echo "unknown workload $workload" >&2; exit 2 ;;
+esac
+out=$(mktemp -d)
+for r in $(seq 1 "$rounds"); do
+  OMP_NUM_THREADS=2 "$flowlab" bench "$here/$cfg" --set train.threads=2 --warmup $warm --timed $timed --repeats 3 \
+    | tee -a "$out/flowlab.jsonl"
+  (cd "$ref" && env "${torch_env[@]}" /usr/bin/python3 "$script" "${torch_args[@]}" --warmup $warm --timed $timed \
+    --repeats 3) | tail -n 1 | tee -a "$out/torch.jsonl"
+done
+/usr/bin/python3 - "$out" <<'PY'
+import json, statistics, sys
+d = sys.argv[1]
+def med(f):
+    vals = [json.loads(l)["samples_per_s"] for l in open(f"{d}/{f}") if l.strip()]
+    return statistics.median(vals), vals
+f, fv = med("flowlab.jsonl")
+t, tv = med("torch.jsonl")
+print(json.dumps({"flowlab_samples_per_s": round(f, 1), "torch_samples_per_s": round(t, 1),
+                  "ratio": round(f / t, 2), "flowlab_runs": fv, "torch_runs": tv}))
+PY

@@ -1,0 +1,617 @@
+// flowlab: the experiment runner.
+//
+//   flowlab run CONFIG [--set key.path=value]... [--output DIR] [--plugin-dir DIR]...
+//   flowlab validate CONFIG          build the flow without training; layers, shapes, parameters
+//   flowlab list [KIND]              registered types with parameters, defaults and origin
+//   flowlab run --resume RUN_DIR     continue a run from its latest checkpoint
+//   flowlab eval RUN_DIR|CHECKPOINT [--split test]
+//   flowlab sample RUN_DIR|CHECKPOINT -n N [--temperature T] [--out FILE.png|.csv|.npy]
+//   flowlab schema                   JSON Schema of the config format, from the registry
+//   flowlab report RUN_DIR           (re)write report.html
+//   flowlab bench CONFIG [--warmup N] [--timed N] [--repeats N]   training throughput as JSON
+//
+// Exit codes (one per error kind, so scripts can tell them apart):
+//   0 ok, 1 internal error, 2 usage, 3 config error, 4 plugin error, 5 i/o error,
+//   6 numeric error (training diverged), 7 shape error, 8 check-plugin found failures,
+//   10 interrupted by SIGINT/SIGTERM (the current step finished and a checkpoint was written)
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "flowlab/checkpoint.hpp"
+#include "flowlab/errors.hpp"
+#include "flowlab/image_io.hpp"
+#include "flowlab/report.hpp"
+#include "flowlab/experiment.hpp"
+#include "flowlab/parallel.hpp"
+#include "flowlab/plugin.hpp"
+#include "flowlab/version.hpp"
+
+namespace fs = std::filesystem;
+using namespace flowlab;
+
+namespace {
+
+enum Exit { kOk = 0, kInternal = 1, kUsage = 2, kConfig = 3, kPlugin = 4, kIo = 5, kNumeric = 6, kShape = 7,
+           kInterrupted = 10 };
+
+const char* kUsageText =
+    "usage: flowlab <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  run CONFIG          train and evaluate an experiment, write its run directory\n"
+    "  run --resume RUN_DIR  continue an interrupted run from its latest checkpoint\n"
+    "  eval RUN_DIR|CKPT   NLL and bits/dim of a trained model (--split test|valid|train)\n"
+    "  sample RUN_DIR|CKPT draw samples: -n N, --temperature T, --out FILE (.png, .csv, .npy)\n"
+    "  schema              print a JSON Schema of the config format (for editors)\n"
+    "  report RUN_DIR      (re)write the run's report.html\n"
+    "  validate CONFIG     build the flow without training: layers, shapes, parameter counts\n"
+    "  list [KIND]         registered types (bijector, base, dequantizer, optimizer, schedule,\n"
+    "                      conditioner, dataset) with parameters, defaults and origin plugin\n"
+    "  bench CONFIG        training throughput: warm-up steps, then timed windows; prints\n"
+    "                      one JSON line (median samples/s over the windows)\n"
+    "  version             print the version\n"
+    "\n"
+    "options:\n"
+    "  --plugin-dir DIR    also look for plugins in DIR (repeatable)\n"
+    "  --plugin PATH       load this plugin library too (repeatable)\n"
+    "  --set KEY=VALUE     override a config value, e.g. --set train.steps=100 (repeatable)\n"
+    "  --output DIR        run directory (default: the config's \"output\", or runs/<name>)\n"
+    "  --quiet             no progress lines\n"
+    "  --stop-after N      run: stop (with a checkpoint) after N steps of this invocation\n"
+    "  --warmup N, --timed N, --repeats N   bench: steps before timing, steps per window, windows\n";
+
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct Args {
+    std::string command;
+    std::vector<std::string> positional;
+    std::vector<std::string> plugin_dirs, plugins, sets;
+    std::string output;
+    bool quiet = false;
+    long warmup = 50, timed = 500, repeats = 3;
+    bool resume = false;
+    long stop_after = -1;
+    std::string split = "test", out;
+    long n = 64;
+    double temperature = 1.0;
+    unsigned long seed = 0;
+};
+
+Args parse_args(int argc, char** argv) {
+    Args a;
+    if (argc < 2) throw UsageError("no command given");
+    a.command = argv[1];
+    for (int i = 2; i < argc; ++i) {
+        std::string s = argv[i];
+        auto value = [&](const char* name) -> std::string {
+            if (i + 1 >= argc) throw UsageError(std::string(name) + " needs a value");
+            return argv[++i];
+        };
+        if (s == "--plugin-dir")
+            a.plugin_dirs.push_back(value("--plugin-dir"));
+        else if (s == "--plugin")
+            a.plugins.push_back(value("--plugin"));
+        else if (s == "--set")
+            a.sets.push_back(value("--set"));
+        else if (s == "--output")
+            a.output = value("--output");
+        else if (s == "--resume")
+            a.resume = true;
+        else if (s == "--split")
+            a.split = value("--split");
+        else if (s == "--out")
+            a.out = value("--out");
+        else if (s == "-n" || s == "--stop-after" || s == "--seed") {
+            std::string v = value(s.c_str());
+            char* end = nullptr;
+            long k = std::strtol(v.c_str(), &end, 10);
+            if (*end != 0 || k < (s == "-n" ? 1 : 0)) throw UsageError(s + " needs a non-negative integer, got '" + v + "'");
+            if (s == "-n") a.n = k; else if (s == "--seed") a.seed = static_cast<unsigned long>(k); else a.stop_after = k;
+        } else if (s == "--temperature") {
+            std::string v = value("--temperature");
+            char* end = nullptr;
+            a.temperature = std::strtod(v.c_str(), &end);
+            if (*end != 0 || !(a.temperature >= 0)) throw UsageError("--temperature needs a number >= 0, got '" + v + "'");
+        } else if (s == "--warmup" || s == "--timed" || s == "--repeats") {
+            std::string v = value(s.c_str());
+            char* end = nullptr;
+            long n = std::strtol(v.c_str(), &end, 10);
+            if (*end != 0 || n < (s == "--warmup" ? 0 : 1)) throw UsageError(s + " needs a positive integer, got '" + v + "'");
+            (s == "--warmup" ? a.warmup : s == "--timed" ? a.timed : a.repeats) = n;
+        } else if (s == "--quiet")
+            a.quiet = true;
+        else if (s == "-h" || s == "--help")
+            throw UsageError("");
+        else if (s.rfind("--", 0) == 0)
+            throw UsageError("unknown option '" + s + "'");
+        else
+            a.positional.push_back(s);
+    }
+    return a;
+}
+
+std::vector<std::string> search_dirs(const Args& a) {
+    std::vector<std::string> dirs = a.plugin_dirs;
+    for (auto& d : default_plugin_dirs()) dirs.push_back(d);
+    return dirs;
+}
+
+// Loads the named plugins (skipping ones already loaded from the same file).
+void load_plugins(Registry& reg, const std::vector<std::string>& names, const std::vector<std::string>& dirs) {
+    for (const auto& n : names) {
+        std::string path = resolve_plugin(n, dirs);
+        bool loaded = false;
+        for (const auto& p : reg.plugins) loaded = loaded || fs::equivalent(p.path, path);
+        if (!loaded) load_plugin(reg, path);
+    }
+}
+
+std::string shape_list(const Shape& s) { return shape_str(s); }
+
+void write_text(const std::string& path, const std::string& text) {
+    std::ofstream f(path);
+    if (!f) throw IoError(path + ": cannot write (check the directory exists and is writable)");
+    f << text;
+    if (!f) throw IoError(path + ": write failed (disk full?)");
+}
+
+std::string read_file(const std::string& path) {
+    std::ifstream f(path);
+    if (!f) throw IoError(path + ": cannot read");
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+// [N, D] as CSV, one row a line.
+std::string tensor_csv(const Tensor& t) {
+    std::ostringstream csv;
+    csv.precision(7);
+    const std::int64_t n = t.size(0), d = t.numel() / std::max<std::int64_t>(1, n);
+    for (std::int64_t i = 0; i < n; ++i) {
+        for (std::int64_t j = 0; j < d; ++j) csv << (j ? "," : "") << t.item(i * d + j);
+        csv << "\n";
+    }
+    return csv.str();
+}
+
+// NumPy .npy (version 1.0, little-endian, C order).
+void write_npy(const std::string& path, const Tensor& t) {
+    std::string shape = "(";
+    for (auto d : t.shape()) shape += std::to_string(d) + ",";
+    if (t.dim() > 1) shape.pop_back();
+    shape += ")";
+    std::string header = std::string("{'descr': '") + (t.dtype() == DType::f32 ? "<f4" : "<f8") +
+                         "', 'fortran_order': False, 'shape': " + shape + ", }";
+    std::size_t total = 10 + header.size() + 1;
+    header.append((64 - total % 64) % 64, ' ');
+    header += "\n";
+    std::ofstream f(path, std::ios::binary);
+    if (!f) throw IoError(path + ": cannot write");
+    const unsigned short hl = static_cast<unsigned short>(header.size());
+    f.write("\x93NUMPY\x01\x00", 8);
+    f.put(static_cast<char>(hl & 0xff));
+    f.put(static_cast<char>(hl >> 8));
+    f << header;
+    f.write(static_cast<const char*>(t.raw()), static_cast<std::streamsize>(t.nbytes()));
+    if (!f) throw IoError(path + ": write failed");
+}
+
+// Image samples as a PNG grid: the flow's output lives in the dequantized space
+// x' = (level + u) / levels, so floor(x' * levels) recovers the pixel level.
+void write_image_samples(Experiment& exp, const std::string& path, std::int64_t n, double temperature, Rng& rng) {
+    Tensor xs = exp.flow->sample(n, rng, temperature).to(DType::f32);
+    const double levels = exp.data.discrete ? std::ldexp(1.0, exp.data.bits) : 0.0;
+    float* p = xs.f32();
+    std::int64_t finite = 0;
+    for (std::int64_t i = 0; i < xs.numel(); ++i) {
+        double v = p[i];
+        if (std::isfinite(v)) ++finite; else v = 0.0;
+        if (levels > 0) v = std::floor(std::clamp(v, 0.0, 1.0 - 1e-7) * levels) / (levels - 1.0);
+        p[i] = static_cast<float>(std::clamp(v, 0.0, 1.0));
+    }
+    write_png_grid(path, xs, static_cast<std::int64_t>(std::ceil(std::sqrt(static_cast<double>(n)))));
+    if (finite != xs.numel())
+        std::fprintf(stderr, "flowlab: %s: %.1f%% of sample values were not finite (drawn as black)\n", path.c_str(),
+                     100.0 * static_cast<double>(xs.numel() - finite) / static_cast<double>(xs.numel()));
+}
+
+// log p(x) of a 2-D model on a g x g grid over the test data's range, as CSV x,y,logp.
+std::string density_grid_csv(Experiment& exp, int g) {
+    const Tensor& t = exp.data.test.x;
+    double lo[2] = {INFINITY, INFINITY}, hi[2] = {-INFINITY, -INFINITY};
+    for (std::int64_t i = 0; i < t.size(0); ++i)
+        for (int d = 0; d < 2; ++d) lo[d] = std::min(lo[d], t.item(2 * i + d)), hi[d] = std::max(hi[d], t.item(2 * i + d));
+    for (int d = 0; d < 2; ++d) {
+        double m = 0.1 * (hi[d] - lo[d]);
+        lo[d] -= m, hi[d] += m;
+    }
+    std::vector<double> pts;
+    for (int i = 0; i < g; ++i)
+        for (int j = 0; j < g; ++j) {
+            pts.push_back(lo[0] + (hi[0] - lo[0]) * (j + 0.5) / g);
+            pts.push_back(lo[1] + (hi[1] - lo[1]) * (i + 0.5) / g);
+        }
+    NoGradGuard guard;
+    exp.flow->set_training(false);
+    Tensor lp = exp.flow->log_prob(Var(Tensor::from_vector({g * g, 2}, pts, t.dtype()))).value();
+    exp.flow->set_training(true);
+    std::ostringstream csv;
+    csv << "x,y,logp\n";
+    for (std::int64_t k = 0; k < g * g; ++k) csv << pts[2 * k] << "," << pts[2 * k + 1] << "," << lp.item(k) << "\n";
+    return csv.str();
+}
+
+int cmd_validate(const Args& a, Registry& reg) {
+    if (a.positional.size() != 1) throw UsageError("validate takes one CONFIG");
+    Params cfg = load_experiment(a.positional[0], a.sets);
+    load_plugins(reg, experiment_plugins(cfg), search_dirs(a));
+    load_plugins(reg, a.plugins, search_dirs(a));
+    Experiment exp = build_experiment(cfg, reg);
+    std::printf("%s: valid\n", a.positional[0].c_str());
+    std::printf("data: %s, event shape %s, %lld train / %lld test examples\n",
+                cfg.get_object("data").get_string("type").c_str(), shape_list(exp.data.event_shape).c_str(),
+                static_cast<long long>(exp.data.train.size()), static_cast<long long>(exp.data.test.size()));
+    std::printf("%-4s %-28s %-22s %-14s %-14s %12s\n", "#", "node", "type", "in", "out", "parameters");
+    std::int64_t total = 0;
+    const auto& info = exp.flow->layer_info();
+    for (std::size_t i = 0; i < info.size(); ++i) {
+        std::printf("%-4zu %-28s %-22s %-14s %-14s %12lld\n", i, info[i].pointer.c_str(), info[i].type.c_str(),
+                    shape_list(info[i].in_shape).c_str(), shape_list(info[i].out_shape).c_str(),
+                    static_cast<long long>(info[i].num_parameters));
+        total += info[i].num_parameters;
+    }
+    std::printf("base: %s, %lld parameters\n", cfg.get_object("model").get_object("base").get_string("type").c_str(),
+                static_cast<long long>(exp.flow->base().num_parameters()));
+    std::printf("total parameters: %lld\n", static_cast<long long>(exp.flow->num_parameters()));
+    (void)total;
+    return kOk;
+}
+
+template <class Tab>
+void print_table(const Tab& t, const std::string& filter) {
+    if (!filter.empty() && filter != t.kind() && !(filter == "base" && t.kind() == "base distribution")) return;
+    std::printf("%s types:\n", t.kind().c_str());
+    for (const auto& [name, e] : t.entries()) {
+        std::printf("  %-22s %s\n", name.c_str(), e.doc.c_str());
+        std::printf("  %-22s origin: %s\n", "", e.origin.c_str());
+        for (const auto& p : e.schema) {
+            std::string def = p.required() ? "required" : "default " + p.default_json;
+            std::string range;
+            if (std::isfinite(p.min_value) || std::isfinite(p.max_value)) {
+                std::ostringstream os;
+                os << " [" << (std::isfinite(p.min_value) ? std::to_string(p.min_value) : "-inf") << ", "
+                   << (std::isfinite(p.max_value) ? std::to_string(p.max_value) : "inf") << "]";
+                range = os.str();
+            }
+            std::string choices;
+            for (const auto& c : p.choices_) choices += (choices.empty() ? " one of " : "|") + c;
+            std::printf("      %-20s %-12s %s%s%s - %s\n", p.name.c_str(), param_type_name(p.type), def.c_str(),
+                        range.c_str(), choices.c_str(), p.doc.c_str());
+        }
+    }
+    std::printf("\n");
+}
+
+// Every plugin in the search path, so that a user's plugin directory shows up too.
+void load_all_plugins(Registry& reg, const Args& a) {
+    std::vector<std::string> dirs = search_dirs(a);
+    std::set<std::string> seen;
+    for (const auto& d : dirs) {
+        std::error_code ec;
+        if (!fs::is_directory(d, ec)) continue;
+        std::vector<fs::path> files;
+        for (const auto& f : fs::directory_iterator(d, ec)) {
+            std::string fn = f.path().filename().string();
+            if (fn.rfind("libflowlab_", 0) == 0 && f.path().extension() == ".so") files.push_back(f.path());
+        }
+        std::sort(files.begin(), files.end());
+        for (const auto& f : files) {
+            std::string key = fs::canonical(f).string();
+            if (seen.insert(key).second) load_plugin(reg, f.string());
+        }
+    }
+    load_plugins(reg, a.plugins, dirs);
+}
+
+int cmd_list(const Args& a, Registry& reg) {
+    std::string filter = a.positional.empty() ? "" : a.positional[0];
+    static const std::set<std::string> kinds = {"bijector", "base", "base distribution", "dequantizer", "optimizer",
+                                                "schedule", "conditioner", "dataset"};
+    if (!filter.empty() && !kinds.count(filter))
+        throw UsageError("unknown kind '" + filter +
+                         "' (known: bijector, base, dequantizer, optimizer, schedule, conditioner, dataset)");
+    load_all_plugins(reg, a);
+    std::printf("plugins:\n");
+    for (const auto& p : reg.plugins)
+        std::printf("  %s %s - %s\n      %s\n", p.name.c_str(), p.version.c_str(), p.description.c_str(),
+                    p.path.c_str());
+    std::printf("\n");
+    print_table(reg.bijectors, filter);
+    print_table(reg.distributions, filter);
+    print_table(reg.dequantizers, filter);
+    print_table(reg.conditioners, filter);
+    print_table(reg.optimizers, filter);
+    print_table(reg.schedules, filter);
+    print_table(reg.datasets, filter);
+    return kOk;
+}
+
+volatile int g_stop = 0;
+void on_signal(int) { g_stop = 1; }
+
+// The resolved config of a run directory (what `run` wrote to config.json).
+Params run_dir_config(const std::string& run_dir, const std::vector<std::string>& sets) {
+    fs::path p = fs::path(run_dir) / "config.json";
+    if (!fs::exists(p))
+        throw IoError(p.string() + ": not found; is " + run_dir + " a flowlab run directory?");
+    std::string text = read_file(p.string());
+    // config.json is {"config": {...}, ...}: pull the experiment out so errors still point at it.
+    Params whole = Params::parse(text, p.string());
+    std::string inner = whole.get_json("config");
+    fs::path tmp = fs::temp_directory_path() / ("flowlab-config-" + std::to_string(::getpid()) + ".json");
+    write_text(tmp.string(), inner);
+    Params cfg;
+    try {
+        cfg = load_experiment(tmp.string(), sets);
+    } catch (...) {
+        fs::remove(tmp);
+        throw;
+    }
+    fs::remove(tmp);
+    return cfg;
+}
+
+// Everything a finished (or interrupted) run leaves for people: samples, plots, report.
+void write_artifacts(Experiment& exp, const Params& cfg, const std::string& run_dir) {
+    Params ev = cfg.get_object("eval");
+    std::int64_t n = ev.get_int("samples");
+    const Shape& ev_shape = exp.data.event_shape;
+    Rng rng(static_cast<std::uint64_t>(cfg.get_int("seed")) + 7, 0);
+    if (n > 0 && ev_shape.size() == 1) {
+        Tensor xs = exp.flow->sample(n, rng, ev.get_number("temperature"));
+        write_text(run_dir + "/samples.csv", tensor_csv(xs));
+    }
+    if (n > 0 && ev_shape.size() == 3) write_image_samples(exp, run_dir + "/samples.png", std::min<std::int64_t>(n, 64),
+                                                         ev.get_number("temperature"), rng);
+    if (ev_shape.size() == 1 && ev_shape[0] == 2) {
+        // Test data and the model density on a grid, for the report's 2-D plots.
+        const Tensor& test = exp.data.test.x;
+        write_text(run_dir + "/data.csv", tensor_csv(test.rows(0, std::min<std::int64_t>(test.size(0), 2000))));
+        write_text(run_dir + "/density.csv", density_grid_csv(exp, 60));
+    }
+    write_report(run_dir);
+}
+
+int cmd_run(const Args& a, Registry& reg) {
+    if (a.positional.size() != 1) throw UsageError(a.resume ? "run --resume takes one RUN_DIR" : "run takes one CONFIG");
+    Params cfg = a.resume ? run_dir_config(a.positional[0], a.sets) : load_experiment(a.positional[0], a.sets);
+    load_plugins(reg, experiment_plugins(cfg), search_dirs(a));
+    load_plugins(reg, a.plugins, search_dirs(a));
+    std::string run_dir = a.resume ? a.positional[0] : (a.output.empty() ? cfg.get_string("output") : a.output);
+    Experiment exp = build_experiment(cfg, reg);
+    fs::create_directories(run_dir);
+
+    // The resolved config: every default filled in, plus where each plugin came from.
+    std::ostringstream resolved;
+    resolved << "{\n  \"config\": " << cfg.dump(2) << ",\n  \"flowlab_version\": \"" << FLOWLAB_VERSION_STRING
+             << "\",\n  \"loaded_plugins\": [";
+    for (std::size_t i = 0; i < reg.plugins.size(); ++i) {
+        const auto& p = reg.plugins[i];
+        resolved << (i ? ", " : "") << "{\"name\": \"" << p.name << "\", \"version\": \"" << p.version
+                 << "\", \"path\": \"" << p.path << "\"}";
+    }
+    resolved << "]\n}\n";
+    write_file_atomic(run_dir + "/config.json", resolved.str());
+
+    if (!a.quiet)
+        std::fprintf(stderr, "flowlab: %s - %lld parameters, %lld training examples, run directory %s\n",
+                     cfg.get_string("name").c_str(), static_cast<long long>(exp.flow->num_parameters()),
+                     static_cast<long long>(exp.data.train.size()), run_dir.c_str());
+    TrainOptions opt;
+    opt.run_dir = run_dir;
+    opt.quiet = a.quiet;
+    opt.progress_line = ::isatty(2) != 0;
+    opt.resume = a.resume;
+    opt.stop_after = a.stop_after;
+    opt.stop_flag = &g_stop;
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    TrainSummary s = train(exp, opt);
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+    if (s.interrupted) {
+        std::printf("%s: stopped at step %lld of %lld; checkpoint written. Continue with: flowlab run --resume %s\n",
+                    cfg.get_string("name").c_str(), static_cast<long long>(s.steps),
+                    static_cast<long long>(cfg.get_object("train").get_int("steps")), run_dir.c_str());
+        return g_stop ? kInterrupted : kOk;
+    }
+
+    char buf[1024];
+    std::snprintf(buf, sizeof buf,
+                  "{\n  \"name\": \"%s\",\n  \"steps\": %lld,\n  \"final_train_loss\": %.6f,\n  \"test_nll\": %.6f,\n"
+                  "  \"test_bpd\": %.6f,\n  \"samples_per_s\": %.1f,\n  \"train_seconds\": %.3f,\n"
+                  "  \"skipped_steps\": %lld,\n  \"early_stopped\": %s\n}\n",
+                  cfg.get_string("name").c_str(), static_cast<long long>(s.steps), s.final_train_loss, s.test_nll,
+                  s.test_bpd, s.samples_per_s, s.train_seconds, static_cast<long long>(s.skipped_steps),
+                  s.early_stopped ? "true" : "false");
+    write_file_atomic(run_dir + "/summary.json", buf);
+    write_artifacts(exp, cfg, run_dir);
+
+    std::printf("%s: %lld steps in %.1f s (%.0f samples/s)\n", cfg.get_string("name").c_str(),
+                static_cast<long long>(s.steps), s.train_seconds, s.samples_per_s);
+    std::printf("  train loss %.4f nats\n", s.final_train_loss);
+    std::printf("  test NLL   %.4f nats (%.4f bits/dim)\n", s.test_nll, s.test_bpd);
+    std::printf("  run directory: %s (report.html)\n", run_dir.c_str());
+    return kOk;
+}
+
+// A run directory, or a checkpoint inside one (RUN_DIR/checkpoints/x.safetensors).
+std::pair<std::string, std::string> run_and_checkpoint(const std::string& target) {
+    fs::path p(target);
+    if (fs::is_regular_file(p)) return {p.parent_path().parent_path().string(), p.string()};
+    if (!fs::is_directory(p)) throw IoError(target + ": no such run directory or checkpoint");
+    auto cks = run_checkpoints(target);
+    if (cks.empty()) throw IoError(target + ": no checkpoints in this run directory (" + target + "/checkpoints)");
+    return {target, cks.front()};
+}
+
+Experiment load_trained(const Args& a, Registry& reg, const std::string& target, Params& cfg) {
+    auto [run_dir, ckpt] = run_and_checkpoint(target);
+    cfg = run_dir_config(run_dir, a.sets);
+    load_plugins(reg, experiment_plugins(cfg), search_dirs(a));
+    load_plugins(reg, a.plugins, search_dirs(a));
+    Experiment exp = build_experiment(cfg, reg);
+    load_weights(exp, ckpt, true);
+    if (!a.quiet) std::fprintf(stderr, "flowlab: loaded %s\n", ckpt.c_str());
+    return exp;
+}
+
+int cmd_eval(const Args& a, Registry& reg) {
+    if (a.positional.size() != 1) throw UsageError("eval takes one RUN_DIR or CHECKPOINT");
+    Params cfg;
+    Experiment exp = load_trained(a, reg, a.positional[0], cfg);
+    Params ev = cfg.get_object("eval");
+    EvalResult r = evaluate(exp, a.split, ev.get_int("batch_size"), static_cast<int>(ev.get_int("importance_samples")));
+    if (r.n == 0) throw ConfigError("split '" + a.split + "' of this dataset is empty");
+    std::printf("{\"split\": \"%s\", \"n\": %lld, \"nll\": %.6f, \"bits_per_dim\": %.6f}\n", a.split.c_str(),
+                static_cast<long long>(r.n), r.nll, r.bpd);
+    return kOk;
+}
+
+int cmd_sample(const Args& a, Registry& reg) {
+    if (a.positional.size() != 1) throw UsageError("sample takes one RUN_DIR or CHECKPOINT");
+    Params cfg;
+    Experiment exp = load_trained(a, reg, a.positional[0], cfg);
+    Rng rng(a.seed, 0);
+    const Shape& ev = exp.data.event_shape;
+    std::string out = a.out;
+    if (out.empty()) out = ev.size() == 3 ? "samples.png" : "samples.csv";
+    auto ends = [&](const char* ext) { return out.size() >= std::strlen(ext) && out.rfind(ext) == out.size() - std::strlen(ext); };
+    if (ends(".png")) {
+        if (ev.size() != 3) throw UsageError("--out " + out + ": PNG needs image data ([C, H, W]), this model's is " + shape_str(ev));
+        write_image_samples(exp, out, a.n, a.temperature, rng);
+    } else {
+        Tensor xs = exp.flow->sample(a.n, rng, a.temperature);
+        if (ends(".npy"))
+            write_npy(out, xs);
+        else if (ends(".csv"))
+            write_text(out, tensor_csv(xs.reshape({xs.size(0), -1})));
+        else
+            throw UsageError("--out " + out + ": use .png (images), .csv or .npy");
+    }
+    std::printf("%s: %lld samples at temperature %g\n", out.c_str(), static_cast<long long>(a.n), a.temperature);
+    return kOk;
+}
+
+int cmd_schema(const Args& a, Registry& reg) {
+    load_all_plugins(reg, a);
+    std::printf("%s\n", experiment_json_schema(reg).c_str());
+    return kOk;
+}
+
+int cmd_report(const Args& a, Registry&) {
+    if (a.positional.size() != 1) throw UsageError("report takes one RUN_DIR");
+    std::printf("%s\n", write_report(a.positional[0]).c_str());
+    return kOk;
+}
+
+int cmd_bench(const Args& a, Registry& reg) {
+    if (a.positional.size() != 1) throw UsageError("bench takes one CONFIG");
+    Params cfg = load_experiment(a.positional[0], a.sets);
+    load_plugins(reg, experiment_plugins(cfg), search_dirs(a));
+    load_plugins(reg, a.plugins, search_dirs(a));
+    Experiment exp = build_experiment(cfg, reg);
+    const long total = a.warmup + a.timed * a.repeats;
+    std::vector<std::chrono::steady_clock::time_point> marks;
+    TrainOptions opt;
+    opt.quiet = true;
+    opt.final_eval = false;
+    opt.steps_override = total;
+    opt.on_step = [&](std::int64_t done) {
+        if (done >= a.warmup && (done - a.warmup) % a.timed == 0) marks.push_back(std::chrono::steady_clock::now());
+    };
+    if (a.warmup == 0) marks.push_back(std::chrono::steady_clock::now());
+    train(exp, opt);
+    const double batch = static_cast<double>(cfg.get_object("train").get_int("batch_size"));
+    std::vector<double> rates;
+    for (std::size_t i = 1; i < marks.size(); ++i)
+        rates.push_back(static_cast<double>(a.timed) * batch /
+                        std::chrono::duration<double>(marks[i] - marks[i - 1]).count());
+    std::vector<double> sorted = rates;
+    std::sort(sorted.begin(), sorted.end());
+    double median = sorted.empty() ? 0.0 : sorted[sorted.size() / 2];
+    std::printf("{\"system\": \"flowlab\", \"config\": \"%s\", \"threads\": %d, \"batch\": %.0f, \"warmup\": %ld, "
+                "\"timed\": %ld, \"repeats\": %ld, \"samples_per_s\": %.1f, \"step_ms\": %.3f, \"windows\": [",
+                a.positional[0].c_str(), num_threads(), batch, a.warmup, a.timed, a.repeats, median,
+                median > 0 ? 1e3 * batch / median : 0.0);
+    for (std::size_t i = 0; i < rates.size(); ++i) std::printf("%s%.1f", i ? ", " : "", rates[i]);
+    std::printf("]}\n");
+    return kOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    Args args;
+    try {
+        args = parse_args(argc, argv);
+        Registry reg;
+        if (args.command == "run") return cmd_run(args, reg);
+        if (args.command == "validate") return cmd_validate(args, reg);
+        if (args.command == "list") return cmd_list(args, reg);
+        if (args.command == "bench") return cmd_bench(args, reg);
+        if (args.command == "eval") return cmd_eval(args, reg);
+        if (args.command == "sample") return cmd_sample(args, reg);
+        if (args.command == "schema") return cmd_schema(args, reg);
+        if (args.command == "report") return cmd_report(args, reg);
+        if (args.command == "version" || args.command == "--version") {
+            std::printf("flowlab %s\n", FLOWLAB_VERSION_STRING);
+            return kOk;
+        }
+        if (args.command == "-h" || args.command == "--help" || args.command == "help") throw UsageError("");
+        throw UsageError("unknown command '" + args.command + "'");
+    } catch (const UsageError& e) {
+        if (e.what()[0]) std::fprintf(stderr, "flowlab: %s\n\n", e.what());
+        std::fputs(kUsageText, e.what()[0] ? stderr : stdout);
+        return e.what()[0] ? kUsage : kOk;
+    } catch (const ConfigError& e) {
+        std::fprintf(stderr, "flowlab: config error: %s\n", e.what());
+        return kConfig;
+    } catch (const PluginError& e) {
+        std::fprintf(stderr, "flowlab: plugin error: %s\n", e.what());
+        return kPlugin;
+    } catch (const IoError& e) {
+        std::fprintf(stderr, "flowlab: i/o error: %s\n", e.what());
+        return kIo;
+    } catch (const NumericError& e) {
+        std::fprintf(stderr, "flowlab: numeric error: %s\n", e.what());
+        return kNumeric;
+    } catch (const ShapeError& e) {
+        std::fprintf(stderr, "flowlab: shape error: %s\n", e.what());
+        return kShape;
+    } catch (const fs::filesystem_error& e) {
+        std::fprintf(stderr, "flowlab: i/o error: %s\n", e.what());
+        return kIo;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "flowlab: internal error: %s\n", e.what());
+        return kInternal;
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs flowlab's build and run dependencies from Debian's packages (Debian 12).
+# Idempotent: does nothing when everything is already installed.
+#   bash cmake/install-deps.sh            # build + tests
+#   FLOWLAB_BENCH=1 bash cmake/install-deps.sh   # also the PyTorch reference for benchmarks
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config
+  libdnnl-dev libtbb-dev nlohmann-json3-dev libboost-dev catch2
+  libpng-dev zlib1g-dev
+  dataset-fashion-mnist
+)
+if [ "${FLOWLAB_BENCH:-0}" = 1 ]; then
+  packages+=(python3-torch python3-numpy)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+sudo=""
+if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+$sudo apt-get update
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"

@@ -1,0 +1,73 @@
+// 2-D convolution and the small image ops around it (core/src/ops_conv.cpp).
+//
+// conv2d runs f32 through oneDNN (forward, backward data, backward weights; primitives are
+// built once per shape and cached, since building one costs ~0.2 ms) and f64 on plain loops (for
+// gradient checks). Weights are always [O, C, kh, kw] (PyTorch's OIHW); oneDNN may want another
+// weight layout, and the op reorders per call.
+//
+// Activations may live in one of three physical layouts, named in the tensor's shape so that a
+// tensor never lies about its element order:
+//   nchw      [B, C, H, W]          flowlab's image convention (every bijector sees this)
+//   nhwc      [B, H, W, C]          channels last
+//   blocked8  [B, C/8, H, W, 8]     oneDNN's native AVX2 layout (C a multiple of 8)
+// A network that keeps its hidden activations in nhwc or blocked8 (the CNN conditioner) avoids
+// oneDNN's internal reorders; element-wise ops (relu, add) do not care about the layout.
+//
+//   // conv3x3 -> relu -> conv1x1, hidden activations channels-last:
+//   Conv2dOptions a{.padding = 1, .out_layout = ConvLayout::nhwc, .relu = true};
+//   Var h = conv2d(x, w1, b1, a);                                    // [B,H,W,128]
+//   Var y = conv2d(h, w2, b2, {.in_layout = ConvLayout::nhwc});      // [B,O,H,W]
+#pragma once
+
+#include <cstdint>
+
+#include "flowlab/autodiff.hpp"
+
+namespace flowlab {
+
+enum class ConvLayout : std::uint8_t { nchw, nhwc, blocked8 };
+
+struct Conv2dOptions {
+    std::int64_t stride = 1;
+    std::int64_t padding = 0;  // zeros on every side
+    ConvLayout in_layout = ConvLayout::nchw;
+    ConvLayout out_layout = ConvLayout::nchw;
+    bool relu = false;  // fused y = max(0, conv(x) + b); the backward masks by y > 0
+};
+
+// x [B, C, H, W] (in in_layout), w [O, C, kh, kw], b [O] or undefined -> [B, O, H', W'] (in
+// out_layout), H' = (H + 2 padding - kh) / stride + 1. Throws ShapeError on any mismatch.
+Var conv2d(const Var& x, const Var& w, const Var& b, const Conv2dOptions& opt);
+inline Var conv2d(const Var& x, const Var& w, const Var& b = Var(), std::int64_t stride = 1,
+                  std::int64_t padding = 0) {
+    Conv2dOptions o;
+    o.stride = stride;
+    o.padding = padding;
+    return conv2d(x, w, b, o);
+}
+
+// A 1x1 convolution with few channels (the invertible 1x1 conv): y[b, o, p] = sum_c w[o, c]
+// x[b, c, p] on NCHW, w [O, C] or [O, C, 1, 1]. A direct loop: for 4 or 8 channels oneDNN's
+// per-call overhead is most of the time.
+Var conv1x1(const Var& x, const Var& w);
+
+// Moves x between physical layouts (a copy; the backward moves the gradient back).
+Var to_layout(const Var& x, ConvLayout from, ConvLayout to);
+// The logical shape [B, C, H, W] of a tensor in `layout`, and the shape a [B, C, H, W] tensor
+// has in `layout`.
+Shape nchw_shape(const Shape& s, ConvLayout layout);
+Shape layout_shape(const Shape& nchw, ConvLayout layout);
+
+// 0/1 masks for RealNVP-style image couplings, broadcastable against [B, C, H, W]:
+// checkerboard [1, H, W] with mask[h, w] = ((h + w) % 2 == parity); channel [C, 1, 1] with
+// mask[c] = (c < C/2) == (parity == 0).
+Tensor checkerboard_mask(std::int64_t h, std::int64_t w, int parity, DType dt = DType::f32);
+Tensor channel_mask(std::int64_t c, int parity, DType dt = DType::f32);
+
+namespace kern {
+// The convolution as a plain loop over NCHW tensors of either dtype (tests' reference).
+Tensor conv2d_reference(const Tensor& x, const Tensor& w, const Tensor& b, std::int64_t stride,
+                        std::int64_t padding);
+}  // namespace kern
+
+}  // namespace flowlab

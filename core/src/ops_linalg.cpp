@@ -1,0 +1,263 @@
+// GEMM-based ops: kern::gemm (f32 through oneDNN's matmul primitive, f64 on a plain loop),
+// matmul and linear with their backward rules. This is the only file that includes dnnl.hpp.
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "ops_internal.hpp"
+
+namespace flowlab {
+
+namespace {
+
+// ------------------------------------------------------------------------------ oneDNN context
+
+struct GemmKey {
+    std::int64_t m, n, k;
+    bool trans_a, trans_b, bias;
+    float alpha, beta;
+    bool operator==(const GemmKey&) const = default;
+};
+
+struct GemmKeyHash {
+    std::size_t operator()(const GemmKey& key) const {
+        std::uint64_t h = 0xcbf29ce484222325ull;
+        auto mix = [&](std::uint64_t v) { h = (h ^ v) * 0x100000001b3ull; };
+        mix(static_cast<std::uint64_t>(key.m));
+        mix(static_cast<std::uint64_t>(key.n));
+        mix(static_cast<std::uint64_t>(key.k));
+        mix(static_cast<std::uint64_t>(key.trans_a) | (static_cast<std::uint64_t>(key.trans_b) << 1) |
+            (static_cast<std::uint64_t>(key.bias) << 2));
+        std::uint32_t fa, fb;
+        std::memcpy(&fa, &key.alpha, 4);
+        std::memcpy(&fb, &key.beta, 4);
+        mix((static_cast<std::uint64_t>(fa) << 32) | fb);
+        return static_cast<std::size_t>(h);
+    }
+};
+
+struct GemmPrimitive {
+    dnnl::matmul prim;
+    dnnl::memory::desc a, b, c, bias;
+};
+
+// One engine and stream for the process, and the primitives built so far: creating a
+// primitive costs ~0.2 ms, running a small one a few microseconds.
+struct Context {
+    dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+    dnnl::stream stream{engine};
+    std::mutex mutex;
+    std::unordered_map<GemmKey, GemmPrimitive, GemmKeyHash> gemms;
+
+    const GemmPrimitive& gemm(const GemmKey& key) {
+        std::lock_guard<std::mutex> lock(mutex);
+        auto it = gemms.find(key);
+        if (it != gemms.end()) return it->second;
+        using dt = dnnl::memory::data_type;
+        using dims = dnnl::memory::dims;
+        const auto m = key.m, n = key.n, k = key.k;
+        GemmPrimitive p;
+        // Transposes are strided views of the row-major operands, not copies.
+        p.a = dnnl::memory::desc({m, k}, dt::f32, key.trans_a ? dims{1, m} : dims{k, 1});
+        p.b = dnnl::memory::desc({k, n}, dt::f32, key.trans_b ? dims{1, k} : dims{n, 1});
+        p.c = dnnl::memory::desc({m, n}, dt::f32, dims{n, 1});
+        if (key.bias) p.bias = dnnl::memory::desc({1, n}, dt::f32, dims{n, 1});
+        dnnl::primitive_attr attr;
+        if (key.alpha != 1.0f) attr.set_output_scales(0, {key.alpha});
+        if (key.beta != 0.0f) {
+            dnnl::post_ops po;
+            po.append_sum(key.beta);
+            attr.set_post_ops(po);
+        }
+        dnnl::matmul::desc desc = key.bias ? dnnl::matmul::desc(p.a, p.b, p.bias, p.c) : dnnl::matmul::desc(p.a, p.b, p.c);
+        dnnl::matmul::primitive_desc pd(desc, attr, engine);
+        p.prim = dnnl::matmul(pd);
+        return gemms.emplace(key, std::move(p)).first->second;
+    }
+};
+
+// Never destroyed: the OpenMP runtime oneDNN runs on may already be gone at static destruction.
+Context& context() {
+    static Context* c = new Context();
+    return *c;
+}
+
+void gemm_f32(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, std::int64_t m, std::int64_t n,
+              std::int64_t k, float alpha, float beta, const Tensor* bias) {
+    Context& ctx = context();
+    const GemmPrimitive& p = ctx.gemm({m, n, k, ta, tb, bias != nullptr, alpha, beta});
+    dnnl::memory am(p.a, ctx.engine, const_cast<void*>(a.raw()));
+    dnnl::memory bm(p.b, ctx.engine, const_cast<void*>(b.raw()));
+    dnnl::memory cm(p.c, ctx.engine, c.raw());
+    if (bias) {
+        dnnl::memory biasm(p.bias, ctx.engine, const_cast<void*>(bias->raw()));
+        p.prim.execute(ctx.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_BIAS, biasm}, {DNNL_ARG_DST, cm}});
+    } else {
+        p.prim.execute(ctx.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    }
+    ctx.stream.wait();
+}
+
+// f64 reference GEMM (numerical checks only): i-k-j order over row-major copies of op(A), op(B).
+void gemm_f64(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, std::int64_t m, std::int64_t n,
+              std::int64_t k, double alpha, double beta, const Tensor* bias) {
+    auto rowmajor = [](const Tensor& t, bool trans) {
+        if (!trans) return t;
+        const std::int64_t r = t.size(0), q = t.size(1);
+        Tensor o = Tensor::empty({q, r}, DType::f64);
+        const double* s = t.data<double>();
+        double* d = o.data<double>();
+        for (std::int64_t i = 0; i < r; ++i)
+            for (std::int64_t j = 0; j < q; ++j) d[j * r + i] = s[i * q + j];
+        return o;
+    };
+    const Tensor A = rowmajor(a, ta), B = rowmajor(b, tb);
+    const double* pa = A.data<double>();
+    const double* pb = B.data<double>();
+    const double* pbias = bias ? bias->data<double>() : nullptr;
+    double* pc = c.data<double>();
+    std::vector<double> acc(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < m; ++i) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (std::int64_t kk = 0; kk < k; ++kk) {
+            const double x = pa[i * k + kk];
+            const double* row = pb + kk * n;
+            for (std::int64_t j = 0; j < n; ++j) acc[j] += x * row[j];
+        }
+        double* out = pc + i * n;
+        for (std::int64_t j = 0; j < n; ++j) {
+            const double v = alpha * (acc[j] + (pbias ? pbias[j] : 0.0));
+            out[j] = beta == 0.0 ? v : v + beta * out[j];
+        }
+    }
+}
+
+[[noreturn]] void gemm_shape_error(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb,
+                                   const std::string& why) {
+    throw ShapeError(std::string(op) + ": shapes " + shape_str(a.shape()) + (ta ? "^T" : "") + " and " +
+                     shape_str(b.shape()) + (tb ? "^T" : "") + " " + why);
+}
+
+// C = alpha * (op(A) op(B) + bias) + beta * C, with every check in one place.
+void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, double alpha,
+               double beta, const Tensor* bias) {
+    detail::check_dtypes(op, a, b);
+    detail::check_dtypes(op, a, c);
+    if (a.dim() != 2 || b.dim() != 2) gemm_shape_error(op, a, ta, b, tb, "are not both 2-d");
+    const std::int64_t m = ta ? a.size(1) : a.size(0), k = ta ? a.size(0) : a.size(1);
+    const std::int64_t kb = tb ? b.size(1) : b.size(0), n = tb ? b.size(0) : b.size(1);
+    if (k != kb) gemm_shape_error(op, a, ta, b, tb, "do not multiply (inner sizes differ)");
+    if (c.shape() != Shape{m, n})
+        gemm_shape_error(op, a, ta, b, tb, "give [" + std::to_string(m) + ", " + std::to_string(n) +
+                                               "], but the output is " + shape_str(c.shape()));
+    if (bias) {
+        detail::check_dtypes(op, a, *bias);
+        if (bias->numel() != n || bias->dim() > 2 || (bias->dim() == 2 && bias->size(0) != 1))
+            throw ShapeError(std::string(op) + ": bias " + shape_str(bias->shape()) + " does not match output " +
+                             shape_str(c.shape()));
+    }
+    if (m == 0 || n == 0) return;
+    if (k == 0) {  // op(A) op(B) is all zeros
+        if (beta == 0.0)
+            c.fill(0.0);
+        else
+            kern::scale_inplace(c, beta);
+        if (bias)
+            for (std::int64_t i = 0; i < m; ++i)
+                for (std::int64_t j = 0; j < n; ++j) c.set_item(i * n + j, c.item(i * n + j) + alpha * bias->item(j));
+        return;
+    }
+    if (a.dtype() == DType::f32)
+        gemm_f32(a, ta, b, tb, c, m, n, k, static_cast<float>(alpha), static_cast<float>(beta), bias);
+    else
+        gemm_f64(a, ta, b, tb, c, m, n, k, alpha, beta, bias);
+}
+
+std::int64_t out_rows(const Tensor& a, bool ta) { return a.dim() == 2 ? (ta ? a.size(1) : a.size(0)) : 0; }
+std::int64_t out_cols(const Tensor& b, bool tb) { return b.dim() == 2 ? (tb ? b.size(0) : b.size(1)) : 0; }
+
+// Writes a GEMM result into input i's gradient: straight into a fresh tensor the sink adopts,
+// or accumulated with beta = 1 when the input already has a gradient.
+template <class F>
+void gemm_grad(GradSink& g, std::size_t i, const Var& v, F compute) {
+    if (!g.needs(i)) return;
+    if (detail::has_grad(v)) {
+        compute(g.buffer(i), 1.0);
+    } else {
+        Tensor t = Tensor::empty(v.shape(), v.dtype());
+        compute(t, 0.0);
+        g.add(i, std::move(t));
+    }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------- kern
+
+namespace kern {
+
+void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, double alpha, double beta) {
+    detail::check_defined("gemm", c);
+    gemm_impl("gemm", a, trans_a, b, trans_b, c, alpha, beta, nullptr);
+}
+
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+    detail::check_dtypes("matmul", a, b);
+    if (a.dim() != 2 || b.dim() != 2) gemm_shape_error("matmul", a, trans_a, b, trans_b, "are not both 2-d");
+    Tensor c = Tensor::empty({out_rows(a, trans_a), out_cols(b, trans_b)}, a.dtype());
+    gemm_impl("matmul", a, trans_a, b, trans_b, c, 1.0, 0.0, nullptr);
+    return c;
+}
+
+}  // namespace kern
+
+// ---------------------------------------------------------------------------------- Var ops
+
+Var matmul(const Var& a, const Var& b, bool trans_a, bool trans_b) {
+    Tensor y = kern::matmul(a.value(), b.value(), trans_a, trans_b);
+    return make_op("matmul", std::move(y), {a, b},
+                   [a, b, ta = trans_a, tb = trans_b](const Tensor& gy, const Tensor&, GradSink& g) {
+                       const Tensor& A = a.value();
+                       const Tensor& B = b.value();
+                       // d op(A) = gC op(B)^T and d op(B) = op(A)^T gC, transposed back where the
+                       // operand was used transposed.
+                       gemm_grad(g, 0, a, [&](Tensor& d, double beta) {
+                           if (!ta)
+                               gemm_impl("matmul backward", gy, false, B, !tb, d, 1.0, beta, nullptr);
+                           else
+                               gemm_impl("matmul backward", B, tb, gy, true, d, 1.0, beta, nullptr);
+                       });
+                       gemm_grad(g, 1, b, [&](Tensor& d, double beta) {
+                           if (!tb)
+                               gemm_impl("matmul backward", A, !ta, gy, false, d, 1.0, beta, nullptr);
+                           else
+                               gemm_impl("matmul backward", gy, true, A, ta, d, 1.0, beta, nullptr);
+                       });
+                   });
+}
+
+Var linear(const Var& x, const Var& w, const Var& b) {
+    const Tensor& X = x.value();
+    const Tensor& W = w.value();
+    detail::check_dtypes("linear", X, W);
+    if (X.dim() != 2 || W.dim() != 2 || X.size(1) != W.size(0))
+        detail::shape_error("linear", X.shape(), W.shape(), "incompatible (want x [batch, in] and w [in, out])");
+    const bool has_bias = b.defined();
+    if (has_bias && (b.value().dim() != 1 || b.value().size(0) != W.size(1)))
+        detail::shape_error("linear", W.shape(), b.value().shape(), "incompatible (want w [in, out] and b [out])");
+    Tensor y = Tensor::empty({X.size(0), W.size(1)}, X.dtype());
+    gemm_impl("linear", X, false, W, false, y, 1.0, 0.0, has_bias ? &b.value() : nullptr);
+    return make_op("linear", std::move(y), {x, w, b}, [x, w, b](const Tensor& gy, const Tensor&, GradSink& g) {
+        gemm_grad(g, 0, x, [&](Tensor& d, double beta) {
+            gemm_impl("linear backward", gy, false, w.value(), true, d, 1.0, beta, nullptr);
+        });
+        gemm_grad(g, 1, w, [&](Tensor& d, double beta) {
+            gemm_impl("linear backward", x.value(), true, gy, false, d, 1.0, beta, nullptr);
+        });
+        if (g.needs(2)) g.add(2, kern::sum(gy, 0));
+    });
+}
+
+}  // namespace flowlab

@@ -1,0 +1,262 @@
+#include "flowlab/tensor.hpp"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "flowlab/errors.hpp"
+
+namespace flowlab {
+
+namespace {
+constexpr std::size_t kAlign = 64;
+
+// One malloc holds the shared_ptr control block, the Storage and the data (aligned up inside
+// the block): a tensor costs a single small allocation, served by malloc's fast per-thread
+// caches, instead of three (aligned_alloc also bypasses those caches).
+template <class T>
+struct BlockAlloc {
+    using value_type = T;
+    std::size_t extra;
+    explicit BlockAlloc(std::size_t e) : extra(e) {}
+    template <class U>
+    BlockAlloc(const BlockAlloc<U>& o) : extra(o.extra) {}
+    T* allocate(std::size_t n) {
+        void* p = std::malloc(n * sizeof(T) + extra);
+        if (!p) throw std::bad_alloc();
+        return static_cast<T*>(p);
+    }
+    void deallocate(T* p, std::size_t) { std::free(p); }
+    template <class U>
+    bool operator==(const BlockAlloc<U>& o) const { return extra == o.extra; }
+};
+}  // namespace
+
+// Constructed inside a BlockAlloc block that has kAlign - 1 + bytes spare after it.
+struct Tensor::Storage {
+    void* ptr;
+    Storage() {
+        const auto end = reinterpret_cast<std::uintptr_t>(this + 1);
+        ptr = reinterpret_cast<void*>((end + kAlign - 1) / kAlign * kAlign);
+    }
+    Storage(const Storage&) = delete;
+    Storage& operator=(const Storage&) = delete;
+};
+
+std::size_t dtype_size(DType dt) { return dt == DType::f32 ? 4 : 8; }
+const char* dtype_name(DType dt) { return dt == DType::f32 ? "f32" : "f64"; }
+
+std::int64_t numel(const Shape& s) {
+    std::int64_t n = 1;
+    for (auto d : s) n *= d;
+    return n;
+}
+
+std::string shape_str(const Shape& s) {
+    std::string r = "[";
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (i) r += ", ";
+        r += std::to_string(s[i]);
+    }
+    return r + "]";
+}
+
+Tensor Tensor::empty(Shape shape, DType dt) {
+    for (auto d : shape)
+        if (d < 0) throw ShapeError("Tensor::empty: negative dimension in " + shape_str(shape));
+    Tensor t;
+    t.numel_ = flowlab::numel(shape);
+    t.shape_ = std::move(shape);
+    t.dtype_ = dt;
+    t.storage_ = std::allocate_shared<Storage>(BlockAlloc<Storage>(t.nbytes() + kAlign - 1));
+    return t;
+}
+
+Tensor Tensor::zeros(Shape shape, DType dt) {
+    Tensor t = empty(std::move(shape), dt);
+    std::memset(t.raw(), 0, t.nbytes());
+    return t;
+}
+
+Tensor Tensor::full(Shape shape, double value, DType dt) {
+    Tensor t = empty(std::move(shape), dt);
+    t.fill(value);
+    return t;
+}
+
+Tensor Tensor::from_vector(Shape shape, const std::vector<double>& values, DType dt) {
+    Tensor t = empty(std::move(shape), dt);
+    if (static_cast<std::int64_t>(values.size()) != t.numel_)
+        throw ShapeError("Tensor::from_vector: " + std::to_string(values.size()) +
+                         " values for shape " + shape_str(t.shape_));
+    if (dt == DType::f32) {
+        float* p = t.data<float>();
+        for (std::int64_t i = 0; i < t.numel_; ++i) p[i] = static_cast<float>(values[i]);
+    } else {
+        std::memcpy(t.raw(), values.data(), t.nbytes());
+    }
+    return t;
+}
+
+std::int64_t Tensor::size(std::int64_t d) const {
+    std::int64_t nd = dim();
+    std::int64_t k = d < 0 ? d + nd : d;
+    if (k < 0 || k >= nd)
+        throw ShapeError("Tensor::size: dimension " + std::to_string(d) + " out of range for shape " +
+                         shape_str(shape_));
+    return shape_[k];
+}
+
+void* Tensor::raw() {
+    if (!storage_) return nullptr;
+    return static_cast<char*>(storage_->ptr) + offset_ * static_cast<std::int64_t>(dtype_size(dtype_));
+}
+const void* Tensor::raw() const { return const_cast<Tensor*>(this)->raw(); }
+
+namespace {
+[[noreturn]] void dtype_error(const char* want, const Tensor& t) {
+    throw ShapeError(std::string("tensor access: wanted ") + want + ", tensor " + shape_str(t.shape()) +
+                     " is " + dtype_name(t.dtype()));
+}
+}  // namespace
+
+float* Tensor::f32() {
+    if (dtype_ != DType::f32) dtype_error("f32", *this);
+    return data<float>();
+}
+const float* Tensor::f32() const { return const_cast<Tensor*>(this)->f32(); }
+double* Tensor::f64() {
+    if (dtype_ != DType::f64) dtype_error("f64", *this);
+    return data<double>();
+}
+const double* Tensor::f64() const { return const_cast<Tensor*>(this)->f64(); }
+
+namespace {
+void check_index(const Tensor& t, std::int64_t i, const char* what) {
+    if (!t.defined()) throw ShapeError(std::string(what) + ": undefined tensor");
+    if (i < 0 || i >= t.numel())
+        throw ShapeError(std::string(what) + ": index " + std::to_string(i) + " out of range for shape " +
+                         shape_str(t.shape()));
+}
+}  // namespace
+
+double Tensor::item(std::int64_t i) const {
+    check_index(*this, i, "Tensor::item");
+    return dtype_ == DType::f32 ? static_cast<double>(data<float>()[i]) : data<double>()[i];
+}
+
+void Tensor::set_item(std::int64_t i, double v) {
+    check_index(*this, i, "Tensor::set_item");
+    if (dtype_ == DType::f32)
+        data<float>()[i] = static_cast<float>(v);
+    else
+        data<double>()[i] = v;
+}
+
+std::vector<double> Tensor::to_vector() const {
+    std::vector<double> r(static_cast<std::size_t>(numel_));
+    if (!defined()) return r;
+    if (dtype_ == DType::f32) {
+        const float* p = data<float>();
+        for (std::int64_t i = 0; i < numel_; ++i) r[i] = p[i];
+    } else {
+        std::memcpy(r.data(), raw(), nbytes());
+    }
+    return r;
+}
+
+Tensor Tensor::clone() const {
+    if (!defined()) return Tensor();
+    Tensor t = empty(shape_, dtype_);
+    std::memcpy(t.raw(), raw(), nbytes());
+    return t;
+}
+
+Tensor Tensor::reshape(Shape shape) const {
+    if (!defined()) throw ShapeError("Tensor::reshape: undefined tensor");
+    std::int64_t known = 1;
+    int infer = -1;
+    for (std::size_t i = 0; i < shape.size(); ++i) {
+        if (shape[i] == -1) {
+            if (infer >= 0) throw ShapeError("reshape: more than one -1 in " + shape_str(shape));
+            infer = static_cast<int>(i);
+        } else if (shape[i] < 0) {
+            throw ShapeError("reshape: negative dimension in " + shape_str(shape));
+        } else {
+            known *= shape[i];
+        }
+    }
+    if (infer >= 0) {
+        if (known == 0 || numel_ % known != 0)
+            throw ShapeError("reshape: cannot view shape " + shape_str(shape_) + " as " + shape_str(shape));
+        shape[infer] = numel_ / known;
+        known = numel_;
+    }
+    if (known != numel_)
+        throw ShapeError("reshape: shapes " + shape_str(shape_) + " and " + shape_str(shape) +
+                         " differ in element count");
+    Tensor t = *this;
+    t.shape_ = std::move(shape);
+    return t;
+}
+
+Tensor Tensor::to(DType dt) const {
+    if (dt == dtype_ || !defined()) return *this;
+    Tensor t = empty(shape_, dt);
+    if (dt == DType::f64) {
+        const float* s = data<float>();
+        double* d = t.data<double>();
+        for (std::int64_t i = 0; i < numel_; ++i) d[i] = s[i];
+    } else {
+        const double* s = data<double>();
+        float* d = t.data<float>();
+        for (std::int64_t i = 0; i < numel_; ++i) d[i] = static_cast<float>(s[i]);
+    }
+    return t;
+}
+
+void Tensor::fill(double v) {
+    if (dtype_ == DType::f32) {
+        float* p = data<float>();
+        const float f = static_cast<float>(v);
+        for (std::int64_t i = 0; i < numel_; ++i) p[i] = f;
+    } else {
+        double* p = data<double>();
+        for (std::int64_t i = 0; i < numel_; ++i) p[i] = v;
+    }
+}
+
+void Tensor::copy_from(const Tensor& src) {
+    if (src.numel_ != numel_ || src.dtype_ != dtype_)
+        throw ShapeError(std::string("Tensor::copy_from: ") + dtype_name(dtype_) + " " + shape_str(shape_) +
+                         " from " + dtype_name(src.dtype_) + " " + shape_str(src.shape_));
+    if (numel_ && raw() != src.raw()) std::memmove(raw(), src.raw(), nbytes());
+}
+
+Tensor Tensor::rows(std::int64_t start, std::int64_t len) const {
+    if (dim() < 1) throw ShapeError("Tensor::rows: scalar tensor has no rows");
+    if (start < 0 || len < 0 || start + len > shape_[0])
+        throw ShapeError("Tensor::rows: rows [" + std::to_string(start) + ", " + std::to_string(start + len) +
+                         ") out of range for shape " + shape_str(shape_));
+    Shape s = shape_;
+    s[0] = len;
+    Tensor t = empty(s, dtype_);
+    const std::int64_t row = shape_[0] ? numel_ / shape_[0] : 0;
+    const std::size_t es = dtype_size(dtype_);
+    if (len && row)
+        std::memcpy(t.raw(), static_cast<const char*>(raw()) + start * row * es,
+                    static_cast<std::size_t>(len * row) * es);
+    return t;
+}
+
+void check_same_shape(const Tensor& a, const Tensor& b, const char* what) {
+    if (a.shape() != b.shape())
+        throw ShapeError(std::string(what) + ": shapes " + shape_str(a.shape()) + " and " +
+                         shape_str(b.shape()) + " differ");
+    if (a.dtype() != b.dtype())
+        throw ShapeError(std::string(what) + ": dtypes " + dtype_name(a.dtype()) + " and " +
+                         dtype_name(b.dtype()) + " differ (shapes " + shape_str(a.shape()) + " and " +
+                         shape_str(b.shape()) + ")");
+}
+
+}  // namespace flowlab

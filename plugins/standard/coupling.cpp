@@ -1,0 +1,373 @@
+// Coupling layers: affine_coupling (RealNVP) and additive_coupling (NICE).
+//
+// The event is seen as D flat features, split by a mask into a transformed set and a
+// conditioning set. The conditioner maps the conditioning features (plus the flow's context)
+// to `raw`, and the transformed features are updated from it:
+//   affine, inverse (x -> z): z_t = x_t * exp(s) + t, log_det = sum s
+//   affine, forward (z -> x): x_t = (z_t - t) * exp(-s), log_det = -sum s
+//   additive: z_t = x_t + t, log_det = 0
+// with raw = [s_raw (d_t columns), t (d_t columns)] and s = c * tanh(s_raw / c) (c = scale_clamp;
+// c = 0 means s = s_raw).
+//
+// The update is one fused op over the whole [B, D] input: it writes the transformed features and
+// copies the others, so the layer needs no slice/concat or gather/scatter on the output, only
+// one slice (or gather) for the conditioner's input. The log-det is a second op whose value the
+// same kernel computes; both backward rules accumulate into raw's gradient buffer in place.
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <flowlab/ops.hpp>
+#include <flowlab/parallel.hpp>
+
+#include "standard.hpp"
+
+namespace flowlab::standard {
+namespace {
+
+// Which of the D flat features are transformed. slot[j] = k when feature j is the k-th
+// transformed feature (k indexes raw's columns), -1 when it conditions and passes through.
+struct Mask {
+    std::int64_t dim = 0;
+    std::vector<std::int64_t> trans, cond;
+    std::vector<std::int32_t> slot;
+    bool cond_contiguous = false;  // cond is one run of features: a slice feeds the conditioner
+
+    std::int64_t d_trans() const { return static_cast<std::int64_t>(trans.size()); }
+};
+
+// Set 0 and set 1 of a mask: "alternate" splits even/odd feature indices, "half" splits at
+// ceil(D/2). `parity` names the transformed set, so set 0 has ceil(D/2) features either way.
+std::shared_ptr<const Mask> make_mask(const std::string& kind, std::int64_t parity, std::int64_t dim,
+                                      const char* layer) {
+    if (dim < 2)
+        throw ShapeError(std::string(layer) + ": needs at least 2 features to split, got " + std::to_string(dim));
+    auto m = std::make_shared<Mask>();
+    m->dim = dim;
+    m->slot.assign(static_cast<std::size_t>(dim), -1);
+    const std::int64_t half = (dim + 1) / 2;
+    for (std::int64_t j = 0; j < dim; ++j) {
+        std::int64_t set = kind == "alternate" ? j % 2 : (j < half ? 0 : 1);
+        if (set == parity) {
+            m->slot[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(m->trans.size());
+            m->trans.push_back(j);
+        } else {
+            m->cond.push_back(j);
+        }
+    }
+    m->cond_contiguous = m->cond.back() - m->cond.front() + 1 == static_cast<std::int64_t>(m->cond.size());
+    return m;
+}
+
+// Rows per parallel chunk so a chunk holds about kElementwiseGrain elements.
+std::int64_t row_grain(std::int64_t cols) { return std::max<std::int64_t>(1, kElementwiseGrain / std::max<std::int64_t>(1, cols)); }
+
+template <class T>
+struct SoftClamp {
+    T c;  // 0 = identity
+    T s(T raw) const { return c > T(0) ? c * std::tanh(raw / c) : raw; }
+    // ds/draw from s itself: 1 - tanh^2 = 1 - (s/c)^2.
+    T ds(T s) const {
+        if (c <= T(0)) return T(1);
+        T u = s / c;
+        return T(1) - u * u;
+    }
+};
+
+// ------------------------------------------------------------------------------------ affine
+
+// out and log_det for rows [r0, r1). inverse: data -> latent.
+template <class T>
+void affine_fwd_kernel(const T* x, const T* raw, T* out, T* ld, std::int64_t r0, std::int64_t r1,
+                       const Mask& m, SoftClamp<T> clamp, bool inverse) {
+    const std::int64_t D = m.dim, dt = m.d_trans();
+    const std::int32_t* slot = m.slot.data();
+    for (std::int64_t b = r0; b < r1; ++b) {
+        const T* xr = x + b * D;
+        const T* rr = raw + b * 2 * dt;
+        T* orow = out + b * D;
+        T acc = T(0);
+        for (std::int64_t j = 0; j < D; ++j) {
+            const std::int32_t k = slot[j];
+            if (k < 0) {
+                orow[j] = xr[j];
+                continue;
+            }
+            const T s = clamp.s(rr[k]);
+            const T t = rr[dt + k];
+            orow[j] = inverse ? xr[j] * std::exp(s) + t : (xr[j] - t) * std::exp(-s);
+            acc += s;
+        }
+        ld[b] = inverse ? acc : -acc;
+    }
+}
+
+// Gradients of the update for rows [r0, r1), accumulated into gx and graw (either may be null).
+// Uses the op's output instead of its input: inverse: x*e^s = out - t; forward: d out/ds = -out.
+template <class T>
+void affine_bwd_kernel(const T* gy, const T* out, const T* raw, T* gx, T* graw, std::int64_t r0, std::int64_t r1,
+                       const Mask& m, SoftClamp<T> clamp, bool inverse) {
+    const std::int64_t D = m.dim, dt = m.d_trans();
+    const std::int32_t* slot = m.slot.data();
+    for (std::int64_t b = r0; b < r1; ++b) {
+        const T* g = gy + b * D;
+        const T* o = out + b * D;
+        const T* rr = raw + b * 2 * dt;
+        T* gxr = gx ? gx + b * D : nullptr;
+        T* grr = graw ? graw + b * 2 * dt : nullptr;
+        for (std::int64_t j = 0; j < D; ++j) {
+            const std::int32_t k = slot[j];
+            if (k < 0) {
+                if (gxr) gxr[j] += g[j];
+                continue;
+            }
+            const T s = clamp.s(rr[k]);
+            const T t = rr[dt + k];
+            if (inverse) {
+                const T e = std::exp(s);
+                if (gxr) gxr[j] += g[j] * e;
+                if (grr) {
+                    grr[k] += g[j] * (o[j] - t) * clamp.ds(s);
+                    grr[dt + k] += g[j];
+                }
+            } else {
+                const T e = std::exp(-s);
+                if (gxr) gxr[j] += g[j] * e;
+                if (grr) {
+                    grr[k] -= g[j] * o[j] * clamp.ds(s);
+                    grr[dt + k] -= g[j] * e;
+                }
+            }
+        }
+    }
+}
+
+// d log_det / d raw: +-ds/draw on the s columns.
+template <class T>
+void affine_logdet_bwd_kernel(const T* gld, const T* raw, T* graw, std::int64_t r0, std::int64_t r1,
+                              std::int64_t dt, SoftClamp<T> clamp, bool inverse) {
+    for (std::int64_t b = r0; b < r1; ++b) {
+        const T g = inverse ? gld[b] : -gld[b];
+        const T* rr = raw + b * 2 * dt;
+        T* grr = graw + b * 2 * dt;
+        for (std::int64_t k = 0; k < dt; ++k) grr[k] += g * clamp.ds(clamp.s(rr[k]));
+    }
+}
+
+FlowResult affine_update(const Var& x, const Var& raw, const std::shared_ptr<const Mask>& mask, double clamp,
+                         bool inverse) {
+    const Tensor& xv = x.value();
+    const Tensor& rv = raw.value();
+    const std::int64_t B = xv.size(0);
+    Tensor out = Tensor::empty(xv.shape(), xv.dtype());
+    Tensor ld = Tensor::empty({B}, xv.dtype());
+    dispatch(xv.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* xp = xv.data<T>();
+        const T* rp = rv.data<T>();
+        T* op = out.data<T>();
+        T* lp = ld.data<T>();
+        SoftClamp<T> sc{static_cast<T>(clamp)};
+        parallel_for(B, row_grain(mask->dim), [&](std::int64_t r0, std::int64_t r1) {
+            affine_fwd_kernel<T>(xp, rp, op, lp, r0, r1, *mask, sc, inverse);
+        });
+    });
+    Var out_v = make_op(inverse ? "affine_coupling_inverse" : "affine_coupling_forward", std::move(out), {x, raw},
+                        [rv, mask, clamp, inverse](const Tensor& gy, const Tensor& y, GradSink& sink) {
+                            const bool need_x = sink.needs(0), need_raw = sink.needs(1);
+                            if (!need_x && !need_raw) return;
+                            dispatch(y.dtype(), [&](auto tag) {
+                                using T = decltype(tag);
+                                T* gx = need_x ? sink.buffer(0).template data<T>() : nullptr;
+                                T* gr = need_raw ? sink.buffer(1).template data<T>() : nullptr;
+                                const T* gp = gy.data<T>();
+                                const T* yp = y.data<T>();
+                                const T* rp = rv.data<T>();
+                                SoftClamp<T> sc{static_cast<T>(clamp)};
+                                parallel_for(y.size(0), row_grain(mask->dim), [&](std::int64_t r0, std::int64_t r1) {
+                                    affine_bwd_kernel<T>(gp, yp, rp, gx, gr, r0, r1, *mask, sc, inverse);
+                                });
+                            });
+                        });
+    Var ld_v = make_op("affine_coupling_log_det", std::move(ld), {raw},
+                       [rv, dt = mask->d_trans(), clamp, inverse](const Tensor& gld, const Tensor&, GradSink& sink) {
+                           if (!sink.needs(0)) return;
+                           dispatch(rv.dtype(), [&](auto tag) {
+                               using T = decltype(tag);
+                               T* gr = sink.buffer(0).template data<T>();
+                               const T* gp = gld.data<T>();
+                               const T* rp = rv.data<T>();
+                               SoftClamp<T> sc{static_cast<T>(clamp)};
+                               parallel_for(rv.size(0), row_grain(2 * dt), [&](std::int64_t r0, std::int64_t r1) {
+                                   affine_logdet_bwd_kernel<T>(gp, rp, gr, r0, r1, dt, sc, inverse);
+                               });
+                           });
+                       });
+    return {out_v, ld_v};
+}
+
+// ---------------------------------------------------------------------------------- additive
+
+template <class T>
+void additive_kernel(const T* x, const T* raw, T* out, std::int64_t r0, std::int64_t r1, const Mask& m, T sign) {
+    const std::int64_t D = m.dim, dt = m.d_trans();
+    const std::int32_t* slot = m.slot.data();
+    for (std::int64_t b = r0; b < r1; ++b) {
+        const T* xr = x + b * D;
+        const T* rr = raw + b * dt;
+        T* orow = out + b * D;
+        for (std::int64_t j = 0; j < D; ++j) {
+            const std::int32_t k = slot[j];
+            orow[j] = k < 0 ? xr[j] : xr[j] + sign * rr[k];
+        }
+    }
+}
+
+template <class T>
+void additive_bwd_kernel(const T* gy, T* gx, T* graw, std::int64_t r0, std::int64_t r1, const Mask& m, T sign) {
+    const std::int64_t D = m.dim, dt = m.d_trans();
+    const std::int32_t* slot = m.slot.data();
+    for (std::int64_t b = r0; b < r1; ++b) {
+        const T* g = gy + b * D;
+        if (gx) {
+            T* gxr = gx + b * D;
+            for (std::int64_t j = 0; j < D; ++j) gxr[j] += g[j];
+        }
+        if (graw) {
+            T* grr = graw + b * dt;
+            for (std::int64_t j = 0; j < D; ++j)
+                if (slot[j] >= 0) grr[slot[j]] += sign * g[j];
+        }
+    }
+}
+
+Var additive_update(const Var& x, const Var& raw, const std::shared_ptr<const Mask>& mask, bool inverse) {
+    const Tensor& xv = x.value();
+    const Tensor& rv = raw.value();
+    Tensor out = Tensor::empty(xv.shape(), xv.dtype());
+    dispatch(xv.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* xp = xv.data<T>();
+        const T* rp = rv.data<T>();
+        T* op = out.data<T>();
+        parallel_for(xv.size(0), row_grain(mask->dim), [&](std::int64_t r0, std::int64_t r1) {
+            additive_kernel<T>(xp, rp, op, r0, r1, *mask, inverse ? T(1) : T(-1));
+        });
+    });
+    return make_op(inverse ? "additive_coupling_inverse" : "additive_coupling_forward", std::move(out), {x, raw},
+                   [mask, inverse](const Tensor& gy, const Tensor&, GradSink& sink) {
+                       const bool need_x = sink.needs(0), need_raw = sink.needs(1);
+                       if (!need_x && !need_raw) return;
+                       dispatch(gy.dtype(), [&](auto tag) {
+                           using T = decltype(tag);
+                           T* gx = need_x ? sink.buffer(0).template data<T>() : nullptr;
+                           T* gr = need_raw ? sink.buffer(1).template data<T>() : nullptr;
+                           const T* gp = gy.data<T>();
+                           parallel_for(gy.size(0), row_grain(mask->dim), [&](std::int64_t r0, std::int64_t r1) {
+                               additive_bwd_kernel<T>(gp, gx, gr, r0, r1, *mask, inverse ? T(1) : T(-1));
+                           });
+                       });
+                   });
+}
+
+// ------------------------------------------------------------------------------------- layer
+
+class Coupling final : public Bijector {
+public:
+    Coupling(const Params& p, const BuildContext& c, bool affine, const char* name)
+        : affine_(affine), name_(name), clamp_(affine ? p.get_number("scale_clamp") : 0.0) {
+        set_event_shape(c.event_shape);
+        const std::int64_t dim = numel(c.event_shape);
+        flat_ = c.event_shape.size() != 1;
+        mask_ = make_mask(p.get_string("mask"), p.get_int("parity"), dim, name);
+        if (!c.registry) throw PluginError(std::string(name) + ": built without a registry (needed for its conditioner)");
+        ConditionerSpec spec;
+        spec.in_shape = {static_cast<std::int64_t>(mask_->cond.size())};
+        spec.out_shape = {(affine ? 2 : 1) * mask_->d_trans()};
+        spec.context_shape = c.context_shape;
+        spec.zero_init_last = true;
+        Rng fallback(0);
+        net_ = c.registry->make_conditioner(p.get_object("conditioner"), spec, c.rng ? *c.rng : fallback);
+        add_child("conditioner", net_.get());
+    }
+
+protected:
+    FlowResult do_inverse(const Var& x, const Var& context) override { return apply(x, context, true); }
+    FlowResult do_forward(const Var& z, const Var& context) override { return apply(z, context, false); }
+
+private:
+    FlowResult apply(const Var& in, const Var& context, bool inverse) {
+        const std::int64_t B = in.size(0);
+        Var x = flat_ ? reshape(in, {B, mask_->dim}) : in;
+        const Mask& m = *mask_;
+        const auto n_cond = static_cast<std::int64_t>(m.cond.size());
+        Var xc = m.cond_contiguous ? slice(x, 1, m.cond.front(), n_cond) : gather(x, m.cond, 1);
+        Var raw = (*net_)(xc, context);
+        const std::int64_t width = (affine_ ? 2 : 1) * m.d_trans();
+        if (raw.shape() != Shape{B, width})
+            throw ShapeError(name_ + ": the conditioner returned " + shape_str(raw.shape()) + ", expected " +
+                             shape_str({B, width}));
+        check_same_dtype(x.value(), raw.value(), name_.c_str());
+        FlowResult r;
+        if (affine_) {
+            r = affine_update(x, raw, mask_, clamp_, inverse);
+        } else {
+            r.out = additive_update(x, raw, mask_, inverse);
+            r.log_det = Var(Tensor::zeros({B}, x.dtype()));
+        }
+        if (flat_) r.out = reshape(r.out, in.shape());
+        return r;
+    }
+
+    bool affine_;
+    std::string name_;
+    double clamp_;
+    bool flat_ = false;
+    std::shared_ptr<const Mask> mask_;
+    std::unique_ptr<Conditioner> net_;
+};
+
+Schema coupling_schema(bool affine) {
+    Schema s = {
+        param_string("mask", "alternate",
+                     "feature split: 'alternate' (even/odd flat index) or 'half' (first ceil(D/2) / rest)")
+            .choices({"alternate", "half"}),
+        param_int("parity", 0, "which set is transformed: 0 = even indices / first half, 1 = odd / second half")
+            .range(0, 1),
+        param_object("conditioner", R"({"type": "mlp"})",
+                     std::string("network from the conditioning features (and context) to ") +
+                         (affine ? "(s_raw, t), d_t columns each" : "the shift t")),
+    };
+    if (affine)
+        s.push_back(param_number("scale_clamp", 1.0, "soft clamp c of the log-scale: s = c*tanh(s_raw/c); 0 = none")
+                        .min(0.0));
+    return s;
+}
+
+ConformanceHints coupling_hints() {
+    ConformanceHints h;
+    h.shapes = {{2}, {5}};
+    h.params_json = R"({"conditioner": {"type": "mlp", "hidden": [16, 16]}})";
+    return h;
+}
+
+}  // namespace
+
+void register_couplings(Registry& reg) {
+    reg.add_bijector({"affine_coupling",
+                      "RealNVP affine coupling: z_t = x_t*exp(s) + t with (s, t) from the other features",
+                      coupling_schema(true),
+                      [](const Params& p, const BuildContext& c) -> std::unique_ptr<Bijector> {
+                          return std::make_unique<Coupling>(p, c, true, "affine_coupling");
+                      },
+                      coupling_hints()});
+    reg.add_bijector({"additive_coupling", "NICE additive coupling: z_t = x_t + t with t from the other features",
+                      coupling_schema(false),
+                      [](const Params& p, const BuildContext& c) -> std::unique_ptr<Bijector> {
+                          return std::make_unique<Coupling>(p, c, false, "additive_coupling");
+                      },
+                      coupling_hints()});
+}
+
+}  // namespace flowlab::standard
