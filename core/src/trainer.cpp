@@ -571,7 +571,8 @@ TrainSummary Trainer::run() {
                 break;
             }
         }
-        if (step_ % ckpt_every == 0 && step_ != steps_) save_checkpoint();
+        // No checkpoint while steps are being skipped: the last good one stays the newest.
+        if (step_ % ckpt_every == 0 && step_ != steps_ && bad_run == 0) save_checkpoint();
         const bool stop_requested = opt_.stop_flag && *opt_.stop_flag;
         if ((stop_requested || (opt_.stop_after >= 0 && done_this_call >= opt_.stop_after)) && step_ < steps_) {
             save_checkpoint();
