@@ -96,6 +96,7 @@ void add_inplace(Tensor& dst, const Tensor& src) {
         T* d = dst.data<T>();
         const T* s = src.data<T>();
         detail::elementwise_for(dst.numel(), [&](std::int64_t b, std::int64_t e) {
+            #pragma omp simd
             for (std::int64_t i = b; i < e; ++i) d[i] += s[i];
         });
     });
@@ -109,6 +110,7 @@ void axpy_inplace(Tensor& dst, double alpha, const Tensor& src) {
         const T* s = src.data<T>();
         const T al = static_cast<T>(alpha);
         detail::elementwise_for(dst.numel(), [&](std::int64_t b, std::int64_t e) {
+            #pragma omp simd
             for (std::int64_t i = b; i < e; ++i) d[i] += al * s[i];
         });
     });
@@ -121,6 +123,7 @@ void scale_inplace(Tensor& dst, double s) {
         T* d = dst.data<T>();
         const T k = static_cast<T>(s);
         detail::elementwise_for(dst.numel(), [&](std::int64_t b, std::int64_t e) {
+            #pragma omp simd
             for (std::int64_t i = b; i < e; ++i) d[i] *= k;
         });
     });

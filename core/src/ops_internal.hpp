@@ -1,5 +1,9 @@
 // Private helpers shared by the ops*.cpp files: dtype dispatch, element-wise loops and the
 // broadcast plan. Not installed; plugins use the public kern:: kernels instead.
+//
+// Hot loops carry `#pragma omp simd` (the library builds with OpenMP): at -O2, GCC 12
+// vectorizes only loops that need no runtime aliasing check, which none of these would pass
+// otherwise; measured, relu forward and backward ran 4-8x slower as scalar code.
 #pragma once
 
 #include <algorithm>
@@ -63,6 +67,7 @@ Tensor map1(const Tensor& a, F f) {
     const T* pa = a.data<T>();
     T* po = out.data<T>();
     elementwise_for(a.numel(), [&](std::int64_t b, std::int64_t e) {
+        #pragma omp simd
         for (std::int64_t i = b; i < e; ++i) po[i] = f(pa[i]);
     });
     return out;
@@ -76,6 +81,7 @@ Tensor map2(const Tensor& a, const Tensor& b, F f) {
     const T* pb = b.data<T>();
     T* po = out.data<T>();
     elementwise_for(a.numel(), [&](std::int64_t s, std::int64_t e) {
+        #pragma omp simd
         for (std::int64_t i = s; i < e; ++i) po[i] = f(pa[i], pb[i]);
     });
     return out;
@@ -90,6 +96,7 @@ Tensor map3(const Tensor& a, const Tensor& b, const Tensor& c, F f) {
     const T* pc = c.data<T>();
     T* po = out.data<T>();
     elementwise_for(a.numel(), [&](std::int64_t s, std::int64_t e) {
+        #pragma omp simd
         for (std::int64_t i = s; i < e; ++i) po[i] = f(pa[i], pb[i], pc[i]);
     });
     return out;
@@ -194,6 +201,7 @@ Tensor broadcast_map(const char* op, const Tensor& a, const Tensor& b, F f) {
     if (b.numel() == 1) {
         const T s = pb[0];
         elementwise_for(n, [&](std::int64_t lo, std::int64_t hi) {
+            #pragma omp simd
             for (std::int64_t i = lo; i < hi; ++i) po[i] = f(pa[i], s);
         });
         return out;
@@ -201,6 +209,7 @@ Tensor broadcast_map(const char* op, const Tensor& a, const Tensor& b, F f) {
     if (a.numel() == 1) {
         const T s = pa[0];
         elementwise_for(n, [&](std::int64_t lo, std::int64_t hi) {
+            #pragma omp simd
             for (std::int64_t i = lo; i < hi; ++i) po[i] = f(s, pb[i]);
         });
         return out;
@@ -215,12 +224,15 @@ Tensor broadcast_map(const char* op, const Tensor& a, const Tensor& b, F f) {
             const T* rb = pb + ob;
             T* ro = po + r * len;
             if (ia && ib) {
+                #pragma omp simd
                 for (std::int64_t j = 0; j < len; ++j) ro[j] = f(ra[j], rb[j]);
             } else if (ia) {
                 const T s = rb[0];
+                #pragma omp simd
                 for (std::int64_t j = 0; j < len; ++j) ro[j] = f(ra[j], s);
             } else {
                 const T s = ra[0];
+                #pragma omp simd
                 for (std::int64_t j = 0; j < len; ++j) ro[j] = f(s, rb[j]);
             }
         });

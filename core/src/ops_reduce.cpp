@@ -56,9 +56,11 @@ void sum_mid(const T* a, T* out, const Split3& q) {
                 dst[0] = row_sum(src, q.n);
                 continue;
             }
+            #pragma omp simd
             for (std::int64_t i = 0; i < q.inner; ++i) dst[i] = src[i];
             for (std::int64_t k = 1; k < q.n; ++k) {
                 const T* r = src + k * q.inner;
+                #pragma omp simd
                 for (std::int64_t i = 0; i < q.inner; ++i) dst[i] += r[i];
             }
         }
@@ -78,10 +80,12 @@ void expand_mid(const T* g, T* out, const Split3& q, T s) {
             T* dst = out + o * q.n * q.inner;
             if (q.inner == 1) {
                 const T v = s * src[0];
+                #pragma omp simd
                 for (std::int64_t k = 0; k < q.n; ++k) dst[k] = v;
                 continue;
             }
             for (std::int64_t k = 0; k < q.n; ++k, dst += q.inner)
+                #pragma omp simd
                 for (std::int64_t i = 0; i < q.inner; ++i) dst[i] = s * src[i];
         }
     };
@@ -132,6 +136,7 @@ Tensor sum_to(const Tensor& a, const Shape& shape) {
             const T* src = pa + oa;
             T* dst = po + ob;
             if (inner_kept) {
+                #pragma omp simd
                 for (std::int64_t j = 0; j < len; ++j) dst[j] += src[j];
             } else {
                 dst[0] += row_sum(src, len);

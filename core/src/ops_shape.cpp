@@ -46,6 +46,7 @@ void add_blocks(Tensor& dst, std::int64_t dst_n, std::int64_t start, const Tenso
         for (std::int64_t o = 0; o < outer; ++o) {
             T* dr = d + (o * dst_n + start) * inner;
             const T* sr = s + o * row;
+            #pragma omp simd
             for (std::int64_t j = 0; j < row; ++j) dr[j] += sr[j];
         }
     });
@@ -185,6 +186,7 @@ Var gather(const Var& a, const std::vector<std::int64_t>& index, std::int64_t di
                 for (std::int64_t i = 0; i < m; ++i) {
                     T* dr = dst + (o * q.n + index[i]) * q.inner;
                     const T* sr = src + (o * m + i) * q.inner;
+                    #pragma omp simd
                     for (std::int64_t j = 0; j < q.inner; ++j) dr[j] += sr[j];
                 }
         });

@@ -50,4 +50,17 @@ void parallel_for(std::int64_t n, std::int64_t grain,
                       [&](const tbb::blocked_range<std::int64_t>& r) { fn(r.begin(), r.end()); });
 }
 
+void parallel_samples(std::int64_t n, std::int64_t work_per_sample,
+                      const std::function<void(std::int64_t, std::int64_t)>& fn) {
+    if (n <= 0) return;
+    const std::int64_t threads = num_threads();
+    if (threads <= 1 || n < 2 || n * work_per_sample < 2 * kElementwiseGrain) {
+        fn(0, n);
+        return;
+    }
+    const int parts = static_cast<int>(std::min(threads, n));
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+    for (int t = 0; t < parts; ++t) fn(n * t / parts, n * (t + 1) / parts);
+}
+
 }  // namespace flowlab
