@@ -1,0 +1,20 @@
+// The density plugin: layers, base distributions and datasets for density estimation on vector
+// data (autoregressive, spline, linear, normalisation, element-wise, conditional). Each file
+// registers its own types; docs/LAYERS.md describes them all.
+#include <flowlab/plugin.hpp>
+
+#include "density.hpp"
+
+FLOWLAB_PLUGIN("density", "0.1.0",
+               "density estimation: MADE/MAF/IAF, spline coupling and autoregressive, LU linear, actnorm, "
+               "batch norm, logit/sigmoid/affine, learnable and conditional bases, IDX/npy/csv datasets") {
+    using namespace flowlab::density;
+    register_made(reg);
+    register_autoregressive(reg);
+    register_splines(reg);
+    register_linear(reg);
+    register_normalization(reg);
+    register_elementwise(reg);
+    register_distributions(reg);
+    register_datasets(reg);
+}

@@ -1,0 +1,132 @@
+// `spline_coupling`: the rational-quadratic spline coupling layer of Neural Spline Flows.
+//
+// The D flat features are split by a mask; the conditioner maps the conditioning features (and
+// the flow's context) to 3K-1 raw parameters per transformed feature, contiguous per feature.
+//   inverse (x -> z): z_t = spline(x_t), log_det = sum log spline'(x_t)
+//   forward (z -> x): x_t = spline^-1(z_t)
+// The conditioner's last layer starts at zero, and all-zero raw parameters are the identity
+// spline (spline.hpp), so the layer starts as the identity.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <flowlab/ops.hpp>
+
+#include "density.hpp"
+#include "spline_op.hpp"
+
+namespace flowlab::density {
+
+Schema spline_schema_params() {
+    return {
+        param_int("bins", 8, "number of spline bins K").range(1, rqs::kMaxBins),
+        param_number("tail_bound", 3.0, "the spline acts on [-B, B]; identity (linear) tails outside").min(1e-6),
+        param_number("min_bin_width", 1e-3, "lower bound of every bin width, as a fraction of 2B").range(0.0, 0.5),
+        param_number("min_bin_height", 1e-3, "lower bound of every bin height, as a fraction of 2B").range(0.0, 0.5),
+        param_number("min_derivative", 1e-3, "lower bound of the interior knot derivatives").range(0.0, 0.99),
+    };
+}
+
+rqs::SplineConfig spline_config(const Params& p) {
+    rqs::SplineConfig cfg;
+    cfg.bins = static_cast<int>(p.get_int("bins"));
+    cfg.tail_bound = p.get_number("tail_bound");
+    cfg.min_width = p.get_number("min_bin_width");
+    cfg.min_height = p.get_number("min_bin_height");
+    cfg.min_derivative = p.get_number("min_derivative");
+    if (cfg.min_width * cfg.bins >= 1.0)
+        throw ConfigError(p.where("min_bin_width") + ": bins * min_bin_width must stay below 1");
+    if (cfg.min_height * cfg.bins >= 1.0)
+        throw ConfigError(p.where("min_bin_height") + ": bins * min_bin_height must stay below 1");
+    return cfg;
+}
+
+namespace {
+
+class SplineCoupling final : public Bijector {
+public:
+    SplineCoupling(const Params& p, const BuildContext& c) : cfg_(spline_config(p)) {
+        set_event_shape(c.event_shape);
+        dim_ = numel(c.event_shape);
+        if (c.event_shape.empty() || dim_ < 2)
+            throw ShapeError("spline_coupling: needs at least 2 features to split, got " + shape_str(c.event_shape));
+        const std::string kind = p.get_string("mask");
+        const std::int64_t parity = p.get_int("parity");
+        const std::int64_t half = (dim_ + 1) / 2;
+        std::vector<std::int32_t> slot(static_cast<std::size_t>(dim_), -1);
+        std::int32_t n_trans = 0;
+        for (std::int64_t j = 0; j < dim_; ++j) {
+            const std::int64_t set = kind == "alternate" ? j % 2 : (j < half ? 0 : 1);
+            if (set == parity)
+                slot[static_cast<std::size_t>(j)] = n_trans++;
+            else
+                cond_.push_back(j);
+        }
+        cond_contiguous_ = cond_.back() - cond_.front() + 1 == static_cast<std::int64_t>(cond_.size());
+        layout_ = std::make_shared<const SplineLayout>(SplineLayout::per_feature(slot, n_trans, cfg_.num_params()));
+        if (!c.registry) throw PluginError("spline_coupling: built without a registry (needed for its conditioner)");
+        ConditionerSpec spec;
+        spec.in_shape = {static_cast<std::int64_t>(cond_.size())};
+        spec.out_shape = {layout_->raw_cols};
+        spec.context_shape = c.context_shape;
+        spec.zero_init_last = true;
+        Rng rng = init_rng(c);
+        net_ = c.registry->make_conditioner(p.get_object("conditioner"), spec, rng);
+        add_child("conditioner", net_.get());
+    }
+
+protected:
+    FlowResult do_inverse(const Var& x, const Var& context) override { return apply(x, context, true); }
+    FlowResult do_forward(const Var& z, const Var& context) override { return apply(z, context, false); }
+
+private:
+    FlowResult apply(const Var& in, const Var& context, bool spline_forward) {
+        const std::int64_t B = in.size(0);
+        Var x = in.value().dim() == 2 ? in : reshape(in, {B, dim_});
+        const auto n_cond = static_cast<std::int64_t>(cond_.size());
+        Var xc = cond_contiguous_ ? slice(x, 1, cond_.front(), n_cond) : gather(x, cond_, 1);
+        Var raw = (*net_)(xc, context);
+        if (raw.shape() != Shape{B, layout_->raw_cols})
+            throw ShapeError("spline_coupling: the conditioner returned " + shape_str(raw.shape()) + ", expected " +
+                             shape_str({B, layout_->raw_cols}));
+        FlowResult r = spline_transform(x, raw, layout_, cfg_, spline_forward);
+        if (in.value().dim() != 2) r.out = reshape(r.out, in.shape());
+        return r;
+    }
+
+    rqs::SplineConfig cfg_;
+    std::int64_t dim_ = 0;
+    std::vector<std::int64_t> cond_;
+    bool cond_contiguous_ = false;
+    std::shared_ptr<const SplineLayout> layout_;
+    std::unique_ptr<Conditioner> net_;
+};
+
+}  // namespace
+
+void register_splines(Registry& reg) {
+    Schema s = {
+        param_string("mask", "alternate",
+                     "feature split: 'alternate' (even/odd flat index) or 'half' (first ceil(D/2) / rest)")
+            .choices({"alternate", "half"}),
+        param_int("parity", 0, "which set is transformed: 0 = even indices / first half, 1 = odd / second half")
+            .range(0, 1),
+        param_object("conditioner", R"({"type": "mlp"})",
+                     "network from the conditioning features (and context) to 3K-1 raw parameters per "
+                     "transformed feature"),
+    };
+    for (auto& ps : spline_schema_params()) s.push_back(ps);
+    ConformanceHints h;
+    h.shapes = {{2}, {5}};
+    h.params_json = R"({"bins": 5, "tail_bound": 2.0, "conditioner": {"type": "mlp", "hidden": [16]}})";
+    reg.add_bijector({"spline_coupling",
+                      "Neural Spline Flow coupling: monotone rational-quadratic spline on [-B, B] (identity tails), "
+                      "parameters from the other features",
+                      std::move(s),
+                      [](const Params& p, const BuildContext& c) -> std::unique_ptr<Bijector> {
+                          return std::make_unique<SplineCoupling>(p, c);
+                      },
+                      h});
+}
+
+}  // namespace flowlab::density

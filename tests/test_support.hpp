@@ -1,0 +1,45 @@
+// Small helpers shared by the layer tests: shapes, seeded random tensors, perturbed
+// parameters. Header-only; each test file includes it inside no namespace of its own.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include <flowlab/module.hpp>
+#include <flowlab/rng.hpp>
+#include <flowlab/tensor.hpp>
+
+namespace flowlab::test {
+
+// {b, event...}
+inline Shape batched(std::int64_t b, const Shape& event) {
+    Shape s = {b};
+    s.insert(s.end(), event.begin(), event.end());
+    return s;
+}
+
+inline Tensor randn(const Shape& s, std::uint64_t seed, DType dt = DType::f64, double scale = 1.0) {
+    Tensor t = Tensor::empty(s, dt);
+    Rng rng(seed);
+    rng.fill_normal(t, 0.0, scale);
+    return t;
+}
+
+// Zero-initialised layers are the identity; perturb every parameter, then convert to `dt`.
+inline void perturb(Module& m, std::uint64_t seed, double stddev, DType dt) {
+    Rng rng(seed);
+    for (auto& p : m.named_parameters()) {
+        Tensor v = p.var.value().to(DType::f64).clone();
+        for (std::int64_t i = 0; i < v.numel(); ++i) v.set_item(i, v.item(i) + stddev * rng.normal());
+        p.var.mutable_value() = v.to(dt);
+    }
+}
+
+inline double max_abs(const Tensor& t) {
+    double m = 0.0;
+    for (std::int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::abs(t.item(i)));
+    return m;
+}
+
+}  // namespace flowlab::test
