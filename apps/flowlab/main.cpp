@@ -40,6 +40,7 @@
 #include "flowlab/parallel.hpp"
 #include "flowlab/plugin.hpp"
 #include "flowlab/version.hpp"
+#include "plugin_commands.hpp"
 
 namespace fs = std::filesystem;
 using namespace flowlab;
@@ -64,6 +65,9 @@ const char* kUsageText =
     "                      conditioner, dataset) with parameters, defaults and origin plugin\n"
     "  bench CONFIG        training throughput: warm-up steps, then timed windows; prints\n"
     "                      one JSON line (median samples/s over the windows)\n"
+    "  check-plugin LIB.so run the conformance suite on each bijector the plugin registers\n"
+    "                      (or on the TYPEs named after LIB.so); exit code 8 if a check fails\n"
+    "  plugin-info LIB.so  what a plugin declares: name, version, ABI, flowlab version, compiler\n"
     "  version             print the version\n"
     "\n"
     "options:\n"
@@ -582,6 +586,8 @@ int main(int argc, char** argv) {
         if (args.command == "sample") return cmd_sample(args, reg);
         if (args.command == "schema") return cmd_schema(args, reg);
         if (args.command == "report") return cmd_report(args, reg);
+        if (args.command == "check-plugin") return run_check_plugin(args.positional, search_dirs(args));
+        if (args.command == "plugin-info") return run_plugin_info(args.positional, search_dirs(args));
         if (args.command == "version" || args.command == "--version") {
             std::printf("flowlab %s\n", FLOWLAB_VERSION_STRING);
             return kOk;

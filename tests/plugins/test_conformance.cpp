@@ -1,0 +1,214 @@
+// The conformance suite over every bijector the standard plugin registers, and proof that the
+// suite catches the bugs it is for, on layers broken on purpose.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <flowlab/conformance.hpp>
+#include <flowlab/errors.hpp>
+#include <flowlab/ops.hpp>
+#include <flowlab/plugin.hpp>
+
+using namespace flowlab;
+
+namespace {
+
+const std::vector<std::string> kAllChecks = {
+    "round_trip_inverse_forward", "round_trip_forward_inverse", "log_det_cancel", "log_det_vs_jacobian",
+    "batch_independence",         "finite_at_edges",            "grad_inputs",    "grad_params"};
+
+// The standard plugin's results, computed once per type: Catch re-enters the test case once per
+// section, and each section only reads its row.
+const std::vector<ConformanceCheck>& standard_results(const Registry& reg, const std::string& name) {
+    static std::map<std::string, std::vector<ConformanceCheck>> cache;
+    auto it = cache.find(name);
+    if (it == cache.end()) it = cache.emplace(name, check_bijector(reg, name)).first;
+    return it->second;
+}
+
+const Registry& standard_registry() {
+    static Registry reg = [] {
+        Registry r;
+        load_plugin(r, FLOWLAB_TEST_PLUGIN_DIR "/libflowlab_standard.so");
+        return r;
+    }();
+    return reg;
+}
+
+// y = x * exp(a) + b per feature; each flag breaks one part of the contract.
+struct Breakage {
+    bool log_det_sign = false;   // inverse log-det with the wrong sign
+    bool inverse = false;        // inverse off by 1%
+    bool mixes_rows = false;     // subtracts the batch mean, yet claims batch independence
+    bool wrong_backward = false; // a hand-written op whose backward is twice too large
+};
+
+// z = 2x with a backward rule that says 4.
+Var double_it_badly(const Var& x) {
+    Tensor y = kern::scale(x.value(), 2.0);
+    return make_op("double_it_badly", std::move(y), {x}, [](const Tensor& gy, const Tensor&, GradSink& g) {
+        if (g.needs(0)) g.add(0, kern::scale(gy, 4.0));
+    });
+}
+
+class TestScaleShift : public Bijector {
+public:
+    TestScaleShift(const Shape& shape, Breakage br) : br_(br) {
+        a_ = add_parameter("a", Tensor::zeros(shape));
+        b_ = add_parameter("b", Tensor::zeros(shape));
+    }
+
+protected:
+    FlowResult do_inverse(const Var& x, const Var&) override {
+        Var z = (x - b_) * exp(-a_);
+        if (br_.inverse) z = z * 1.01;
+        if (br_.mixes_rows) z = z - mean(x, 0, true);
+        if (br_.wrong_backward) z = double_it_badly(z);
+        Var ld = broadcast_log_det(-sum_all(a_), x);
+        if (br_.wrong_backward) ld = ld + std::log(2.0) * static_cast<double>(a_.value().numel());
+        if (br_.log_det_sign) ld = -ld;
+        return {z, ld};
+    }
+    FlowResult do_forward(const Var& z_in, const Var&) override {
+        Var z = br_.wrong_backward ? z_in * 0.5 : z_in;
+        Var x = z * exp(a_) + b_;
+        Var ld = broadcast_log_det(sum_all(a_), z_in);
+        if (br_.wrong_backward) ld = ld - std::log(2.0) * static_cast<double>(a_.value().numel());
+        return {x, ld};
+    }
+
+private:
+    Breakage br_;
+    Var a_, b_;
+};
+
+Registry broken_registry() {
+    Registry reg;
+    reg.set_origin("test_conformance.cpp");
+    auto add = [&](const std::string& name, Breakage br) {
+        BijectorEntry e{name, "a scale-and-shift layer", {}, [br](const Params&, const BuildContext& c) {
+                            return std::make_unique<TestScaleShift>(c.event_shape, br);
+                        }};
+        e.hints.shapes = {{3}, {2, 2}};
+        reg.add_bijector(e);
+    };
+    add("correct", {});
+    add("wrong_sign_log_det", {.log_det_sign = true});
+    add("broken_inverse", {.inverse = true});
+    add("mixes_rows", {.mixes_rows = true});
+    add("wrong_backward", {.wrong_backward = true});
+    BijectorEntry fails{"fails_to_build", "its factory throws", {},
+                        [](const Params&, const BuildContext&) -> std::unique_ptr<Bijector> {
+                            throw ConfigError("this layer cannot be built");
+                        }};
+    reg.add_bijector(fails);
+    return reg;
+}
+
+std::map<std::string, bool> passed_by_check(const std::vector<ConformanceCheck>& rows) {
+    std::map<std::string, bool> out;
+    for (const auto& r : rows) {
+        auto it = out.find(r.check);
+        out[r.check] = (it == out.end() ? true : it->second) && r.passed;
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("every bijector of the standard plugin passes the conformance suite", "[conformance][slow]") {
+    const Registry& reg = standard_registry();
+    const std::vector<std::string> names = reg.bijectors.names();
+    REQUIRE_FALSE(names.empty());
+    for (const auto& name : names) {
+        DYNAMIC_SECTION(name) {
+            const auto& rows = standard_results(reg, name);
+            REQUIRE_FALSE(rows.empty());
+            for (const auto& row : rows) {
+                DYNAMIC_SECTION(row.shape << " " << row.check) {
+                    INFO(row.type << " " << row.shape << " " << row.check << ": worst " << row.worst << ", tolerance "
+                                  << row.tolerance << "; " << row.detail);
+                    CHECK(row.passed);
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("the suite runs every check on every hinted shape", "[conformance]") {
+    Registry reg = broken_registry();
+    auto rows = check_bijector(reg, "correct");
+    REQUIRE(rows.size() == 2 * kAllChecks.size());
+    for (std::size_t i = 0; i < kAllChecks.size(); ++i) {
+        CHECK(rows[i].check == kAllChecks[i]);
+        CHECK(rows[i].shape == "[3]");
+        CHECK(rows[kAllChecks.size() + i].shape == "[2, 2]");
+    }
+}
+
+TEST_CASE("a correct layer passes every check", "[conformance]") {
+    Registry reg = broken_registry();
+    for (const auto& row : check_bijector(reg, "correct")) {
+        INFO(row.shape << " " << row.check << ": " << row.detail);
+        CHECK(row.passed);
+        CHECK(row.type == "correct");
+    }
+}
+
+TEST_CASE("a log-det with the wrong sign fails the log-det checks only", "[conformance]") {
+    Registry reg = broken_registry();
+    auto rows = check_bijector(reg, "wrong_sign_log_det");
+    auto ok = passed_by_check(rows);
+    CHECK_FALSE(ok["log_det_cancel"]);
+    CHECK_FALSE(ok["log_det_vs_jacobian"]);
+    CHECK(ok["round_trip_inverse_forward"]);
+    CHECK(ok["round_trip_forward_inverse"]);
+    CHECK(ok["batch_independence"]);
+    CHECK(ok["grad_inputs"]);
+    for (const auto& r : rows)
+        if (r.check == "log_det_vs_jacobian") CHECK(r.worst > r.tolerance);
+}
+
+TEST_CASE("a broken inverse fails both round trips", "[conformance]") {
+    Registry reg = broken_registry();
+    auto ok = passed_by_check(check_bijector(reg, "broken_inverse"));
+    CHECK_FALSE(ok["round_trip_inverse_forward"]);
+    CHECK_FALSE(ok["round_trip_forward_inverse"]);
+    CHECK(ok["batch_independence"]);
+    CHECK(ok["finite_at_edges"]);
+}
+
+TEST_CASE("a layer that mixes the rows of a batch fails batch independence", "[conformance]") {
+    Registry reg = broken_registry();
+    auto ok = passed_by_check(check_bijector(reg, "mixes_rows"));
+    CHECK_FALSE(ok["batch_independence"]);
+}
+
+TEST_CASE("a wrong backward rule fails the input gradient check but not the round trips", "[conformance]") {
+    Registry reg = broken_registry();
+    auto rows = check_bijector(reg, "wrong_backward");
+    auto ok = passed_by_check(rows);
+    CHECK_FALSE(ok["grad_inputs"]);
+    CHECK(ok["round_trip_inverse_forward"]);
+    CHECK(ok["log_det_cancel"]);
+    CHECK(ok["log_det_vs_jacobian"]);
+    for (const auto& r : rows)
+        if (r.check == "grad_inputs" && !r.passed) CHECK(r.detail.find("analytic") != std::string::npos);
+}
+
+TEST_CASE("a layer that cannot be built fails one build row with the reason", "[conformance]") {
+    Registry reg = broken_registry();
+    auto rows = check_bijector(reg, "fails_to_build");
+    REQUIRE(rows.size() == 1);  // the default hints test one shape
+    CHECK(rows[0].check == "build");
+    CHECK_FALSE(rows[0].passed);
+    CHECK(rows[0].detail.find("this layer cannot be built") != std::string::npos);
+}
+
+TEST_CASE("asking for an unregistered bijector is a config error", "[conformance]") {
+    Registry reg = broken_registry();
+    CHECK_THROWS_AS(check_bijector(reg, "corect"), ConfigError);
+}

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The plugin SDK as a user meets it (registered by tests/sdk/CMakeLists.txt):
+#   1. cmake --install this build into a temporary prefix; the installed flowlab finds
+#      libflowlab.so and the standard plugins inside the prefix;
+#   2. build plugins/examples/sinh_arcsinh out of tree against the prefix (find_package only);
+#   3. check-plugin passes on it, plugin-info shows its name and version;
+#   4. a config using the new layer trains and reports a finite test NLL;
+#   5. the broken example (log-det sign flipped) builds, and check-plugin exits 8 with the
+#      log-det checks marked FAIL.
+# usage: sdk_test.sh CMAKE BUILD_DIR SOURCE_DIR GENERATOR MAKE_PROGRAM CXX WORK_DIR
+set -euo pipefail
+
+cmake_exe=$1 build=$2 src=$3 generator=$4 make_program=$5 cxx=$6 work=$7
+
+# Nothing from the environment may help the installed flowlab find its files.
+unset LD_LIBRARY_PATH FLOWLAB_PLUGIN_PATH
+
+rm -rf "$work"
+mkdir -p "$work"
+work=$(cd "$work" && pwd -P)  # the loader reports physical paths
+prefix=$work/prefix
+
+step() { printf '\n== %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+step "install the build tree into $prefix"
+"$cmake_exe" --install "$build" --prefix "$prefix"
+flowlab=$prefix/bin/flowlab
+[ -x "$flowlab" ] || fail "no $flowlab after cmake --install"
+[ -f "$prefix/lib/cmake/flowlab/flowlabConfig.cmake" ] || fail "no CMake package in $prefix/lib/cmake/flowlab"
+[ -f "$prefix/include/flowlab/version.hpp" ] || fail "the generated version.hpp is not installed"
+# Where the dynamic linker finds libflowlab.so for a binary (RPATH only: the environment is clean).
+resolved_core() { ldd "$1" | awk '$1 ~ /^libflowlab\.so/ {print $3}' | xargs -r realpath; }
+if command -v ldd > /dev/null; then
+    for bin in "$flowlab" "$prefix/lib/flowlab/plugins/libflowlab_standard.so"; do
+        core=$(resolved_core "$bin")
+        [ "$core" = "$(realpath "$prefix/lib/libflowlab.so")" ] ||
+            { ldd "$bin"; fail "$bin resolves libflowlab.so to '$core', not the one in $prefix/lib"; }
+    done
+fi
+"$flowlab" list bijector > "$work/list.txt"
+grep -q "origin: $prefix/lib/flowlab/plugins/libflowlab_standard.so" "$work/list.txt" ||
+    { cat "$work/list.txt"; fail "the installed flowlab did not load the standard plugin from $prefix/lib/flowlab/plugins"; }
+
+# Configures and builds one example against the installed package; the package must be the
+# prefix's (found through CMAKE_PREFIX_PATH), never a build tree's.
+build_example() {
+    local name=$1
+    local dir=$work/$name
+    local make_arg=()
+    [ -n "$make_program" ] && make_arg=(-DCMAKE_MAKE_PROGRAM="$make_program")
+    "$cmake_exe" -S "$src/plugins/examples/$name" -B "$dir" -G "$generator" "${make_arg[@]}" \
+        -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
+        -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
+    grep -q "^flowlab_DIR:PATH=$prefix/lib/cmake/flowlab$" "$dir/CMakeCache.txt" ||
+        { grep flowlab_DIR "$dir/CMakeCache.txt"; fail "$name: find_package(flowlab) did not pick the installed package"; }
+    "$cmake_exe" --build "$dir" -j 2
+    [ -f "$dir/libflowlab_$name.so" ] || fail "$name: no $dir/libflowlab_$name.so"
+}
+
+step "build plugins/examples/sinh_arcsinh against the installed package"
+build_example sinh_arcsinh
+lib=$work/sinh_arcsinh/libflowlab_sinh_arcsinh.so
+if command -v nm > /dev/null; then
+    # Hidden visibility: the entry point is the plugin's only exported function.
+    exported=$(nm -D --defined-only "$lib" | awk '$2 == "T" {print $3}')
+    [ "$exported" = "flowlab_plugin_entry" ] || fail "exported functions besides the entry point: $exported"
+fi
+
+step "flowlab plugin-info"
+"$flowlab" plugin-info "$lib" | tee "$work/info.txt"
+grep -Eq '^name: +sinh_arcsinh$' "$work/info.txt" || fail "plugin-info does not show the name"
+grep -Eq '^version: +1\.0\.0$' "$work/info.txt" || fail "plugin-info does not show the version"
+grep -Eq '^loadable: +yes$' "$work/info.txt" || fail "plugin-info says the plugin is not loadable"
+
+step "flowlab check-plugin (must pass)"
+rc=0
+"$flowlab" check-plugin "$lib" > "$work/check.txt" 2>&1 || rc=$?
+cat "$work/check.txt"
+[ "$rc" -eq 0 ] || fail "check-plugin exited $rc on the example plugin"
+grep -Eq 'sinh_arcsinh +\[5\] +grad_params +PASS' "$work/check.txt" || fail "no passing grad_params row"
+
+step "flowlab run with the new layer"
+rc=0
+"$flowlab" run "$src/plugins/examples/sinh_arcsinh/config.json" --set train.steps=200 \
+    --plugin-dir "$work/sinh_arcsinh" --output "$work/run" --quiet > "$work/run.txt" 2>&1 || rc=$?
+cat "$work/run.txt"
+[ "$rc" -eq 0 ] || fail "flowlab run exited $rc"
+nll=$(awk '/test NLL/ {print $3}' "$work/run.txt")
+awk -v v="$nll" 'BEGIN { exit !(v ~ /^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$/) }' ||
+    fail "test NLL '$nll' is not a finite number"
+grep -q "libflowlab_sinh_arcsinh.so" "$work/run/config.json" || fail "the run's config.json does not record the plugin"
+echo "test NLL after 200 steps: $nll nats"
+
+step "not a plugin: check-plugin exits 4"
+rc=0
+"$flowlab" check-plugin "$prefix/lib/libflowlab.so" > "$work/notplugin.txt" 2>&1 || rc=$?
+cat "$work/notplugin.txt"
+[ "$rc" -eq 4 ] || fail "check-plugin on libflowlab.so exited $rc, expected 4 (plugin error)"
+
+step "build plugins/examples/broken_logdet and check it (must fail)"
+build_example broken_logdet
+rc=0
+"$flowlab" check-plugin "$work/broken_logdet/libflowlab_broken_logdet.so" > "$work/broken.txt" 2>&1 || rc=$?
+cat "$work/broken.txt"
+[ "$rc" -eq 8 ] || fail "check-plugin exited $rc on the broken plugin, expected 8"
+grep -Eq 'broken_scale_shift +\[5\] +log_det_cancel +FAIL' "$work/broken.txt" || fail "log_det_cancel is not marked FAIL"
+grep -Eq 'broken_scale_shift +\[5\] +log_det_vs_jacobian +FAIL' "$work/broken.txt" ||
+    fail "log_det_vs_jacobian is not marked FAIL"
+grep -Eq 'broken_scale_shift +\[5\] +round_trip_inverse_forward +PASS' "$work/broken.txt" ||
+    fail "the round trip should pass: the table must point at the log-det, not everywhere"
+
+printf '\nsdk test passed\n'
