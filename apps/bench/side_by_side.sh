@@ -3,11 +3,12 @@
 # side by side on one machine: the two alternate, round after round, so that drifts in the
 # machine's speed hit both alike. Prints each run's JSON line and the ratio of the medians.
 #
-#   apps/bench/side_by_side.sh REFERENCE_DIR w1 [ROUNDS]
+#   [THREADS=1|2] apps/bench/side_by_side.sh REFERENCE_DIR w1|w2|w3 [ROUNDS]
 #
 # REFERENCE_DIR holds the reference scripts (w1_moons_realnvp.py, w2_fmnist_maf.py, ...).
-# Both systems get 2 threads: flowlab's oneDNN/TBB pools; for PyTorch the best split found for
-# each workload (torch 1 + OpenBLAS 2 for the GEMM workloads W1/W2, torch 2 + OpenBLAS 1 for W3).
+# Both systems get THREADS threads (default 2): flowlab's oneDNN/TBB pools; for PyTorch with 2,
+# the best split found for each workload (torch 1 + OpenBLAS 2 for the GEMM workloads W1/W2,
+# torch 2 + OpenBLAS 1 for W3); with 1, torch 1 + OpenBLAS 1.
 set -euo pipefail
 ref=${1:?usage: side_by_side.sh REFERENCE_DIR w1|w2|w3 [ROUNDS]}
 workload=${2:?usage: side_by_side.sh REFERENCE_DIR w1|w2|w3 [ROUNDS]}
@@ -23,9 +24,16 @@ case $workload in
       torch_env=(OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=1); torch_args=(--threads 2 --blas-threads 1 --channels-last) ;;
   *) echo "unknown workload $workload" >&2; exit 2 ;;
 esac
+threads=${THREADS:-2}
+if [ "$threads" = 1 ]; then
+  torch_env=(OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)
+  torch_args=(--threads 1 --blas-threads 1 "${torch_args[@]:4}")
+elif [ "$threads" != 2 ]; then
+  echo "THREADS must be 1 or 2" >&2; exit 2
+fi
 out=$(mktemp -d)
 for r in $(seq 1 "$rounds"); do
-  OMP_NUM_THREADS=2 "$flowlab" bench "$here/$cfg" --set train.threads=2 --warmup $warm --timed $timed --repeats 3 \
+  OMP_NUM_THREADS=$threads "$flowlab" bench "$here/$cfg" --set train.threads=$threads --warmup $warm --timed $timed --repeats 3 \
     | tee -a "$out/flowlab.jsonl"
   (cd "$ref" && env "${torch_env[@]}" /usr/bin/python3 "$script" "${torch_args[@]}" --warmup $warm --timed $timed \
     --repeats 3) | tail -n 1 | tee -a "$out/torch.jsonl"

@@ -57,7 +57,8 @@ const char* kUsageText =
     "  run CONFIG          train and evaluate an experiment, write its run directory\n"
     "  run --resume RUN_DIR  continue an interrupted run from its latest checkpoint\n"
     "  eval RUN_DIR|CKPT   NLL and bits/dim of a trained model (--split test|valid|train)\n"
-    "  sample RUN_DIR|CKPT draw samples: -n N, --temperature T, --out FILE (.png, .csv, .npy)\n"
+    "  sample RUN_DIR|CKPT draw samples: -n N, --temperature T, --out FILE (.png, .csv, .npy);\n"
+    "                      --time adds one JSON line: median samples/s over --repeats batches\n"
     "  schema              print a JSON Schema of the config format (for editors)\n"
     "  report RUN_DIR      (re)write the run's report.html\n"
     "  validate CONFIG     build the flow without training: layers, shapes, parameter counts\n"
@@ -96,6 +97,7 @@ struct Args {
     long n = 64;
     double temperature = 1.0;
     unsigned long seed = 0;
+    bool time = false;
 };
 
 Args parse_args(int argc, char** argv) {
@@ -141,6 +143,8 @@ Args parse_args(int argc, char** argv) {
             (s == "--warmup" ? a.warmup : s == "--timed" ? a.timed : a.repeats) = n;
         } else if (s == "--quiet")
             a.quiet = true;
+        else if (s == "--time")
+            a.time = true;
         else if (s == "-h" || s == "--help")
             throw UsageError("");
         else if (s.rfind("--", 0) == 0)
@@ -504,6 +508,10 @@ int cmd_sample(const Args& a, Registry& reg) {
     if (a.positional.size() != 1) throw UsageError("sample takes one RUN_DIR or CHECKPOINT");
     Params cfg;
     Experiment exp = load_trained(a, reg, a.positional[0], cfg);
+    {
+        const auto threads = cfg.get_object("train").get_int("threads");
+        if (threads > 0) set_num_threads(static_cast<int>(threads));
+    }
     Rng rng(a.seed, 0);
     const Shape& ev = exp.data.event_shape;
     std::string out = a.out;
@@ -522,6 +530,23 @@ int cmd_sample(const Args& a, Registry& reg) {
             throw UsageError("--out " + out + ": use .png (images), .csv or .npy");
     }
     std::printf("%s: %lld samples at temperature %g\n", out.c_str(), static_cast<long long>(a.n), a.temperature);
+    if (a.time) {
+        // The draw above was the warm-up (primitive cache, allocations); now `repeats` timed
+        // batches of n, as the training benchmark does with its windows.
+        std::vector<double> rates;
+        for (long r = 0; r < a.repeats; ++r) {
+            auto t0 = std::chrono::steady_clock::now();
+            Tensor xs = exp.flow->sample(a.n, rng, a.temperature);
+            double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            rates.push_back(static_cast<double>(a.n) / dt);
+        }
+        std::vector<double> sorted = rates;
+        std::sort(sorted.begin(), sorted.end());
+        std::printf("{\"sampling\": \"%s\", \"threads\": %d, \"batch\": %ld, \"repeats\": %ld, \"samples_per_s\": %.3f, \"runs\": [",
+                    a.positional[0].c_str(), num_threads(), a.n, a.repeats, sorted[sorted.size() / 2]);
+        for (std::size_t i = 0; i < rates.size(); ++i) std::printf("%s%.3f", i ? ", " : "", rates[i]);
+        std::printf("]}\n");
+    }
     return kOk;
 }
 

@@ -213,8 +213,11 @@ EvalResult evaluate(Experiment& exp, const std::string& split_name, std::int64_t
         }
     }
     exp.flow->set_training(true);
-    r.nll = -sum_lp / static_cast<double>(r.n);
-    r.bpd = (-sum_bound / static_cast<double>(r.n)) / (static_cast<double>(dims) * kLn2);
+    // nll and bpd are the same quantity (the discrete data's NLL bound, dequantization
+    // included), so they agree with the training loss; dequantized_nll is -log p(x').
+    r.nll = -sum_bound / static_cast<double>(r.n);
+    r.dequantized_nll = -sum_lp / static_cast<double>(r.n);
+    r.bpd = r.nll / (static_cast<double>(dims) * kLn2);
     return r;
 }
 
@@ -524,9 +527,12 @@ TrainSummary Trainer::run() {
         if (step_ % log_every == 0 || step_ == steps_) {
             double mean_loss = window_n ? window_loss / static_cast<double>(window_n) : NAN;
             metric({{"step", step_}, {"loss", mean_loss}, {"lr", lr}, {"grad_norm", gnorm}, {"samples_per_s", sps}});
-            if (!opt_.progress_line)
+            if (!opt_.progress_line) {
+                const double eta = sps > 0 ? static_cast<double>((steps_ - step_) * batch_) / sps : NAN;
                 log("step " + std::to_string(step_) + "/" + std::to_string(steps_) + "  loss " + fmt("%.4f", mean_loss) +
-                    "  lr " + fmt("%.2e", lr) + "  " + fmt("%.0f", sps) + " samples/s");
+                    "  " + fmt("%.3f", mean_loss / (static_cast<double>(numel(exp_.data.event_shape)) * kLn2)) +
+                    " bits/dim  lr " + fmt("%.2e", lr) + "  " + fmt("%.0f", sps) + " samples/s  ETA " + duration_str(eta));
+            }
             summary.final_train_loss = mean_loss;
             window_loss = 0.0;
             window_n = 0;
