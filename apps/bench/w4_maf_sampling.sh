@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # W4 for the MAF of W2: sampling throughput of flowlab (incremental inversion) against the
-# PyTorch reference's MAF (784 full network passes per batch), side by side, same threads.
+# PyTorch reference's MAF (784 full network passes per batch), side by side: flowlab with THREADS
+# threads, PyTorch with 1 torch thread and THREADS OpenBLAS threads (its best split for GEMMs).
 #
 #   [THREADS=1|2] apps/bench/w4_maf_sampling.sh REFERENCE_DIR RUN_DIR [ROUNDS]
 #
@@ -17,11 +18,11 @@ tmp=$(mktemp -d)
 for r in $(seq 1 "$rounds"); do
   "$flowlab" sample "$run" -n 100 --time --repeats 5 --quiet --out "$tmp/s.npy" --set train.threads=$threads \
     | tail -n 1 | tee -a "$tmp/flowlab.jsonl"
-  (cd "$ref" && OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads /usr/bin/python3 - "$threads" <<'PY'
+  (cd "$ref" && OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=$threads /usr/bin/python3 - <<'PY'
 import json, sys, time, torch
 import common
 from models import MAF
-torch.set_num_threads(int(sys.argv[1]))
+torch.set_num_threads(1)  # GEMMs run in OpenBLAS; its threads come from the environment
 torch.manual_seed(0)
 model = MAF(784, 1024, 5)
 gen = torch.Generator().manual_seed(7)
