@@ -161,6 +161,29 @@ std::vector<std::string> search_dirs(const Args& a) {
     return dirs;
 }
 
+// The usual plugin directories, then those of the plugins a run loaded (config.json's
+// loaded_plugins), so resume, eval and sample of a run that used an out-of-tree plugin
+// find it without --plugin-dir again. Reads only the paths flowlab itself wrote there.
+std::vector<std::string> run_search_dirs(const Args& a, const std::string& run_dir) {
+    std::vector<std::string> dirs = search_dirs(a);
+    std::ifstream f(fs::path(run_dir) / "config.json");
+    if (!f) return dirs;
+    std::stringstream ss;
+    ss << f.rdbuf();
+    const std::string text = ss.str(), key = "\"path\": \"";
+    std::size_t pos = text.find("\"loaded_plugins\"");
+    while (pos != std::string::npos && (pos = text.find(key, pos)) != std::string::npos) {
+        pos += key.size();
+        const std::size_t end = text.find('"', pos);
+        if (end == std::string::npos) break;
+        std::error_code ec;
+        const fs::path parent = fs::path(text.substr(pos, end - pos)).parent_path();
+        if (fs::is_directory(parent, ec)) dirs.push_back(parent.string());
+        pos = end;
+    }
+    return dirs;
+}
+
 // Loads the named plugins (skipping ones already loaded from the same file).
 void load_plugins(Registry& reg, const std::vector<std::string>& names, const std::vector<std::string>& dirs) {
     for (const auto& n : names) {
@@ -411,8 +434,9 @@ void write_artifacts(Experiment& exp, const Params& cfg, const std::string& run_
 int cmd_run(const Args& a, Registry& reg) {
     if (a.positional.size() != 1) throw UsageError(a.resume ? "run --resume takes one RUN_DIR" : "run takes one CONFIG");
     Params cfg = a.resume ? run_dir_config(a.positional[0], a.sets) : load_experiment(a.positional[0], a.sets);
-    load_plugins(reg, experiment_plugins(cfg), search_dirs(a));
-    load_plugins(reg, a.plugins, search_dirs(a));
+    const auto dirs = a.resume ? run_search_dirs(a, a.positional[0]) : search_dirs(a);
+    load_plugins(reg, experiment_plugins(cfg), dirs);
+    load_plugins(reg, a.plugins, dirs);
     std::string run_dir = a.resume ? a.positional[0] : (a.output.empty() ? cfg.get_string("output") : a.output);
     Experiment exp = build_experiment(cfg, reg);
     fs::create_directories(run_dir);
@@ -484,8 +508,9 @@ std::pair<std::string, std::string> run_and_checkpoint(const std::string& target
 Experiment load_trained(const Args& a, Registry& reg, const std::string& target, Params& cfg) {
     auto [run_dir, ckpt] = run_and_checkpoint(target);
     cfg = run_dir_config(run_dir, a.sets);
-    load_plugins(reg, experiment_plugins(cfg), search_dirs(a));
-    load_plugins(reg, a.plugins, search_dirs(a));
+    const auto dirs = run_search_dirs(a, run_dir);
+    load_plugins(reg, experiment_plugins(cfg), dirs);
+    load_plugins(reg, a.plugins, dirs);
     Experiment exp = build_experiment(cfg, reg);
     load_weights(exp, ckpt, true);
     if (!a.quiet) std::fprintf(stderr, "flowlab: loaded %s\n", ckpt.c_str());
