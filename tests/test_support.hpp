@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 
 #include <flowlab/module.hpp>
+#include <flowlab/plugin.hpp>
+#include <flowlab/registry.hpp>
 #include <flowlab/rng.hpp>
 #include <flowlab/tensor.hpp>
 
@@ -40,6 +43,17 @@ inline double max_abs(const Tensor& t) {
     double m = 0.0;
     for (std::int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::abs(t.item(i)));
     return m;
+}
+
+// One registry with the standard and image plugins, loaded once (plugins are never unloaded).
+inline const Registry& standard_and_image_registry() {
+    static Registry* reg = [] {
+        auto* r = new Registry();
+        load_plugin(*r, std::string(FLOWLAB_TEST_PLUGIN_DIR) + "/libflowlab_standard.so");
+        load_plugin(*r, std::string(FLOWLAB_TEST_PLUGIN_DIR) + "/libflowlab_image.so");
+        return r;
+    }();
+    return *reg;
 }
 
 }  // namespace flowlab::test

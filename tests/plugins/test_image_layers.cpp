@@ -13,20 +13,14 @@
 #include "flowlab/gradcheck.hpp"
 #include "flowlab/plugin.hpp"
 
+#include "test_support.hpp"
+
 using namespace flowlab;
 
 namespace {
 
 // One registry with the standard and image plugins, loaded once.
-const Registry& registry() {
-    static Registry* reg = [] {
-        auto* r = new Registry();
-        load_plugin(*r, std::string(FLOWLAB_TEST_PLUGIN_DIR) + "/libflowlab_standard.so");
-        load_plugin(*r, std::string(FLOWLAB_TEST_PLUGIN_DIR) + "/libflowlab_image.so");
-        return r;
-    }();
-    return *reg;
-}
+const Registry& registry() { return test::standard_and_image_registry(); }
 
 Tensor randn(const Shape& s, std::uint64_t seed, DType dt = DType::f32, double mean = 0.0, double sd = 1.0) {
     Tensor t = Tensor::empty(s, DType::f64);

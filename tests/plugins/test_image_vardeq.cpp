@@ -8,18 +8,12 @@
 #include "flowlab/errors.hpp"
 #include "flowlab/plugin.hpp"
 
+#include "test_support.hpp"
+
 using namespace flowlab;
 
 namespace {
-const Registry& registry() {
-    static Registry* reg = [] {
-        auto* r = new Registry();
-        load_plugin(*r, std::string(FLOWLAB_TEST_PLUGIN_DIR) + "/libflowlab_standard.so");
-        load_plugin(*r, std::string(FLOWLAB_TEST_PLUGIN_DIR) + "/libflowlab_image.so");
-        return r;
-    }();
-    return *reg;
-}
+const Registry& registry() { return test::standard_and_image_registry(); }
 
 double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
 }  // namespace
