@@ -34,7 +34,7 @@ TEST_CASE("set_state restores a stream exactly", "[rng]") {
     CHECK(b.uniform() == next);
 }
 
-TEST_CASE("Uniform values lie in [0, 1) with the right mean and variance", "[rng]") {
+TEST_CASE("Uniform values lie in 0 <= u < 1 with the right mean and variance", "[rng]") {
     Rng r(1);
     const int n = 100000;
     double s = 0, s2 = 0, lo = 1, hi = 0;

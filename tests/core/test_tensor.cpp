@@ -36,7 +36,7 @@ TEST_CASE("A new tensor has the shape, dtype and element count it was made with"
     CHECK_FALSE(Tensor().defined());
 }
 
-TEST_CASE("A scalar tensor has shape [] and one element", "[tensor]") {
+TEST_CASE("A scalar tensor has an empty shape and one element", "[tensor]") {
     Tensor s = Tensor::scalar(2.5);
     CHECK(s.shape().empty());
     CHECK(s.numel() == 1);

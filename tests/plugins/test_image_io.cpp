@@ -39,7 +39,7 @@ TEST_CASE("a grey PNG grid reads back with every pixel and border where it was w
     fs::remove_all(p.parent_path());
 }
 
-TEST_CASE("an RGB grid keeps its channels and clamps values outside [0, 1]", "[image][png]") {
+TEST_CASE("an RGB grid keeps its channels and clamps values outside 0..1", "[image][png]") {
     Tensor imgs = Tensor::zeros({1, 3, 2, 2});
     imgs.set_item(0, 1.0);         // red (0, 0)
     imgs.set_item(4 + 1, 0.5);     // green (0, 1)
