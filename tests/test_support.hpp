@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include <flowlab/errors.hpp>
 #include <flowlab/module.hpp>
 #include <flowlab/plugin.hpp>
 #include <flowlab/registry.hpp>
@@ -43,6 +44,17 @@ inline double max_abs(const Tensor& t) {
     double m = 0.0;
     for (std::int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::abs(t.item(i)));
     return m;
+}
+
+// The message of the ShapeError f() throws, or "" when it throws none.
+template <class F>
+std::string shape_error_of(F f) {
+    try {
+        f();
+    } catch (const ShapeError& e) {
+        return e.what();
+    }
+    return "";
 }
 
 // One registry with the standard and image plugins, loaded once (plugins are never unloaded).

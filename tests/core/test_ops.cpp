@@ -10,7 +10,10 @@
 #include "flowlab/parallel.hpp"
 #include "flowlab/rng.hpp"
 
+#include "test_support.hpp"
+
 using namespace flowlab;
+using flowlab::test::shape_error_of;
 
 namespace {
 using Fn = std::function<Var(const std::vector<Var>&)>;
@@ -34,16 +37,6 @@ void require_grads(const std::string& what, const Fn& f, const std::vector<Tenso
     GradCheckResult r = gradcheck(f, inputs);
     INFO(what << ": " << r.worst << " (max rel error " << r.max_rel_error << ")");
     REQUIRE(r.ok(1e-6));
-}
-
-template <class F>
-std::string shape_error_of(F f) {
-    try {
-        f();
-    } catch (const ShapeError& e) {
-        return e.what();
-    }
-    return "";
 }
 
 bool mentions(const std::string& msg, const std::string& part) { return msg.find(part) != std::string::npos; }

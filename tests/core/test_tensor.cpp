@@ -6,20 +6,11 @@
 #include "flowlab/errors.hpp"
 #include "flowlab/tensor.hpp"
 
+#include "test_support.hpp"
+
 using namespace flowlab;
 
-namespace {
-// The message of the ShapeError that f throws ("" when it throws none).
-template <class F>
-std::string shape_error_of(F f) {
-    try {
-        f();
-    } catch (const ShapeError& e) {
-        return e.what();
-    }
-    return "";
-}
-}  // namespace
+using flowlab::test::shape_error_of;
 
 TEST_CASE("A new tensor has the shape, dtype and element count it was made with", "[tensor]") {
     Tensor t = Tensor::zeros({2, 3, 4}, DType::f64);
