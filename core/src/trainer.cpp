@@ -330,12 +330,18 @@ void Trainer::apply_gradients(double gnorm, double lr) {
                 if (p.grad().defined()) kern::scale_inplace(p.mutable_grad(), coef);
     }
     exp_.optimizer->step(lr);
-    if (!ema_.empty())
+    if (!ema_.empty()) {
+        // Bias-corrected, as Adam corrects its moments: with a fixed decay d the initial
+        // parameters would keep weight d^t (a third after 1,000 steps at 0.999). Update t uses
+        // d_t = d (1 - d^(t-1)) / (1 - d^t), which makes the average exactly the normalised
+        // weighted mean of the iterates p_1..p_t with weights d^(t-s); d = 1 is the plain mean.
+        const double t = static_cast<double>(step_ + 1), d = ema_decay_;
+        const double dt = d >= 1.0 ? (t - 1.0) / t : d * (1.0 - std::pow(d, t - 1.0)) / (1.0 - std::pow(d, t));
         for (std::size_t i = 0; i < params_.size(); ++i) {
-            // ema = decay * ema + (1 - decay) * p
-            kern::scale_inplace(ema_[i], ema_decay_);
-            kern::axpy_inplace(ema_[i], 1.0 - ema_decay_, params_[i].value());
+            kern::scale_inplace(ema_[i], dt);
+            kern::axpy_inplace(ema_[i], 1.0 - dt, params_[i].value());
         }
+    }
 }
 
 void Trainer::save_checkpoint(bool best) {

@@ -95,6 +95,39 @@ TEST_CASE("N steps, resume, N steps give bitwise the parameters of 2N steps stra
     fs::remove_all(split);
 }
 
+TEST_CASE("the parameter EMA is the bias-corrected weighted mean of the iterates", "[runner]") {
+    fs::path run = fresh_dir("ema");
+    const std::string sets = " --quiet --set train.steps=3 --set train.checkpoint_every=1 --set train.threads=1"
+                             " --set train.ema_decay=0.5 --output " + run.string();
+    // Stop after step 1 and keep that checkpoint aside (a run keeps only its last two).
+    REQUIRE(sh("run " + kTiny + sets + " --stop-after 1").code == 0);
+    Checkpoint c1 = read_checkpoint(latest_checkpoint(run));
+    REQUIRE(c1.metadata.at("step") == "1");
+    REQUIRE(sh("run --resume " + run.string() + " --quiet").code == 0);
+    auto all = run_checkpoints(run.string());
+    REQUIRE(all.size() >= 2);
+    Checkpoint c3 = read_checkpoint(all[0]), c2 = read_checkpoint(all[1]);
+    REQUIRE(c3.metadata.at("step") == "3");
+    REQUIRE(c2.metadata.at("step") == "2");
+    int compared = 0;
+    for (const auto& t : c3.tensors) {
+        if (t.name.rfind("param/", 0) != 0) continue;
+        const std::string ema = "ema/" + t.name.substr(6);
+        const Tensor *p1 = c1.find(t.name), *p2 = c2.find(t.name), *e1 = c1.find(ema), *e3 = c3.find(ema);
+        INFO(t.name);
+        REQUIRE((p1 && p2 && e1 && e3));
+        for (std::int64_t i = 0; i < t.tensor.numel(); ++i) {
+            // After one step the average is that step's parameters, not 0.5 of the initial ones.
+            CHECK(e1->item(i) == Approx(p1->item(i)).margin(1e-6));
+            const double want = (0.25 * p1->item(i) + 0.5 * p2->item(i) + t.tensor.item(i)) / 1.75;
+            CHECK(e3->item(i) == Approx(want).margin(1e-5));
+        }
+        ++compared;
+    }
+    CHECK(compared > 0);
+    fs::remove_all(run);
+}
+
 TEST_CASE("SIGKILL at random moments never leaves a run without a loadable checkpoint", "[runner][slow]") {
     fs::path run = fresh_dir("kill");
     std::mt19937 gen(7);
