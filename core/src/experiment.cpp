@@ -64,8 +64,8 @@ Schema train_schema() {
         param_int("threads", 0, "threads for GEMMs and element-wise kernels (0 = all cores)").min(0),
         param_int("max_bad_steps", 20, "abort after this many consecutive non-finite steps").min(1),
         param_int("checkpoint_every", 1000, "write a checkpoint every N steps (and always at the end)").min(1),
-        param_number("ema_decay", 0.0, "exponential moving average of the parameters, used for evaluation "
-                                       "(0 = off; e.g. 0.999)").range(0, 1),
+        param_number("ema_decay", 0.0, "exponential moving average of the parameters (bias-corrected), used "
+                                       "for evaluation and sampling (0 = off; e.g. 0.999)").range(0, 1),
         param_int("early_stopping_patience", 0, "stop when the validation NLL has not improved for this many "
                                                 "evaluations (0 = off; needs a validation split and eval_every)").min(0),
     };
@@ -79,7 +79,7 @@ Schema eval_schema() {
         param_int("samples", 1000, "samples drawn at the end of a run (written to samples.csv)").min(0),
         param_number("temperature", 1.0, "sampling temperature").min(0),
         param_int("importance_samples", 1, "importance samples per example for the test bound of a "
-                                           "variational dequantizer (1 = the ELBO)").min(1),
+                                           "stochastic dequantizer, uniform or variational (1 = the ELBO)").min(1),
     };
 }
 

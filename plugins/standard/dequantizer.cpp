@@ -21,6 +21,8 @@ protected:
 class UniformDequantizer final : public Dequantizer {
 public:
     UniformDequantizer(int bits, double offset) : levels_(std::ldexp(1.0, bits)), offset_(offset) {}
+    // q(u|x) = 1 on the unit cube: averaging K draws gives the importance-weighted bound too.
+    bool stochastic() const override { return true; }
 
 protected:
     Dequantized do_dequantize(const Tensor& x, Rng& rng, const Var&) override {

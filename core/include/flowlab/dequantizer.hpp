@@ -27,7 +27,8 @@ struct Dequantized {
 class Dequantizer : public Module {
 public:
     Dequantized dequantize(const Tensor& x, Rng& rng, const Var& context = Var());
-    // Importance samples for evaluation (variational dequantizers); 1 = the plain bound.
+    // True when dequantize() draws noise u ~ q(u|x) (uniform, variational): evaluation may then
+    // average K draws into the importance-weighted bound. False for deterministic ones.
     virtual bool stochastic() const { return false; }
 
 protected:

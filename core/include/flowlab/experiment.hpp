@@ -83,7 +83,7 @@ void load_weights(Experiment& exp, const std::string& checkpoint_path, bool pref
 TrainSummary train(Experiment& exp, const TrainOptions& opt);
 
 // Mean NLL (nats) and bits/dim of `split` ("test", "valid", "train") under the flow. With a
-// stochastic (variational) dequantizer and importance_samples K > 1 the bound is the
+// stochastic dequantizer (uniform, variational) and importance_samples K > 1 the bound is the
 // importance-weighted one: log (1/K) sum_k exp(log p(x + u_k) - log q(u_k | x)).
 // nll: nats per example of the data as given (for integer data: the dequantization bound,
 // an importance-weighted one with K > 1 samples); bpd = nll / (D ln 2); dequantized_nll:
