@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include <flowlab/errors.hpp>
@@ -57,14 +58,21 @@ std::string shape_error_of(F f) {
     return "";
 }
 
-// One registry with the standard and image plugins, loaded once (plugins are never unloaded).
+inline Registry* registry_of(std::initializer_list<const char*> plugins) {
+    auto* r = new Registry();
+    for (const char* name : plugins)
+        load_plugin(*r, std::string(FLOWLAB_TEST_PLUGIN_DIR) + "/libflowlab_" + name + ".so");
+    return r;
+}
+
+// Registries loaded once each (plugins are never unloaded): standard + image for the layer
+// tests, and all three shipped plugins for whole experiments (datasets live in density).
 inline const Registry& standard_and_image_registry() {
-    static Registry* reg = [] {
-        auto* r = new Registry();
-        load_plugin(*r, std::string(FLOWLAB_TEST_PLUGIN_DIR) + "/libflowlab_standard.so");
-        load_plugin(*r, std::string(FLOWLAB_TEST_PLUGIN_DIR) + "/libflowlab_image.so");
-        return r;
-    }();
+    static Registry* reg = registry_of({"standard", "image"});
+    return *reg;
+}
+inline const Registry& shipped_plugins_registry() {
+    static Registry* reg = registry_of({"standard", "density", "image"});
     return *reg;
 }
 

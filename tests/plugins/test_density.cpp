@@ -32,17 +32,9 @@ using namespace flowlab::test;
 
 namespace {
 
-struct Loaded {
-    Registry reg;
-    Loaded() {
-        load_plugin(reg, FLOWLAB_TEST_PLUGIN_DIR "/libflowlab_standard.so");
-        load_plugin(reg, FLOWLAB_TEST_PLUGIN_DIR "/libflowlab_density.so");
-    }
-};
-
 const Registry& registry() {
-    static Loaded l;
-    return l.reg;
+    static Registry* reg = registry_of({"standard", "density"});
+    return *reg;
 }
 
 Params params(const std::string& json) { return Params::parse(json, "test"); }

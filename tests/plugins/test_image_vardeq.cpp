@@ -93,24 +93,13 @@ TEST_CASE("the variational dequantizer rejects layers that change the number of 
 }
 
 namespace {
-// The density plugin too, for the Fashion-MNIST dataset.
-const Registry& experiment_registry() {
-    static Registry* reg = [] {
-        auto* r = new Registry();
-        for (const char* name : {"standard", "density", "image"})
-            load_plugin(*r, std::string(FLOWLAB_TEST_PLUGIN_DIR) + "/libflowlab_" + name + ".so");
-        return r;
-    }();
-    return *reg;
-}
-
 Experiment small_fmnist_experiment(const std::string& dequantizer) {
     Params cfg = load_experiment(
         FLOWLAB_SOURCE_DIR "/configs/fmnist_glow_vardeq.json",
         {"data.train_limit=64", "data.test_limit=64", "model.dequantizer=" + dequantizer,
          R"(model.layers=[{"type": "shift", "offset": -0.5}, {"type": "squeeze"},
                           {"type": "conv_affine_coupling", "conditioner": {"type": "cnn", "hidden": 8}}])"});
-    return build_experiment(cfg, experiment_registry());
+    return build_experiment(cfg, test::shipped_plugins_registry());
 }
 }  // namespace
 
