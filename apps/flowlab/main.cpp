@@ -260,8 +260,8 @@ void write_image_samples(Experiment& exp, const std::string& path, std::int64_t 
     }
     write_png_grid(path, xs, static_cast<std::int64_t>(std::ceil(std::sqrt(static_cast<double>(n)))));
     if (finite != xs.numel())
-        std::fprintf(stderr, "flowlab: %s: %.1f%% of sample values were not finite (drawn as black)\n", path.c_str(),
-                     100.0 * static_cast<double>(xs.numel() - finite) / static_cast<double>(xs.numel()));
+        std::fprintf(stderr, "flowlab: %s: %lld of %lld sample values were not finite (drawn as black)\n", path.c_str(),
+                     static_cast<long long>(xs.numel() - finite), static_cast<long long>(xs.numel()));
 }
 
 // log p(x) of a 2-D model on a g x g grid over the test data's range, as CSV x,y,logp.
