@@ -3,6 +3,8 @@
 # Idempotent: does nothing when everything is already installed.
 #   bash cmake/install-deps.sh            # build + tests
 #   FLOWLAB_BENCH=1 bash cmake/install-deps.sh   # also the PyTorch reference for benchmarks
+#   bash cmake/install-deps.sh --ci      # also what CI needs: clang/libFuzzer for the sanitizer
+#                                        # and fuzzing build, debootstrap and git for the fresh root
 set -euo pipefail
 
 packages=(
@@ -11,6 +13,12 @@ packages=(
   libpng-dev zlib1g-dev
   dataset-fashion-mnist
 )
+# libdnnl-dev only recommends the OpenCL headers, but its CMake config requires them: without
+# this line a fresh machine stops at configure with "Could NOT find OpenCL".
+packages+=(ocl-icd-opencl-dev)
+if [ "${1:-}" = --ci ]; then
+  packages+=(clang libclang-rt-14-dev debootstrap git ca-certificates)
+fi
 if [ "${FLOWLAB_BENCH:-0}" = 1 ]; then
   packages+=(python3-torch python3-numpy)
 fi
