@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -16,6 +17,7 @@
 namespace flowlab {
 
 using nlohmann::json;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -61,7 +63,7 @@ Schema train_schema() {
         param_object("schedule", R"({"type": "constant"})", "learning-rate schedule"),
         param_int("eval_every", 0, "evaluate on the test split every N steps (0 = at the end only)").min(0),
         param_int("log_every", 100, "log the training loss every N steps").min(1),
-        param_int("threads", 0, "threads for GEMMs and element-wise kernels (0 = all cores)").min(0),
+        param_int("threads", 0, "threads for GEMMs and element-wise kernels (0 = all cores)").range(0, 4096),
         param_int("max_bad_steps", 20, "abort after this many consecutive non-finite steps").min(1),
         param_int("checkpoint_every", 1000, "write a checkpoint every N steps (and always at the end)").min(1),
         param_number("ema_decay", 0.0, "exponential moving average of the parameters (bias-corrected), used "
@@ -83,32 +85,41 @@ Schema eval_schema() {
     };
 }
 
-json parse_json_file(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) throw IoError(path + ": cannot open the config file (check the path)");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    try {
-        return json::parse(ss.str());
-    } catch (const json::parse_error& e) {
-        // nlohmann reports a byte offset; turn it into a line number.
-        std::string text = ss.str();
-        std::size_t off = std::min<std::size_t>(e.byte, text.size());
-        std::size_t line = 1 + std::count(text.begin(), text.begin() + static_cast<long>(off), '\n');
-        throw ConfigError(path + ":" + std::to_string(line) + ": invalid JSON: " + e.what());
-    }
-}
+// A config is small; a larger file is a mistake (or /dev/zero), refused before reading it all.
+constexpr std::uintmax_t kMaxConfigBytes = 16u << 20;
 
+std::string read_config_text(const std::string& path) {
+    std::error_code ec;
+    if (fs::is_directory(path, ec))
+        throw IoError(path + ": is a directory, not a config file (give the .json file inside it)");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw IoError(path + ": cannot open the config file (check the path)");
+    std::string text;
+    char buf[1 << 16];
+    while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+        text.append(buf, static_cast<std::size_t>(in.gcount()));
+        if (text.size() > kMaxConfigBytes)
+            throw IoError(path + ": larger than " + std::to_string(kMaxConfigBytes >> 20) +
+                          " MB; a flowlab config is a small JSON file (is this the right path?)");
+    }
+    if (in.bad()) throw IoError(path + ": read error");
+    return text;
+}
 // --set a.b.c=value: value is parsed as JSON when it can be, else taken as a string.
 void apply_override(json& root, const std::string& path, const std::string& assignment) {
     auto eq = assignment.find('=');
     if (eq == std::string::npos || eq == 0)
         throw ConfigError("--set " + assignment + ": expected key.path=value (e.g. train.steps=100)");
     std::string key = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+    // A value that looks like JSON but is not (a typo in a list, 1e400) is an error; a bare
+    // word is a string.
     json v;
-    try {
-        v = json::parse(value);
-    } catch (const json::parse_error&) {
+    const std::string what = "--set " + key;
+    const char first = value.empty() ? '\0' : value[0];
+    if (first == '{' || first == '[' || first == '"' || first == '-' || (first >= '0' && first <= '9') ||
+        value == "true" || value == "false" || value == "null") {
+        v = parse_json_strict(value, what);
+    } else {
         v = value;
     }
     json* node = &root;
@@ -145,11 +156,25 @@ void apply_override(json& root, const std::string& path, const std::string& assi
 }  // namespace
 
 Params load_experiment(const std::string& path, const std::vector<std::string>& overrides) {
-    json root = parse_json_file(path);
+    return load_experiment_json(parse_json_strict(read_config_text(path), path), path, "", overrides);
+}
+
+Params load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides) {
+    const std::string path = (fs::path(run_dir) / "config.json").string();
+    std::error_code ec;
+    if (!fs::exists(path, ec)) throw IoError(path + ": not found; is " + run_dir + " a flowlab run directory?");
+    json whole = parse_json_strict(read_config_text(path), path);
+    if (!whole.is_object() || !whole.contains("config"))
+        throw IoError(path + ":/config: missing; this config.json was not written by flowlab run");
+    return load_experiment_json(std::move(whole["config"]), path, "/config", overrides);
+}
+
+Params load_experiment_json(json root, const std::string& path, const std::string& pointer,
+                            const std::vector<std::string>& overrides) {
     if (!root.is_object()) throw ConfigError(path + ":/: an experiment must be a JSON object");
     for (const auto& o : overrides) apply_override(root, path, o);
-    if (!root.contains("name")) root["name"] = std::filesystem::path(path).stem().string();
-    Params p = make_params(root, path, "").validated(experiment_schema(), "experiment");
+    if (!root.contains("name")) root["name"] = fs::path(path).stem().string();
+    Params p = make_params(root, path, pointer).validated(experiment_schema(), "experiment");
     // Nested sections with fixed schemas are validated now so that a typo fails before any work.
     json resolved = params_json(p);
     resolved["model"] = params_json(p.get_object("model").validated(model_schema(), "model"));
@@ -160,6 +185,15 @@ Params load_experiment(const std::string& path, const std::vector<std::string>& 
     for (std::size_t i = 0; i < resolved["plugins"].size(); ++i)
         if (!resolved["plugins"][i].is_string())
             throw ConfigError(p.where("plugins") + "/" + std::to_string(i) + ": expected a plugin name (string)");
+    // A plugin given as a relative path is relative to the config file, not to wherever flowlab
+    // was started, so that an experiment folder can be moved or run from anywhere.
+    for (auto& plugin : resolved["plugins"]) {
+        const std::string name = plugin.get<std::string>();
+        const bool is_path = name.find('/') != std::string::npos ||
+                             (name.size() > 3 && name.compare(name.size() - 3, 3, ".so") == 0);
+        if (is_path && fs::path(name).is_relative())
+            plugin = (fs::absolute(fs::path(path)).parent_path() / name).lexically_normal().string();
+    }
     if (resolved["output"].get<std::string>().empty()) {
         // A fresh directory per run, so that a second run never overwrites the first.
         std::time_t now = std::time(nullptr);
@@ -167,7 +201,7 @@ Params load_experiment(const std::string& path, const std::vector<std::string>& 
         std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
         resolved["output"] = "runs/" + resolved["name"].get<std::string>() + "-" + stamp;
     }
-    return make_params(resolved, path, "");
+    return make_params(resolved, path, pointer);
 }
 
 namespace {
@@ -282,6 +316,31 @@ void build_list(const std::vector<Params>& items, std::size_t first, bool in_rep
                 const Shape& context_shape, const Registry& registry, Rng& rng,
                 std::vector<std::unique_ptr<Bijector>>& layers, std::vector<LayerInfo>& info);
 
+std::string gigabytes(double bytes) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f GB", bytes / 1e9);
+    return buf;
+}
+
+// A flow far beyond the machine fails here with its size, not after filling the memory. Training
+// holds each parameter four times (value, gradient, two Adam moments) in f32; per-layer objects
+// and activations come on top, so the bound is a floor of what the run would need.
+constexpr std::int64_t kMaxLayers = 1'000'000;
+void check_repeat_size(const Params& item, std::int64_t repeat, std::int64_t layers_per_rep, std::int64_t params_per_rep) {
+    const double layers = static_cast<double>(repeat) * static_cast<double>(layers_per_rep);
+    if (layers > static_cast<double>(kMaxLayers))
+        throw ConfigError(item.where("repeat") + ": repeat " + std::to_string(repeat) + " makes " +
+                          std::to_string(static_cast<long long>(layers)) + " layers, more than the limit of " +
+                          std::to_string(kMaxLayers) + "; a deep flow has hundreds");
+    const double bytes = static_cast<double>(repeat) * static_cast<double>(params_per_rep) * 4.0 * sizeof(float);
+    const std::uint64_t memory = available_memory_bytes();
+    if (memory > 0 && bytes > static_cast<double>(memory))
+        throw ConfigError(item.where("repeat") + ": repeat " + std::to_string(repeat) + " of " +
+                          std::to_string(params_per_rep) + " parameters each needs at least " + gigabytes(bytes) +
+                          " to train (parameters, gradients, optimizer state), more than the " +
+                          gigabytes(static_cast<double>(memory)) + " available; lower the repeat count or the layer sizes");
+}
+
 void build_layers(const Params& list_owner, const std::string& key, bool in_repeat, Shape& shape,
                   const Shape& context_shape, const Registry& registry, Rng& rng,
                   std::vector<std::unique_ptr<Bijector>>& layers, std::vector<LayerInfo>& info) {
@@ -307,7 +366,13 @@ void build_list(const std::vector<Params>& items, std::size_t first, bool in_rep
             if (!j.contains("layers"))
                 throw ConfigError(item.where() + ": a repeat block needs \"layers\": [...]");
             std::int64_t n = j["repeat"].get<std::int64_t>();
-            for (std::int64_t r = 0; r < n; ++r)
+            const std::size_t info_before = info.size();
+            build_layers(item, "layers", true, shape, context_shape, registry, rng, layers, info);
+            // One repetition is built; check what all of them would cost before building the rest.
+            std::int64_t per_rep_params = 0;
+            for (std::size_t k = info_before; k < info.size(); ++k) per_rep_params += info[k].num_parameters;
+            check_repeat_size(item, n, static_cast<std::int64_t>(info.size() - info_before), per_rep_params);
+            for (std::int64_t r = 1; r < n; ++r)
                 build_layers(item, "layers", true, shape, context_shape, registry, rng, layers, info);
             continue;
         }
@@ -392,8 +457,28 @@ Experiment build_experiment(const Params& config, const Registry& registry) {
     if (exp.data.train.size() == 0)
         throw ConfigError(config.where("data") + ": the dataset has no training examples");
     Rng init_rng(seed, 0);
-    exp.flow = build_flow(config.get_object("model"), exp.data.event_shape, exp.data.context_shape, registry, init_rng);
+    {
+        // Training holds every parameter about four times (value, gradient, two optimizer
+        // moments), so the parameters may take a quarter of the free memory at most.
+        const std::uint64_t avail = available_memory_bytes();
+        AllocationBudget budget(avail > 0 ? static_cast<std::size_t>(avail / 4) : SIZE_MAX,
+                                "the model's parameters (training needs about 4x their size; a quarter of the " +
+                                    gigabytes(static_cast<double>(avail)) + " available)");
+        exp.flow = build_flow(config.get_object("model"), exp.data.event_shape, exp.data.context_shape, registry,
+                              init_rng);
+    }
+    if (exp.flow->named_parameters().empty())
+        throw ConfigError(config.where("model") + ": the model has no trainable parameters (model.layers is empty "
+                          "or has only fixed layers, and the base is fixed); add a layer with parameters");
     Params train = config.get_object("train");
+    // More threads than hardware threads only fight over the cores (20 steps took two orders of
+    // magnitude longer at 10,000 threads).
+    const std::int64_t threads = train.get_int("threads");
+    const unsigned hw = std::thread::hardware_concurrency();
+    if (hw > 0 && threads > static_cast<std::int64_t>(hw))
+        throw ConfigError(train.where("threads") + ": " + std::to_string(threads) + " threads on a machine with " +
+                          std::to_string(hw) + " hardware threads would oversubscribe the cores and run slower; " +
+                          "use at most " + std::to_string(hw) + ", or 0 for all of them");
     exp.optimizer = registry.make_optimizer(train.get_object("optimizer"), exp.flow->named_parameters());
     exp.schedule = registry.make_schedule(train.get_object("schedule"));
     return exp;

@@ -211,16 +211,82 @@ Params make_params(json value, std::string file, std::string pointer) {
 
 Params::Params() : Params(make_params(json::object(), "<defaults>", "")) {}
 
-Params Params::parse(const std::string& json_text, const std::string& file) {
-    json v;
+namespace {
+
+// Where the strict parser is, as a JSON pointer: one frame per open object or list.
+struct ParseFrame {
+    bool is_list = false;
+    std::size_t index = 0;  // lists: the index of the next element
+    std::string key;        // objects: the last key read
+    std::set<std::string> keys;
+};
+
+std::string frames_pointer(const std::vector<ParseFrame>& frames) {
+    std::string out;
+    for (const auto& f : frames) out += "/" + (f.is_list ? std::to_string(f.index) : json_pointer_token(f.key));
+    return out.empty() ? "/" : out;
+}
+
+// A finished value (scalar or closed container) advances the enclosing list.
+void count_value(std::vector<ParseFrame>& frames) {
+    if (!frames.empty() && frames.back().is_list) ++frames.back().index;
+}
+
+}  // namespace
+
+json parse_json_strict(const std::string& text, const std::string& file) {
+    static const std::string kOutOfRange = "number out of range (a double reaches +-1.8e308)";
+    // The checks run inside the parser so that a hostile file never gets built: a 70,000-deep
+    // nesting would overflow the stack in the recursive copy and destruction of the value.
+    std::vector<ParseFrame> frames;
+    json::parser_callback_t cb = [&](int, json::parse_event_t ev, json& parsed) -> bool {
+        switch (ev) {
+            case json::parse_event_t::object_start:
+            case json::parse_event_t::array_start:
+                if (frames.size() >= kMaxJsonDepth) {
+                    throw ConfigError(file + ":" + frames_pointer(frames) + ": JSON nested deeper than " +
+                                      std::to_string(kMaxJsonDepth) + " levels; a flowlab config is a few levels deep");
+                }
+                frames.push_back({ev == json::parse_event_t::array_start, 0, {}, {}});
+                break;
+            case json::parse_event_t::key: {
+                auto& f = frames.back();
+                f.key = parsed.get<std::string>();
+                if (!f.keys.insert(f.key).second)
+                    throw ConfigError(file + ":" + frames_pointer(frames) + ": duplicate key '" + f.key +
+                                      "' (JSON keeps only one of them; remove or rename the other)");
+                break;
+            }
+            case json::parse_event_t::object_end:
+            case json::parse_event_t::array_end:
+                frames.pop_back();
+                count_value(frames);
+                break;
+            case json::parse_event_t::value:
+                if (parsed.is_number_float() && !std::isfinite(parsed.get<double>()))
+                    throw ConfigError(file + ":" + frames_pointer(frames) + ": " + kOutOfRange);
+                count_value(frames);
+                break;
+        }
+        return true;
+    };
     try {
-        v = json::parse(json_text);
+        return json::parse(text, cb);
     } catch (const json::parse_error& e) {
         std::size_t line = 0, col = 0;
-        line_column(json_text, e.byte, line, col);
+        line_column(text, e.byte, line, col);
         throw ConfigError(file + ":" + std::to_string(line) + ": invalid JSON: " + strip_json_prefix(e.what()) +
                           " (column " + std::to_string(col) + ")");
+    } catch (const json::out_of_range&) {
+        // The lexer's number overflow (1e400): the frames still say where it stood.
+        throw ConfigError(file + ":" + frames_pointer(frames) + ": " + kOutOfRange);
+    } catch (const json::exception& e) {
+        throw ConfigError(file + ": invalid JSON: " + strip_json_prefix(e.what()));
     }
+}
+
+Params Params::parse(const std::string& json_text, const std::string& file) {
+    json v = parse_json_strict(json_text, file);
     if (!v.is_object()) throw ConfigError(file + ":/: expected a JSON object, got " + describe_json(v));
     return make_params(std::move(v), file, "");
 }

@@ -137,6 +137,22 @@ TEST_CASE("invalid JSON is reported with the file and the line", "[params]") {
           "list.json:/: expected a JSON object, got list [1,2]");
 }
 
+TEST_CASE("strict parsing names the JSON pointer of a duplicate key, an overflowing number and deep nesting", "[params]") {
+    CHECK(config_error([] { Params::parse(R"({"a": [1, {"b": 1, "c": 2, "b": 3}]})", "d.json"); }) ==
+          "d.json:/a/1/b: duplicate key 'b' (JSON keeps only one of them; remove or rename the other)");
+    // The same key in two different objects is fine.
+    CHECK(Params::parse(R"({"x": {"k": 1}, "y": {"k": 2}})", "ok.json").get_object("y").get_int("k") == 2);
+    CHECK(config_error([] { Params::parse(R"({"a": [[1], [2, -1e999]]})", "n.json"); }) ==
+          "n.json:/a/1/1: number out of range (a double reaches +-1.8e308)");
+    std::string deep = "{\"a\": " + std::string(300, '[') + std::string(300, ']') + "}";
+    std::string msg = config_error([&] { Params::parse(deep, "deep.json"); });
+    CHECK(msg.rfind("deep.json:/a/0/0/", 0) == 0);
+    CHECK(msg.find("nested deeper than 256 levels") != std::string::npos);
+    // 255 levels inside the root object are accepted.
+    std::string ok = "{\"a\": " + std::string(255, '[') + std::string(255, ']') + "}";
+    CHECK(Params::parse(ok, "ok.json").has("a"));
+}
+
 TEST_CASE("getters check types even on unvalidated parameters", "[params]") {
     Params p = Params::parse(R"({"n": "x", "obj": {"k": true}, "xs": [1, {"a": 1}]})", "g.json");
     CHECK(config_error([&] { p.get_number("n"); }) == "g.json:/n: expected number, got string \"x\"");

@@ -20,6 +20,10 @@ namespace flowlab {
 // and validates the top level. Errors are ConfigError "file:/pointer: what; hint".
 Params load_experiment(const std::string& path, const std::vector<std::string>& overrides = {});
 
+// The resolved experiment a run directory recorded (RUN_DIR/config.json, written by `run`),
+// validated again with `overrides` applied.
+Params load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides = {});
+
 // A JSON Schema (draft 2020-12) of the experiment format, generated from the registry: every
 // registered type with its parameters, so that editors validate and complete configs.
 std::string experiment_json_schema(const Registry& registry);
@@ -66,7 +70,7 @@ struct TrainSummary {
     double test_bpd = 0.0;           // bits per dimension (dequantisation terms included)
     double samples_per_s = 0.0;      // training throughput
     double train_seconds = 0.0;
-    std::int64_t skipped_steps = 0;
+    std::int64_t skipped_steps = 0;  // non-finite steps skipped, over the whole run
     bool interrupted = false;        // stopped by stop_flag or stop_after before the last step
     bool early_stopped = false;
     double best_valid_nll = 0.0;
@@ -81,6 +85,11 @@ std::vector<std::string> run_checkpoints(const std::string& run_dir);
 void load_weights(Experiment& exp, const std::string& checkpoint_path, bool prefer_ema = true);
 
 TrainSummary train(Experiment& exp, const TrainOptions& opt);
+
+// Whether `run_dir` holds a finished run: its summary.json is written and the checkpoint a
+// resume would load is at train.steps (or early-stopped). `run --resume` then changes nothing.
+// Read-only.
+bool run_finished(Experiment& exp, const std::string& run_dir);
 
 // Mean NLL (nats) and bits/dim of `split` ("test", "valid", "train") under the flow. With a
 // stochastic dequantizer (uniform, variational) and importance_samples K > 1 the bound is the
