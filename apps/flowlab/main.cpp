@@ -25,6 +25,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <new>
 #include <set>
 #include <sstream>
 #include <string>
@@ -36,6 +37,7 @@
 #include "flowlab/errors.hpp"
 #include "flowlab/image_io.hpp"
 #include "flowlab/report.hpp"
+#include "flowlab/run_dir.hpp"
 #include "flowlab/experiment.hpp"
 #include "flowlab/parallel.hpp"
 #include "flowlab/plugin.hpp"
@@ -388,28 +390,6 @@ int cmd_list(const Args& a, Registry& reg) {
 volatile int g_stop = 0;
 void on_signal(int) { g_stop = 1; }
 
-// The resolved config of a run directory (what `run` wrote to config.json).
-Params run_dir_config(const std::string& run_dir, const std::vector<std::string>& sets) {
-    fs::path p = fs::path(run_dir) / "config.json";
-    if (!fs::exists(p))
-        throw IoError(p.string() + ": not found; is " + run_dir + " a flowlab run directory?");
-    std::string text = read_file(p.string());
-    // config.json is {"config": {...}, ...}: pull the experiment out so errors still point at it.
-    Params whole = Params::parse(text, p.string());
-    std::string inner = whole.get_json("config");
-    fs::path tmp = fs::temp_directory_path() / ("flowlab-config-" + std::to_string(::getpid()) + ".json");
-    write_text(tmp.string(), inner);
-    Params cfg;
-    try {
-        cfg = load_experiment(tmp.string(), sets);
-    } catch (...) {
-        fs::remove(tmp);
-        throw;
-    }
-    fs::remove(tmp);
-    return cfg;
-}
-
 // Everything a finished (or interrupted) run leaves for people: samples, plots, report.
 void write_artifacts(Experiment& exp, const Params& cfg, const std::string& run_dir) {
     Params ev = cfg.get_object("eval");
@@ -433,25 +413,21 @@ void write_artifacts(Experiment& exp, const Params& cfg, const std::string& run_
 
 int cmd_run(const Args& a, Registry& reg) {
     if (a.positional.size() != 1) throw UsageError(a.resume ? "run --resume takes one RUN_DIR" : "run takes one CONFIG");
-    Params cfg = a.resume ? run_dir_config(a.positional[0], a.sets) : load_experiment(a.positional[0], a.sets);
+    Params cfg = a.resume ? load_run_config(a.positional[0], a.sets) : load_experiment(a.positional[0], a.sets);
     const auto dirs = a.resume ? run_search_dirs(a, a.positional[0]) : search_dirs(a);
     load_plugins(reg, experiment_plugins(cfg), dirs);
     load_plugins(reg, a.plugins, dirs);
     std::string run_dir = a.resume ? a.positional[0] : (a.output.empty() ? cfg.get_string("output") : a.output);
     Experiment exp = build_experiment(cfg, reg);
+    if (a.resume && run_finished(exp, run_dir)) {  // nothing to do, and no file is touched
+        std::printf("%s: already finished (%s/summary.json); nothing to resume\n", cfg.get_string("name").c_str(),
+                    run_dir.c_str());
+        return kOk;
+    }
     fs::create_directories(run_dir);
 
     // The resolved config: every default filled in, plus where each plugin came from.
-    std::ostringstream resolved;
-    resolved << "{\n  \"config\": " << cfg.dump(2) << ",\n  \"flowlab_version\": \"" << FLOWLAB_VERSION_STRING
-             << "\",\n  \"loaded_plugins\": [";
-    for (std::size_t i = 0; i < reg.plugins.size(); ++i) {
-        const auto& p = reg.plugins[i];
-        resolved << (i ? ", " : "") << "{\"name\": \"" << p.name << "\", \"version\": \"" << p.version
-                 << "\", \"path\": \"" << p.path << "\"}";
-    }
-    resolved << "]\n}\n";
-    write_file_atomic(run_dir + "/config.json", resolved.str());
+    write_run_config(run_dir, cfg, reg.plugins);
 
     if (!a.quiet)
         std::fprintf(stderr, "flowlab: %s - %lld parameters, %lld training examples, run directory %s\n",
@@ -476,21 +452,18 @@ int cmd_run(const Args& a, Registry& reg) {
         return g_stop ? kInterrupted : kOk;
     }
 
-    char buf[1024];
-    std::snprintf(buf, sizeof buf,
-                  "{\n  \"name\": \"%s\",\n  \"steps\": %lld,\n  \"final_train_loss\": %.6f,\n  \"test_nll\": %.6f,\n"
-                  "  \"test_bpd\": %.6f,\n  \"samples_per_s\": %.1f,\n  \"train_seconds\": %.3f,\n"
-                  "  \"skipped_steps\": %lld,\n  \"early_stopped\": %s\n}\n",
-                  cfg.get_string("name").c_str(), static_cast<long long>(s.steps), s.final_train_loss, s.test_nll,
-                  s.test_bpd, s.samples_per_s, s.train_seconds, static_cast<long long>(s.skipped_steps),
-                  s.early_stopped ? "true" : "false");
-    write_file_atomic(run_dir + "/summary.json", buf);
+    write_run_summary(run_dir, cfg.get_string("name"), s);
     write_artifacts(exp, cfg, run_dir);
 
     std::printf("%s: %lld steps in %.1f s (%.0f samples/s)\n", cfg.get_string("name").c_str(),
                 static_cast<long long>(s.steps), s.train_seconds, s.samples_per_s);
     std::printf("  train loss %.4f nats\n", s.final_train_loss);
-    std::printf("  test NLL   %.4f nats (%.4f bits/dim)\n", s.test_nll, s.test_bpd);
+    if (std::isfinite(s.test_nll))
+        std::printf("  test NLL   %.4f nats (%.4f bits/dim)\n", s.test_nll, s.test_bpd);
+    else if (exp.data.test.size() == 0)
+        std::printf("  test NLL   n/a (the test split is empty)\n");
+    else
+        std::printf("  test NLL   not finite (the model gives some test data no density; see metrics.jsonl)\n");
     std::printf("  run directory: %s (report.html)\n", run_dir.c_str());
     return kOk;
 }
@@ -507,7 +480,7 @@ std::pair<std::string, std::string> run_and_checkpoint(const std::string& target
 
 Experiment load_trained(const Args& a, Registry& reg, const std::string& target, Params& cfg) {
     auto [run_dir, ckpt] = run_and_checkpoint(target);
-    cfg = run_dir_config(run_dir, a.sets);
+    cfg = load_run_config(run_dir, a.sets);
     const auto dirs = run_search_dirs(a, run_dir);
     load_plugins(reg, experiment_plugins(cfg), dirs);
     load_plugins(reg, a.plugins, dirs);
@@ -524,9 +497,67 @@ int cmd_eval(const Args& a, Registry& reg) {
     Params ev = cfg.get_object("eval");
     EvalResult r = evaluate(exp, a.split, ev.get_int("batch_size"), static_cast<int>(ev.get_int("importance_samples")));
     if (r.n == 0) throw ConfigError("split '" + a.split + "' of this dataset is empty");
-    std::printf("{\"split\": \"%s\", \"n\": %lld, \"nll\": %.6f, \"bits_per_dim\": %.6f}\n", a.split.c_str(),
-                static_cast<long long>(r.n), r.nll, r.bpd);
+    // The line stays valid JSON whatever the weights give: a non-finite figure is null, and
+    // the exit code says the evaluation failed.
+    auto number = [](double v) {
+        char buf[64];
+        if (!std::isfinite(v)) return std::string("null");
+        std::snprintf(buf, sizeof buf, "%.6f", v);
+        return std::string(buf);
+    };
+    std::printf("{\"split\": \"%s\", \"n\": %lld, \"nll\": %s, \"bits_per_dim\": %s}\n", a.split.c_str(),
+                static_cast<long long>(r.n), number(r.nll).c_str(), number(r.bpd).c_str());
+    if (!std::isfinite(r.nll))
+        throw NumericError(a.positional[0] + ": the " + a.split + " NLL is not finite (" + number(r.nll) +
+                           "): the checkpoint's weights are not finite, or the model gives some data no density");
     return kOk;
+}
+
+// -n comes from the command line: a count no memory holds is a clear error, not a crash.
+ConfigError too_many_samples(std::int64_t n, std::int64_t d, const std::string& why) {
+    return ConfigError("-n " + std::to_string(n) + ": too many samples for memory: " + std::to_string(n) + " samples of " +
+                       std::to_string(d) + " values " + why);
+}
+
+std::string gigabytes(double bytes) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.1f GB", bytes / 1e9);
+    return buf;
+}
+
+// Bounds n before the draw allocates. A draw's memory is measured on two small batches: the
+// growth from one to the other is the cost per sample (activations, conditioner hidden layers),
+// the rest a fixed cost (weights derived once per call). `format_bytes` per value is what
+// writing the output format holds besides the samples.
+void check_sample_memory(Experiment& exp, std::int64_t n, double temperature, double format_bytes) {
+    const std::int64_t d = numel(exp.data.event_shape);
+    std::int64_t values = 0;
+    if (__builtin_mul_overflow(n, d, &values)) throw too_many_samples(n, d, "overflow 64-bit sizes; draw fewer per call");
+    constexpr std::int64_t kProbe = 32;
+    if (n <= 2 * kProbe) return;  // no larger than the probes themselves
+    double value_bytes = 4;
+    auto draw_bytes = [&](std::int64_t m) {
+        Rng probe_rng(0, 1);  // its own generator: the real draw is the same with or without the check
+        const std::size_t before = tensor_live_bytes();
+        reset_tensor_peak_bytes();
+        {
+            Tensor x = exp.flow->sample(m, probe_rng, temperature);
+            value_bytes = static_cast<double>(dtype_size(x.dtype()));
+        }
+        return static_cast<double>(tensor_peak_bytes() - before);
+    };
+    const double small = draw_bytes(kProbe), large = draw_bytes(2 * kProbe);
+    const double per_sample = std::max((large - small) / kProbe, static_cast<double>(d) * value_bytes) +
+                              static_cast<double>(d) * format_bytes;
+    const double fixed = std::max(0.0, small - per_sample * kProbe);
+    const double need = fixed + per_sample * static_cast<double>(n);
+    const double avail = static_cast<double>(available_memory_bytes());
+    if (avail > 0 && need > avail) {
+        const auto fit = static_cast<long long>(std::max(0.0, (avail - fixed) / per_sample));
+        throw too_many_samples(n, d, "need about " + gigabytes(need) + ", " + gigabytes(avail) +
+                                         " is available; draw at most about " + std::to_string(fit) +
+                                         " per call (with a different --seed for each)");
+    }
 }
 
 int cmd_sample(const Args& a, Registry& reg) {
@@ -542,17 +573,24 @@ int cmd_sample(const Args& a, Registry& reg) {
     std::string out = a.out;
     if (out.empty()) out = ev.size() == 3 ? "samples.png" : "samples.csv";
     auto ends = [&](const char* ext) { return out.size() >= std::strlen(ext) && out.rfind(ext) == out.size() - std::strlen(ext); };
-    if (ends(".png")) {
-        if (ev.size() != 3) throw UsageError("--out " + out + ": PNG needs image data ([C, H, W]), this model's is " + shape_str(ev));
-        write_image_samples(exp, out, a.n, a.temperature, rng);
-    } else {
-        Tensor xs = exp.flow->sample(a.n, rng, a.temperature);
-        if (ends(".npy"))
-            write_npy(out, xs);
-        else if (ends(".csv"))
-            write_text(out, tensor_csv(xs.reshape({xs.size(0), -1})));
-        else
-            throw UsageError("--out " + out + ": use .png (images), .csv or .npy");
+    const bool png = ends(".png"), csv = ends(".csv");
+    if (!png && !csv && !ends(".npy")) throw UsageError("--out " + out + ": use .png (images), .csv or .npy");
+    if (png && ev.size() != 3) throw UsageError("--out " + out + ": PNG needs image data ([C, H, W]), this model's is " + shape_str(ev));
+    // Besides the samples, the PNG path holds f32 and double copies and the pixels; CSV its text (about
+    // 15 characters a value, with the string's growth and final copy).
+    check_sample_memory(exp, a.n, a.temperature, png ? 13.0 : csv ? 48.0 : 0.0);
+    try {
+        if (png) {
+            write_image_samples(exp, out, a.n, a.temperature, rng);
+        } else {
+            Tensor xs = exp.flow->sample(a.n, rng, a.temperature);
+            if (csv)
+                write_text(out, tensor_csv(xs.reshape({xs.size(0), -1})));
+            else
+                write_npy(out, xs);
+        }
+    } catch (const std::bad_alloc&) {  // the estimate fell short
+        throw too_many_samples(a.n, numel(ev), "ran out of memory; draw fewer per call");
     }
     std::printf("%s: %lld samples at temperature %g\n", out.c_str(), static_cast<long long>(a.n), a.temperature);
     if (a.time) {

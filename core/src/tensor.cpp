@@ -1,10 +1,17 @@
 #include "flowlab/tensor.hpp"
 
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <mutex>
 #include <new>
 #include <unordered_map>
+
+#include <unistd.h>
 
 #include "flowlab/errors.hpp"
 
@@ -59,6 +66,15 @@ BlockCache& block_cache() {
     return *c;
 }
 
+// Live and peak tensor bytes (constant-initialised, so usable during static destruction too).
+std::atomic<std::size_t> g_live_bytes{0}, g_peak_bytes{0};
+
+void count_alloc(std::size_t bytes) {
+    const std::size_t now = g_live_bytes.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    std::size_t peak = g_peak_bytes.load(std::memory_order_relaxed);
+    while (now > peak && !g_peak_bytes.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {}
+}
+
 // One allocation holds the shared_ptr control block, the Storage and the data (aligned up
 // inside the block): a tensor costs one allocation instead of three, and small ones are served
 // by malloc's per-thread caches (aligned_alloc bypasses those).
@@ -73,10 +89,12 @@ struct BlockAlloc {
         const std::size_t bytes = n * sizeof(T) + extra;
         void* p = bytes >= BlockCache::kMinBytes ? block_cache().get(bytes) : std::malloc(bytes);
         if (!p) throw std::bad_alloc();
+        count_alloc(bytes);
         return static_cast<T*>(p);
     }
     void deallocate(T* p, std::size_t n) {
         const std::size_t bytes = n * sizeof(T) + extra;
+        g_live_bytes.fetch_sub(bytes, std::memory_order_relaxed);
         if (bytes >= BlockCache::kMinBytes)
             block_cache().put(p, bytes);
         else
@@ -101,10 +119,97 @@ struct Tensor::Storage {
 std::size_t dtype_size(DType dt) { return dt == DType::f32 ? 4 : 8; }
 const char* dtype_name(DType dt) { return dt == DType::f32 ? "f32" : "f64"; }
 
+namespace {
+constexpr std::size_t kLargeTensorBytes = std::size_t{1} << 30;
+
+// The product of the dimensions other than -1 (a reshape's inferred one); false on overflow. A
+// zero dimension makes it 0 whatever the others are.
+bool checked_product(const Shape& s, std::int64_t& n) {
+    n = 1;
+    bool overflow = false;
+    for (auto d : s) {
+        if (d == 0) {
+            n = 0;
+            return true;
+        }
+        if (d != -1) overflow = overflow || __builtin_mul_overflow(n, d, &n);
+    }
+    return !overflow;
+}
+}  // namespace
+
 std::int64_t numel(const Shape& s) {
-    std::int64_t n = 1;
-    for (auto d : s) n *= d;
+    for (auto d : s)
+        if (d < 0) throw ShapeError("shape " + shape_str(s) + ": negative dimension " + std::to_string(d));
+    std::int64_t n = 0;
+    if (!checked_product(s, n)) throw ShapeError("shape " + shape_str(s) + ": the element count overflows 64 bits");
     return n;
+}
+
+namespace {
+thread_local AllocationBudget* t_budget = nullptr;
+
+std::string gb(double bytes) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f GB", bytes / 1e9);
+    return buf;
+}
+}  // namespace
+
+AllocationBudget::AllocationBudget(std::size_t bytes, std::string what)
+    : limit_(bytes), what_(std::move(what)), outer_(t_budget) {
+    t_budget = this;
+}
+
+AllocationBudget::~AllocationBudget() { t_budget = outer_; }
+
+void AllocationBudget::charge(std::size_t bytes) {
+    if (bytes > limit_ - std::min(used_, limit_))
+        throw ShapeError(what_ + ": a tensor of " + gb(static_cast<double>(bytes)) + " would bring it to " +
+                         gb(static_cast<double>(used_) + static_cast<double>(bytes)) + ", over its budget of " +
+                         gb(static_cast<double>(limit_)));
+    used_ += bytes;
+}
+
+std::size_t tensor_live_bytes() { return g_live_bytes.load(std::memory_order_relaxed); }
+std::size_t tensor_peak_bytes() { return g_peak_bytes.load(std::memory_order_relaxed); }
+void reset_tensor_peak_bytes() { g_peak_bytes.store(tensor_live_bytes(), std::memory_order_relaxed); }
+
+namespace {
+// A field of /proc/meminfo in kB, or 0.
+std::uint64_t meminfo_kb(const char* key) {
+    std::ifstream f("/proc/meminfo");
+    std::string word;
+    while (f >> word)
+        if (word == key) {
+            unsigned long long v = 0;
+            return f >> v ? v : 0;
+        }
+    return 0;
+}
+// The number a /sys file holds, or 0 (also for "max", no limit).
+std::uint64_t first_number(const char* path) {
+    std::ifstream f(path);
+    unsigned long long v = 0;
+    return f >> v ? v : 0;
+}
+}  // namespace
+
+std::uint64_t available_memory_bytes() {
+    std::uint64_t avail = meminfo_kb("MemAvailable:") * 1024;
+    if (avail == 0) {
+        const long pages = ::sysconf(_SC_AVPHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+        if (pages > 0 && page > 0) avail = static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page);
+    }
+    // A container's limit (cgroup v2, then v1) is often far below the machine's memory. Its
+    // usage counts reclaimable page cache, so the limit itself is the cap.
+    for (const char* limit_file : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+        const std::uint64_t limit = first_number(limit_file);
+        if (limit == 0 || limit >= (std::uint64_t{1} << 62)) continue;  // absent or unlimited
+        avail = avail ? std::min(avail, limit) : limit;
+        break;
+    }
+    return avail;
 }
 
 std::string shape_str(const Shape& s) {
@@ -120,7 +225,29 @@ Tensor Tensor::empty(Shape shape, DType dt) {
     for (auto d : shape)
         if (d < 0) throw ShapeError("Tensor::empty: negative dimension in " + shape_str(shape));
     Tensor t;
-    t.numel_ = flowlab::numel(shape);
+    try {
+        t.numel_ = flowlab::numel(shape);
+    } catch (const ShapeError& e) {
+        throw ShapeError(std::string("Tensor::empty: ") + e.what());
+    }
+    // Bytes plus the block's overhead must stay a valid object size.
+    std::size_t bytes = 0;
+    if (__builtin_mul_overflow(static_cast<std::size_t>(t.numel_), dtype_size(dt), &bytes) ||
+        bytes > static_cast<std::size_t>(PTRDIFF_MAX) / 2)
+        throw ShapeError("Tensor::empty: " + shape_str(shape) + " " + dtype_name(dt) + " holds " +
+                         std::to_string(t.numel_) + " values, more than one allocation can hold");
+    if (t_budget) t_budget->charge(bytes);
+    // A tensor beyond the free memory fails here with its size (a `hidden: [1000000000]` typo)
+    // rather than after the system starts swapping. Only large requests pay for the look-up.
+    if (bytes >= kLargeTensorBytes) {
+        const std::uint64_t avail = available_memory_bytes();
+        if (avail > 0 && bytes > avail) {
+            char need[64];
+            std::snprintf(need, sizeof need, "%.1f GB, %.1f GB is available", static_cast<double>(bytes) / 1e9,
+                          static_cast<double>(avail) / 1e9);
+            throw ShapeError("Tensor::empty: " + shape_str(shape) + " " + dtype_name(dt) + " needs " + need);
+        }
+    }
     t.shape_ = std::move(shape);
     t.dtype_ = dt;
     t.storage_ = std::allocate_shared<Storage>(BlockAlloc<Storage>(t.nbytes() + kAlign - 1));
@@ -229,7 +356,6 @@ Tensor Tensor::clone() const {
 
 Tensor Tensor::reshape(Shape shape) const {
     if (!defined()) throw ShapeError("Tensor::reshape: undefined tensor");
-    std::int64_t known = 1;
     int infer = -1;
     for (std::size_t i = 0; i < shape.size(); ++i) {
         if (shape[i] == -1) {
@@ -237,10 +363,11 @@ Tensor Tensor::reshape(Shape shape) const {
             infer = static_cast<int>(i);
         } else if (shape[i] < 0) {
             throw ShapeError("reshape: negative dimension in " + shape_str(shape));
-        } else {
-            known *= shape[i];
         }
     }
+    std::int64_t known = 0;
+    if (!checked_product(shape, known))
+        throw ShapeError("reshape: the element count of " + shape_str(shape) + " overflows 64 bits");
     if (infer >= 0) {
         if (known == 0 || numel_ % known != 0)
             throw ShapeError("reshape: cannot view shape " + shape_str(shape_) + " as " + shape_str(shape));
@@ -290,9 +417,9 @@ void Tensor::copy_from(const Tensor& src) {
 
 Tensor Tensor::rows(std::int64_t start, std::int64_t len) const {
     if (dim() < 1) throw ShapeError("Tensor::rows: scalar tensor has no rows");
-    if (start < 0 || len < 0 || start + len > shape_[0])
-        throw ShapeError("Tensor::rows: rows [" + std::to_string(start) + ", " + std::to_string(start + len) +
-                         ") out of range for shape " + shape_str(shape_));
+    if (start < 0 || len < 0 || start > shape_[0] || len > shape_[0] - start)
+        throw ShapeError("Tensor::rows: " + std::to_string(len) + " rows from row " + std::to_string(start) +
+                         " are out of range for shape " + shape_str(shape_));
     Shape s = shape_;
     s[0] = len;
     Tensor t = empty(s, dtype_);

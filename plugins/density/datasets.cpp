@@ -5,18 +5,15 @@
 // [784] flattened or [1, 28, 28]. With "context": "label" every image carries its class as a
 // one-hot [10] context, for class-conditional flows. A missing file is an IoError naming the
 // file and how to get it; a corrupt or truncated one is an IoError naming the file, never a
-// crash or a silently short dataset.
-#include <zlib.h>
-
+// crash or a silently short dataset. The file parsers live in data_readers.cpp.
 #include <cmath>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
+#include <new>
 #include <numbers>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "data_readers.hpp"
 #include "density.hpp"
 
 namespace flowlab::density {
@@ -24,84 +21,14 @@ namespace {
 
 // ------------------------------------------------------------------------------------ IDX
 
-std::vector<std::uint8_t> read_gzip(const std::string& path, const std::string& hint) {
-    std::error_code ec;
-    if (!std::filesystem::exists(path, ec)) throw IoError(path + ": no such file; " + hint);
-    gzFile f = gzopen(path.c_str(), "rb");
-    if (!f) throw IoError(path + ": cannot open (" + std::strerror(errno) + ")");
-    std::vector<std::uint8_t> out;
-    std::vector<std::uint8_t> buf(1 << 20);
-    for (;;) {
-        const int n = gzread(f, buf.data(), static_cast<unsigned>(buf.size()));
-        if (n < 0) {
-            int code = 0;
-            const std::string msg = gzerror(f, &code);
-            gzclose(f);
-            throw IoError(path + ": corrupt or truncated gzip data (" + msg + ")");
-        }
-        if (n == 0) break;
-        out.insert(out.end(), buf.begin(), buf.begin() + n);
-    }
-    const int rc = gzclose(f);
-    if (rc != Z_OK)
-        throw IoError(path + ": corrupt or truncated gzip data (" + (rc == Z_BUF_ERROR ? "unexpected end of file" : "zlib error " + std::to_string(rc)) + ")");
-    return out;
-}
-
-std::uint32_t be32(const std::uint8_t* p) {
-    return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | std::uint32_t{p[3]};
-}
-
-struct IdxImages {
-    std::int64_t n = 0, rows = 0, cols = 0;
-    std::vector<std::uint8_t> bytes;  // whole file; pixels from offset 16
-};
-
-IdxImages read_idx_images(const std::string& path, const std::string& hint) {
-    IdxImages r;
-    r.bytes = read_gzip(path, hint);
-    if (r.bytes.size() < 16) throw IoError(path + ": truncated IDX file (" + std::to_string(r.bytes.size()) + " bytes, no header)");
-    const std::uint32_t magic = be32(r.bytes.data());
-    if (magic != 2051)
-        throw IoError(path + ": not an IDX image file (magic " + std::to_string(magic) + ", expected 2051)");
-    r.n = be32(r.bytes.data() + 4);
-    r.rows = be32(r.bytes.data() + 8);
-    r.cols = be32(r.bytes.data() + 12);
-    const auto need = static_cast<std::uint64_t>(r.n) * static_cast<std::uint64_t>(r.rows) * static_cast<std::uint64_t>(r.cols);
-    if (r.bytes.size() - 16 < need)
-        throw IoError(path + ": truncated IDX file: the header announces " + std::to_string(r.n) + " images of " +
-                      std::to_string(r.rows) + "x" + std::to_string(r.cols) + " (" + std::to_string(need) +
-                      " bytes), the file holds " + std::to_string(r.bytes.size() - 16));
-    return r;
-}
-
-std::vector<std::uint8_t> read_idx_labels(const std::string& path, std::int64_t expect, const std::string& hint) {
-    std::vector<std::uint8_t> bytes = read_gzip(path, hint);
-    if (bytes.size() < 8) throw IoError(path + ": truncated IDX file (" + std::to_string(bytes.size()) + " bytes, no header)");
-    const std::uint32_t magic = be32(bytes.data());
-    if (magic != 2049)
-        throw IoError(path + ": not an IDX label file (magic " + std::to_string(magic) + ", expected 2049)");
-    const std::int64_t n = be32(bytes.data() + 4);
-    if (n != expect)
-        throw IoError(path + ": " + std::to_string(n) + " labels for " + std::to_string(expect) + " images");
-    if (static_cast<std::int64_t>(bytes.size()) - 8 < n)
-        throw IoError(path + ": truncated IDX file: " + std::to_string(n) + " labels announced, " +
-                      std::to_string(bytes.size() - 8) + " present");
-    for (std::int64_t i = 0; i < n; ++i)
-        if (bytes[static_cast<std::size_t>(8 + i)] > 9)
-            throw IoError(path + ": label " + std::to_string(bytes[static_cast<std::size_t>(8 + i)]) + " at index " +
-                          std::to_string(i) + " is not a class 0..9");
-    return {bytes.begin() + 8, bytes.begin() + 8 + n};
-}
-
 // Images [first, first + count) as f32 levels, [count, rows*cols] or [count, 1, rows, cols].
 DataSplit image_split(const IdxImages& im, const std::vector<std::uint8_t>* labels, std::int64_t first,
                       std::int64_t count, bool flatten) {
     DataSplit s;
-    const std::int64_t px = im.rows * im.cols;
+    const std::int64_t px = im.rows * im.cols;  // the reader checked n * rows * cols
     s.x = flatten ? Tensor::empty({count, px}) : Tensor::empty({count, 1, im.rows, im.cols});
     float* out = s.x.f32();
-    const std::uint8_t* src = im.bytes.data() + 16 + first * px;
+    const std::uint8_t* src = im.pixels.data() + first * px;
     for (std::int64_t i = 0; i < count * px; ++i) out[i] = static_cast<float>(src[i]);
     if (labels) {
         s.context = Tensor::zeros({count, 10});
@@ -164,118 +91,6 @@ Schema idx_schema(const char* default_path) {
 }
 
 // ------------------------------------------------------------------------------------ tables
-
-// A table of n rows and d columns in double.
-struct Table {
-    std::int64_t n = 0, d = 0;
-    std::vector<double> v;
-};
-
-Table read_npy(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw IoError(path + ": cannot open the .npy file (check the path)");
-    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    auto bad = [&](const std::string& why) { return IoError(path + ": not a readable .npy file: " + why); };
-    if (bytes.size() < 10 || std::memcmp(bytes.data(), "\x93NUMPY", 6) != 0) throw bad("missing the \\x93NUMPY magic");
-    const int major = static_cast<unsigned char>(bytes[6]);
-    std::size_t hlen = 0, off = 0;
-    if (major == 1) {
-        hlen = static_cast<unsigned char>(bytes[8]) | (static_cast<std::size_t>(static_cast<unsigned char>(bytes[9])) << 8);
-        off = 10;
-    } else if (major == 2 || major == 3) {
-        if (bytes.size() < 12) throw bad("truncated header");
-        for (int i = 0; i < 4; ++i) hlen |= static_cast<std::size_t>(static_cast<unsigned char>(bytes[8 + i])) << (8 * i);
-        off = 12;
-    } else {
-        throw bad("format version " + std::to_string(major));
-    }
-    if (bytes.size() < off + hlen) throw bad("truncated header");
-    const std::string header(bytes.data() + off, hlen);
-    auto field = [&](const std::string& key) {
-        auto k = header.find("'" + key + "'");
-        if (k == std::string::npos) throw bad("header without '" + key + "'");
-        return header.substr(header.find(':', k) + 1);
-    };
-    std::string descr = field("descr");
-    descr = descr.substr(descr.find('\'') + 1);
-    descr = descr.substr(0, descr.find('\''));
-    const bool fortran = field("fortran_order").find("True") < field("fortran_order").find(',');
-    std::string shape = field("shape");
-    shape = shape.substr(shape.find('(') + 1, shape.find(')') - shape.find('(') - 1);
-    std::vector<std::int64_t> dims;
-    std::stringstream ss(shape);
-    std::string tok;
-    while (std::getline(ss, tok, ','))
-        if (tok.find_first_not_of(" ") != std::string::npos) dims.push_back(std::stoll(tok));
-    if (dims.empty() || dims.size() > 2) throw bad("expected a 1-D or 2-D array, shape (" + shape + ")");
-    if (descr.size() < 3 || descr[0] == '>') throw bad("dtype '" + descr + "' (only little-endian numbers are read)");
-    const char kind = descr[1];
-    const int size = std::stoi(descr.substr(2));
-    Table t;
-    t.n = dims[0];
-    t.d = dims.size() == 2 ? dims[1] : 1;
-    const std::size_t count = static_cast<std::size_t>(t.n * t.d);
-    const std::size_t data = off + hlen;
-    if (bytes.size() < data + count * static_cast<std::size_t>(size))
-        throw IoError(path + ": truncated .npy file: " + std::to_string(count) + " values of " + std::to_string(size) +
-                      " bytes announced, " + std::to_string(bytes.size() - data) + " bytes present");
-    t.v.resize(count);
-    const char* p = bytes.data() + data;
-    for (std::size_t i = 0; i < count; ++i) {
-        const char* e = p + i * static_cast<std::size_t>(size);
-        double val;
-        if (kind == 'f' && size == 4) { float f; std::memcpy(&f, e, 4); val = f; }
-        else if (kind == 'f' && size == 8) { std::memcpy(&val, e, 8); }
-        else if (kind == 'i' && size == 4) { std::int32_t x; std::memcpy(&x, e, 4); val = x; }
-        else if (kind == 'i' && size == 8) { std::int64_t x; std::memcpy(&x, e, 8); val = static_cast<double>(x); }
-        else if (kind == 'u' && size == 1) { val = static_cast<unsigned char>(*e); }
-        else if (kind == 'i' && size == 1) { val = static_cast<signed char>(*e); }
-        else throw bad("dtype '" + descr + "' (read: f4, f8, i1, i4, i8, u1)");
-        // Fortran order stores column by column.
-        const std::size_t dst = fortran ? (i % static_cast<std::size_t>(t.n)) * static_cast<std::size_t>(t.d) + i / static_cast<std::size_t>(t.n) : i;
-        t.v[dst] = val;
-    }
-    return t;
-}
-
-Table read_csv(const std::string& path, char delim, const std::string& header) {
-    std::ifstream in(path);
-    if (!in) throw IoError(path + ": cannot open the CSV file (check the path)");
-    Table t;
-    std::string line;
-    std::int64_t line_no = 0;
-    bool first = true;
-    while (std::getline(in, line)) {
-        ++line_no;
-        if (!line.empty() && line.back() == '\r') line.pop_back();
-        if (line.find_first_not_of(" \t") == std::string::npos) continue;
-        std::vector<double> row;
-        bool numeric = true;
-        std::stringstream ss(line);
-        std::string cell;
-        while (std::getline(ss, cell, delim)) {
-            char* end = nullptr;
-            const double v = std::strtod(cell.c_str(), &end);
-            while (end && (*end == ' ' || *end == '\t')) ++end;
-            if (end == cell.c_str() || (end && *end != '\0')) numeric = false;
-            row.push_back(v);
-        }
-        if (first) {
-            first = false;
-            if (header == "yes" || (header == "auto" && !numeric)) continue;
-        }
-        if (!numeric)
-            throw IoError(path + ":" + std::to_string(line_no) + ": a non-numeric value (set \"header\" if this is a header row)");
-        if (t.d == 0) t.d = static_cast<std::int64_t>(row.size());
-        if (static_cast<std::int64_t>(row.size()) != t.d)
-            throw IoError(path + ":" + std::to_string(line_no) + ": " + std::to_string(row.size()) + " columns, expected " +
-                          std::to_string(t.d));
-        t.v.insert(t.v.end(), row.begin(), row.end());
-        ++t.n;
-    }
-    if (t.n == 0) throw IoError(path + ": no data rows");
-    return t;
-}
 
 DataSplit table_split(const Table& t, const std::vector<std::int64_t>& idx, std::int64_t first, std::int64_t count,
                       const std::vector<double>& mean, const std::vector<double>& sd) {
@@ -345,7 +160,36 @@ Schema table_schema() {
     };
 }
 
+// A valid file too large for memory is a fault of that file, not of the config (which the
+// registry would call any other exception): an IoError naming it.
+template <class Fn>
+Dataset loading(const std::string& path, Fn&& fn) {
+    try {
+        return fn();
+    } catch (const std::bad_alloc&) {
+        throw IoError(path + ": not enough memory to load it (" +
+                      std::to_string(available_memory_bytes() >> 20) + " MB available)");
+    }
+}
+
 // ------------------------------------------------------------------------------- labeled moons
+
+// A split's size comes from the config: refuse one that cannot fit before allocating it (the
+// permutation, points and context take about 32 bytes a point).
+void check_fits(const Params& p, const char* key) {
+    constexpr std::int64_t kBytesPerPoint = 32;
+    const std::int64_t n = p.get_int(key);
+    const std::uint64_t avail = available_memory_bytes();
+    std::int64_t bytes = 0;
+    const bool overflow = __builtin_mul_overflow(n, kBytesPerPoint, &bytes);
+    if (overflow || (avail > 0 && static_cast<std::uint64_t>(bytes) > avail)) {
+        auto gb = [](double b) { return std::to_string(static_cast<long long>(std::ceil(b / 1e9))) + " GB"; };
+        throw ConfigError(p.where(key) + ": " + std::to_string(n) + " points need about " +
+                          gb(static_cast<double>(n) * kBytesPerPoint) + " of memory, " +
+                          (avail ? gb(static_cast<double>(avail)) : std::string("an unknown amount")) +
+                          " is available; use fewer points");
+    }
+}
 
 // The two moons of the standard plugin's `moons` (outer (cos t, sin t), inner (1 - cos t,
 // 0.5 - sin t), t ~ U(0, pi), N(0, noise^2) on both coordinates), with context = one-hot moon.
@@ -376,16 +220,20 @@ void register_datasets(Registry& reg) {
                      "Fashion-MNIST (60,000 train / 10,000 test 28x28 grey images) from gzip'd IDX files",
                      idx_schema("/usr/share/datasets/fashion-mnist"),
                      [](const Params& p, std::uint64_t) {
-                         return load_idx_dataset(p, "fashion_mnist", "install the Debian package dataset-fashion-mnist");
+                         return loading(p.get_string("path"), [&] {
+                             return load_idx_dataset(p, "fashion_mnist", "install the Debian package dataset-fashion-mnist");
+                         });
                      }});
     reg.add_dataset({"mnist", "MNIST digits (60,000 train / 10,000 test 28x28 grey images) from gzip'd IDX files",
                      idx_schema("/usr/share/datasets/mnist"),
                      [](const Params& p, std::uint64_t) {
-                         return load_idx_dataset(p, "mnist", "download the MNIST IDX files");
+                         return loading(p.get_string("path"),
+                                        [&] { return load_idx_dataset(p, "mnist", "download the MNIST IDX files"); });
                      }});
     reg.add_dataset({"npy", "a 2-D NumPy .npy array of rows (f4, f8, i1, i4, i8 or u1), split and standardised",
                      table_schema(), [](const Params& p, std::uint64_t seed) {
-                         return table_dataset(read_npy(p.get_string("path")), p, seed, p.get_string("path"));
+                         const std::string path = p.get_string("path");
+                         return loading(path, [&] { return table_dataset(read_npy(path), p, seed, path); });
                      }});
     Schema csv = table_schema();
     csv.push_back(param_string("delimiter", ",", "the column separator (one character)"));
@@ -396,8 +244,10 @@ void register_datasets(Registry& reg) {
                          const std::string delim = p.get_string("delimiter");
                          if (delim.size() != 1)
                              throw ConfigError(p.where("delimiter") + ": expected one character, got '" + delim + "'");
-                         return table_dataset(read_csv(p.get_string("path"), delim[0], p.get_string("header")), p, seed,
-                                              p.get_string("path"));
+                         const std::string path = p.get_string("path");
+                         return loading(path, [&] {
+                             return table_dataset(read_csv(path, delim[0], p.get_string("header")), p, seed, path);
+                         });
                      }});
     reg.add_dataset({"labeled_moons",
                      "two moons whose context is the moon of each point (one-hot [2]), for conditional flows",
@@ -405,6 +255,7 @@ void register_datasets(Registry& reg) {
                       param_number("noise", 0.05, "std of the Gaussian noise on both coordinates").min(0.0)},
                      [](const Params& p, std::uint64_t seed) {
                          const double noise = p.get_number("noise");
+                         for (const char* key : {"train", "test"}) check_fits(p, key);
                          Dataset d;
                          d.event_shape = {2};
                          d.context_shape = {2};

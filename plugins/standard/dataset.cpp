@@ -149,6 +149,24 @@ DataSplit make_split(const Generator& gen, std::int64_t n, double noise, std::ui
     return s;
 }
 
+// A split's size comes from the config: refuse one that cannot fit before allocating it. The
+// generator's doubles, its temporaries, the shuffle's permutation and the f32 tensor take about
+// 48 bytes a point.
+void check_fits(const Params& p, const char* key) {
+    constexpr std::int64_t kBytesPerPoint = 48;
+    const std::int64_t n = p.get_int(key);
+    const std::uint64_t avail = available_memory_bytes();
+    std::int64_t bytes = 0;
+    const bool overflow = __builtin_mul_overflow(n, kBytesPerPoint, &bytes);
+    if (overflow || (avail > 0 && static_cast<std::uint64_t>(bytes) > avail)) {
+        auto gb = [](double b) { return std::to_string(static_cast<long long>(std::ceil(b / 1e9))) + " GB"; };
+        throw ConfigError(p.where(key) + ": " + std::to_string(n) + " points need about " +
+                          gb(static_cast<double>(n) * kBytesPerPoint) + " of memory, " +
+                          (avail ? gb(static_cast<double>(avail)) : std::string("an unknown amount")) +
+                          " is available; use fewer points");
+    }
+}
+
 void add_toy(Registry& reg, const char* name, const char* doc, double noise, const char* noise_doc, Generator gen) {
     reg.add_dataset({name,
                      doc,
@@ -158,6 +176,7 @@ void add_toy(Registry& reg, const char* name, const char* doc, double noise, con
                       param_number("noise", noise, noise_doc).min(0.0)},
                      [name = std::string(name), gen](const Params& p, std::uint64_t seed) {
                          const double noise = p.get_number("noise");
+                         for (const char* key : {"train", "test", "valid"}) check_fits(p, key);
                          Dataset d;
                          d.event_shape = {2};
                          d.train = make_split(gen, p.get_int("train"), noise, seed, 1000);

@@ -151,3 +151,63 @@ TEST_CASE("the quickstart trains RealNVP on moons to a test NLL at or below 0.37
     CHECK(json_number(summary, "steps") == 3000);
     fs::remove_all(out);
 }
+
+TEST_CASE("sample with a count no memory can hold is a config error with the size it needs, not a crash", "[cli]") {
+    fs::path run = temp_dir("sample_n");
+    REQUIRE(run_flowlab("run " + std::string(FLOWLAB_SOURCE_DIR) + "/tests/configs/tiny_moons.json --quiet " +
+                        "--set train.steps=5 --set train.threads=1 --output " + run.string())
+                .code == 0);
+    // INT64_MAX samples of 2 values overflow 64 bits (crashed); 10^12 samples (a count past any
+    // machine's memory; 10^9 already is on most) died with an allocation failure.
+    for (const char* n : {"9223372036854775807", "1000000000000"}) {
+        Result r = run_flowlab("sample " + run.string() + " --quiet -n " + n + " --out " + (run / "s.csv").string());
+        INFO(r.out);
+        CHECK(r.code == 3);
+        CHECK(r.out.find(std::string("flowlab: config error: -n ") + n + ": too many samples for memory: " + n +
+                         " samples of 2 values") != std::string::npos);
+        CHECK_FALSE(fs::exists(run / "s.csv"));
+    }
+    CHECK(run_flowlab("sample " + run.string() + " --quiet -n 1000000000000 --out " + (run / "s.csv").string())
+              .out.find("is available; draw at most about") != std::string::npos);
+    // A count that fits is drawn (past the size of the memory probes).
+    Result ok = run_flowlab("sample " + run.string() + " --quiet -n 300 --out " + (run / "s.csv").string());
+    INFO(ok.out);
+    CHECK(ok.code == 0);
+    const std::string csv = read_file(run / "s.csv");
+    CHECK(std::count(csv.begin(), csv.end(), '\n') == 300);
+    fs::remove_all(run);
+}
+
+TEST_CASE("a corrupt data file is an i/o error (exit 5) naming the file and the fault", "[cli]") {
+    fs::path dir = temp_dir("bad_data");
+    const fs::path npy = dir / "points.npy", config = dir / "exp.json";
+    {
+        std::string header = "{'descr': '<c16', 'fortran_order': False, 'shape': (4, 2), }";
+        while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+        header += '\n';
+        std::ofstream out(npy, std::ios::binary);
+        out.write("\x93NUMPY\x01\x00", 8);
+        out.put(static_cast<char>(header.size()));
+        out.put(0);
+        out << header << std::string(128, '\0');
+    }
+    {
+        std::ofstream out(config);
+        out << R"({"flowlab": 1, "name": "bad-data", "plugins": ["standard", "density"],
+                   "data": {"type": "npy", "path": ")" << npy.string() << R"("},
+                   "model": {"layers": [{"type": "affine_coupling", "mask": "alternate", "parity": 0,
+                                         "conditioner": {"type": "mlp", "hidden": [8]}}]}})";
+    }
+    Result r = run_flowlab("validate " + config.string());
+    INFO(r.out);
+    CHECK(r.code == 5);
+    CHECK(r.out.find("flowlab: i/o error: " + npy.string() + ": header: unknown dtype '<c16'; supported: <f4") !=
+          std::string::npos);
+    // A directory where the data file should be.
+    fs::remove(npy);
+    fs::create_directories(npy);
+    r = run_flowlab("validate " + config.string());
+    CHECK(r.code == 5);
+    CHECK(r.out.find(npy.string() + ": is a directory") != std::string::npos);
+    fs::remove_all(dir);
+}

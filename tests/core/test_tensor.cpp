@@ -161,3 +161,35 @@ TEST_CASE("dtype helpers and numel", "[tensor]") {
     CHECK(numel({2, 0, 3}) == 0);
     CHECK(shape_str({5, 1}) == "[5, 1]");
 }
+
+TEST_CASE("A shape whose element count overflows or is negative is a ShapeError, not a wrapped size", "[tensor]") {
+    const std::int64_t big = std::int64_t{1} << 31;
+    // 4 * 2^31 * 2^31 = 2^64 wraps to 0: the IDX header that read past its buffer.
+    CHECK_THROWS_AS(numel({4, big, big}), ShapeError);
+    CHECK(shape_error_of([&] { numel({4, big, big}); }).find("overflows 64 bits") != std::string::npos);
+    CHECK_THROWS_AS(numel({3, -2}), ShapeError);
+    CHECK(shape_error_of([&] { Tensor::empty({4, big, big}); }).find("Tensor::empty") != std::string::npos);
+    CHECK_THROWS_AS(Tensor::empty({INT64_MAX, 2}), ShapeError);
+    // Counts that fit 64 bits but no allocation (2^62 f64 values are 2^65 bytes).
+    CHECK_THROWS_AS(Tensor::zeros({std::int64_t{1} << 62}, DType::f64), ShapeError);
+    // A zero dimension makes any shape empty, however large the others.
+    CHECK(numel({big, big, big, 0}) == 0);
+    Tensor a = Tensor::zeros({4, 2});
+    CHECK_THROWS_AS(a.reshape({big, big, big, -1}), ShapeError);
+    CHECK_THROWS_AS(a.rows(INT64_MAX, 2), ShapeError);
+    CHECK_THROWS_AS(a.rows(2, INT64_MAX), ShapeError);
+}
+
+TEST_CASE("tensor_live_bytes and tensor_peak_bytes follow tensor storage", "[tensor]") {
+    const std::size_t before = tensor_live_bytes();
+    reset_tensor_peak_bytes();
+    {
+        Tensor t = Tensor::empty({1000}, DType::f64);
+        CHECK(tensor_live_bytes() >= before + 8000);
+    }
+    CHECK(tensor_live_bytes() == before);
+    CHECK(tensor_peak_bytes() >= before + 8000);
+    reset_tensor_peak_bytes();
+    CHECK(tensor_peak_bytes() == before);
+    CHECK(available_memory_bytes() > 0);
+}

@@ -15,7 +15,9 @@
 #include <string>
 #include <vector>
 
+#include <sys/resource.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <flowlab/conformance.hpp>
 #include <flowlab/errors.hpp>
@@ -25,6 +27,7 @@
 #include <flowlab/plugin.hpp>
 #include <flowlab/registry.hpp>
 
+#include "../../plugins/density/data_readers.hpp"
 #include "test_support.hpp"
 
 using namespace flowlab;
@@ -702,6 +705,198 @@ TEST_CASE("npy and csv tables are split and standardised with training statistic
     const std::string msg =
         message_of([&] { registry().make_dataset(params(R"({"type": "csv", "path": ")" + dir + "/bad.csv\"}"), 0); });
     CHECK(msg.find("bad.csv:2") != std::string::npos);
+    std::filesystem::remove_all(dir);
+}
+
+// A real (deflate-compressed) gzip file: `body`, then `zeros` zero bytes, compressed as they
+// stream in, so gigabytes of zeros cost the test little memory.
+void write_deflated_gzip(const std::string& path, const std::vector<std::uint8_t>& body, std::size_t zeros) {
+    z_stream z{};
+    REQUIRE(deflateInit2(&z, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) == Z_OK);  // 15 + 16: gzip wrapper
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    std::vector<std::uint8_t> out(1 << 16), zero(1 << 20, 0);
+    auto feed = [&](const std::uint8_t* p, std::size_t n, int flush) {
+        z.next_in = const_cast<std::uint8_t*>(p);
+        z.avail_in = static_cast<unsigned>(n);
+        do {
+            z.next_out = out.data();
+            z.avail_out = static_cast<unsigned>(out.size());
+            REQUIRE(deflate(&z, flush) != Z_STREAM_ERROR);
+            f.write(reinterpret_cast<const char*>(out.data()), static_cast<std::streamsize>(out.size() - z.avail_out));
+        } while (z.avail_out == 0);
+    };
+    feed(body.data(), body.size(), Z_NO_FLUSH);
+    for (std::size_t left = zeros; left > 0;) {
+        const std::size_t k = std::min(left, zero.size());
+        feed(zero.data(), k, Z_NO_FLUSH);
+        left -= k;
+    }
+    feed(nullptr, 0, Z_FINISH);
+    deflateEnd(&z);
+    REQUIRE(f.good());
+}
+
+long max_rss_kb() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_maxrss;
+}
+
+TEST_CASE("an IDX header whose sizes overflow 64 bits is an IoError, not an out-of-bounds read", "[density][data]") {
+    // n = 4, rows = cols = 2^31: n * rows * cols = 2^64 wraps to 0 bytes needed.
+    std::vector<std::uint8_t> header = idx_images(4, 1u << 31, 1u << 31, 0);
+    header.insert(header.end(), 64, 7);
+    std::string msg = message_of([&] { density::parse_idx_images(header, "x.idx"); });
+    CHECK(msg.find("x.idx: header: 4 images of 2147483648x2147483648 overflow 64-bit sizes") != std::string::npos);
+    CHECK_THROWS_AS(density::parse_idx_images(header, "x.idx"), IoError);
+
+    const std::string dir = temp_dir("idx_overflow");
+    write_idx_dir(dir, 5, 2);
+    write_gzip(dir + "/train-images-idx3-ubyte.gz", header);
+    const std::string p = R"({"type": "fashion_mnist", "path": ")" + dir + "\"}";
+    CHECK_THROWS_AS(registry().make_dataset(params(p), 0), IoError);
+    msg = message_of([&] { registry().make_dataset(params(p), 0); });
+    CHECK(msg.find("train-images-idx3-ubyte.gz: header:") != std::string::npos);
+    // Empty images are refused too (rows * cols = 0 made 0-wide events).
+    write_gzip(dir + "/train-images-idx3-ubyte.gz", idx_images(5, 0, 4, 0));
+    CHECK_THROWS_AS(registry().make_dataset(params(p), 0), IoError);
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a gzip'd IDX file with trailing data is refused without inflating it all", "[density][data]") {
+    const std::string dir = temp_dir("idx_trailing");
+    write_idx_dir(dir, 5, 2);
+    const std::string file = dir + "/train-images-idx3-ubyte.gz";
+    // 512 MiB of zeros after the 5 images the header announces (about 0.5 MB compressed).
+    write_deflated_gzip(file, idx_images(5, 3, 4, 5), std::size_t{512} << 20);
+    const long rss_before = max_rss_kb();
+    const std::string p = R"({"type": "fashion_mnist", "path": ")" + dir + "\"}";
+    CHECK_THROWS_AS(registry().make_dataset(params(p), 0), IoError);
+    const std::string msg = message_of([&] { registry().make_dataset(params(p), 0); });
+    CHECK(msg.find("train-images-idx3-ubyte.gz: trailing data after the 5 images of 3x4") != std::string::npos);
+    CHECK(max_rss_kb() - rss_before < 64 * 1024);  // far less than the 512 MiB it would inflate to
+
+    // The same file without the trailing zeros loads: the reader stops exactly at the end.
+    write_deflated_gzip(file, idx_images(5, 3, 4, 5), 0);
+    CHECK(registry().make_dataset(params(p), 0).train.size() == 5);
+    // A label file with one label too many.
+    std::vector<std::uint8_t> labels = idx_labels(5);
+    labels.push_back(3);
+    write_gzip(dir + "/train-labels-idx1-ubyte.gz", labels);
+    CHECK_THROWS_AS(registry().make_dataset(params(R"({"type": "fashion_mnist", "context": "label", "path": ")" + dir + "\"}"), 0),
+                    IoError);
+    CHECK_THROWS_AS(density::parse_idx_labels(labels, "l.idx", 5), IoError);
+    labels.pop_back();
+    CHECK(density::parse_idx_labels(labels, "l.idx", 5).size() == 5);
+    std::filesystem::remove_all(dir);
+}
+
+// A .npy file with this header dict and `data_bytes` bytes of data.
+void write_npy_file(const std::string& path, std::string header, std::size_t data_bytes) {
+    while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+    header += '\n';
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write("\x93NUMPY\x01\x00", 8);
+    out.put(static_cast<char>(header.size() & 0xff));
+    out.put(static_cast<char>(header.size() >> 8));
+    out << header << std::string(data_bytes, '\0');
+    REQUIRE(out.good());
+}
+
+TEST_CASE("a corrupt .npy file is an IoError naming the file and what is wrong in it", "[density][data]") {
+    const std::string dir = temp_dir("npy_bad");
+    const std::string file = dir + "/fmnist.npy";
+    const std::string p = R"({"type": "npy", "path": ")" + file + "\"}";
+    auto fault_of = [&](const std::string& header, std::size_t data_bytes) {
+        write_npy_file(file, header, data_bytes);
+        CHECK_THROWS_AS(registry().make_dataset(params(p), 0), IoError);
+        return message_of([&] { registry().make_dataset(params(p), 0); });
+    };
+    CHECK(fault_of("{'descr': '<c16', 'fortran_order': False, 'shape': (4, 2), }", 128)
+              .find("fmnist.npy: header: unknown dtype '<c16'; supported: <f4, <f8") != std::string::npos);
+    // "<f" made std::stoi throw ("stoi", reported as a config error).
+    CHECK(fault_of("{'descr': '<f', 'fortran_order': False, 'shape': (4, 2), }", 64).find("unknown dtype '<f'") !=
+          std::string::npos);
+    // A negative dimension became a huge vector::resize.
+    CHECK(fault_of("{'descr': '<f8', 'fortran_order': False, 'shape': (-5, 3), }", 64)
+              .find("fmnist.npy: header: negative dimension") != std::string::npos);
+    CHECK(fault_of("{'descr': '<f8', 'fortran_order': False, 'shape': (4611686018427387904, 4), }", 64)
+              .find("overflows 64-bit sizes") != std::string::npos);
+    CHECK(fault_of("{'descr': '<f8', 'fortran_order': False, 'shape': (4x, 2), }", 64).find("fmnist.npy: header:") !=
+          std::string::npos);
+    CHECK(fault_of("{'descr': '<f8', 'fortran_order': Maybe, 'shape': (4, 2), }", 64).find("fortran_order") !=
+          std::string::npos);
+    CHECK(fault_of("{'descr': '<f8', 'shape': (4, 2), }", 64).find("missing 'fortran_order'") != std::string::npos);
+    CHECK(fault_of("{'descr': '<f8', 'fortran_order': False, 'shape': (4, 2), }", 40).find("truncated") !=
+          std::string::npos);
+    CHECK(fault_of("{'descr': '<f8', 'fortran_order': False, 'shape': (4, 2), }", 72).find("trailing data") !=
+          std::string::npos);
+    CHECK(fault_of("{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2, 2), }", 64).find("3-D") != std::string::npos);
+    // A header length past the end of the file.
+    {
+        std::ofstream out(file, std::ios::binary | std::ios::trunc);
+        out.write("\x93NUMPY\x01\x00\xff\xff{'descr'", 18);
+    }
+    CHECK_THROWS_AS(registry().make_dataset(params(p), 0), IoError);
+    // A directory given as the data file.
+    std::filesystem::remove(file);
+    std::filesystem::create_directories(file);
+    const std::string msg = message_of([&] { registry().make_dataset(params(p), 0); });
+    CHECK(msg.find("fmnist.npy: is a directory") != std::string::npos);
+    CHECK_THROWS_AS(registry().make_dataset(params(p), 0), IoError);
+    // A well-formed file still reads, in Fortran order too.
+    std::vector<std::uint8_t> bytes;
+    {
+        write_npy_file(dir + "/ok.npy", "{'descr': '|u1', 'fortran_order': True, 'shape': (2, 3), }", 0);
+        std::ifstream in(dir + "/ok.npy", std::ios::binary);
+        bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+        for (std::uint8_t v : {1, 4, 2, 5, 3, 6}) bytes.push_back(v);
+    }
+    const density::Table t = density::parse_npy(bytes, "ok.npy");
+    CHECK(t.n == 2);
+    CHECK(t.d == 3);
+    CHECK(t.v == std::vector<double>{1, 2, 3, 4, 5, 6});
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a CSV file starting with a UTF-8 byte-order mark keeps its first data row", "[density][data]") {
+    const density::Table t = density::parse_csv("\xEF\xBB\xBF" "1,2\n3,4\n5,6\n", "bom.csv");
+    CHECK(t.n == 3);
+    CHECK(t.v == std::vector<double>{1, 2, 3, 4, 5, 6});
+    // With a header row after the mark, the header is still recognised.
+    CHECK(density::parse_csv("\xEF\xBB\xBF" "a,b\r\n1,2\r\n", "bom.csv").n == 1);
+    const std::string dir = temp_dir("csv_bom");
+    {
+        std::ofstream out(dir + "/bom.csv", std::ios::binary);
+        out << "\xEF\xBB\xBF";
+        for (int i = 0; i < 20; ++i) out << i << "," << 2 * i << "\n";
+    }
+    Dataset d = registry().make_dataset(
+        params(R"({"type": "csv", "path": ")" + dir + R"(/bom.csv", "test_fraction": 0.0, "shuffle": false, "standardize": false})"), 0);
+    REQUIRE(d.train.size() == 20);
+    CHECK(d.train.x.item(0) == 0.0);
+    CHECK(d.train.x.item(1) == 0.0);
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a CSV cell with an embedded NUL byte is an IoError naming the file, row and column", "[density][data]") {
+    const std::string text("1,2\n3,4\n5,1\0junk\n", 17);
+    CHECK_THROWS_AS(density::parse_csv(text, "nul.csv"), IoError);
+    CHECK(message_of([&] { density::parse_csv(text, "nul.csv"); }).find("nul.csv:3: column 2: an embedded NUL byte") !=
+          std::string::npos);
+    const std::string dir = temp_dir("csv_nul");
+    {
+        std::ofstream out(dir + "/nul.csv", std::ios::binary);
+        out << text;
+    }
+    const std::string p = R"({"type": "csv", "path": ")" + dir + "/nul.csv\"}";
+    CHECK_THROWS_AS(registry().make_dataset(params(p), 0), IoError);
+    CHECK(message_of([&] { registry().make_dataset(params(p), 0); }).find("nul.csv:3: column 2") != std::string::npos);
+    // A non-numeric cell names its column too, and a directory is not a CSV file.
+    CHECK(message_of([&] { density::parse_csv("1,2\n3,x\n", "bad.csv"); }).find("bad.csv:2: column 2: 'x' is not a number") !=
+          std::string::npos);
+    CHECK(message_of([&] { registry().make_dataset(params(R"({"type": "csv", "path": ")" + dir + "\"}"), 0); })
+              .find("is a directory") != std::string::npos);
     std::filesystem::remove_all(dir);
 }
 

@@ -517,6 +517,21 @@ TEST_CASE("toy datasets are deterministic per seed and differ across seeds and s
     }
 }
 
+TEST_CASE("a toy dataset larger than memory is a config error with the size it needs", "[standard]") {
+    // 2n doubles wrapped past 64 bits (a length_error) or failed to allocate (std::bad_alloc).
+    for (const std::string n : {"9223372036854775807", "1000000000000000"}) {
+        std::string msg;
+        try {
+            registry().make_dataset(params(R"({"type": "moons", "test": )" + n + "}"), 0);
+        } catch (const ConfigError& e) {
+            msg = e.what();
+        }
+        INFO(msg);
+        CHECK(msg.find("test:/test: " + n + " points need about") != std::string::npos);
+        CHECK(msg.find("use fewer points") != std::string::npos);
+    }
+}
+
 TEST_CASE("toy datasets have their usual shapes", "[standard]") {
     auto train = [](const std::string& json) { return registry().make_dataset(params(json), 1).train.x; };
     SECTION("eight_gaussians clusters sit at radius 4/1.414") {

@@ -21,13 +21,45 @@ const char* dtype_name(DType dt);
 
 using Shape = std::vector<std::int64_t>;
 
+// The element count; throws ShapeError on a negative dimension or a count past 64 bits (shapes
+// may come from files: an IDX or .npy header must not wrap around to a small size).
 std::int64_t numel(const Shape& s);
 std::string shape_str(const Shape& s);
+
+// Bytes of tensor storage alive now, and the most alive at once since the last
+// reset_tensor_peak_bytes(): a caller measures what a computation needs per example on a small
+// batch before scaling it up (`flowlab sample -n`).
+std::size_t tensor_live_bytes();
+std::size_t tensor_peak_bytes();
+void reset_tensor_peak_bytes();
+
+// Memory this process can still get, in bytes: the system's available memory (Linux
+// MemAvailable), capped by a cgroup limit; 0 when unknown.
+std::uint64_t available_memory_bytes();
+
+// While one is alive on this thread, the storage of new tensors may add up to `bytes` at most;
+// the allocation that would pass it throws ShapeError with `what` and the sizes. The model
+// builder bounds parameter memory with it, so that a model too large to train fails before
+// filling the memory, not after.
+class AllocationBudget {
+public:
+    AllocationBudget(std::size_t bytes, std::string what);
+    ~AllocationBudget();
+    AllocationBudget(const AllocationBudget&) = delete;
+    AllocationBudget& operator=(const AllocationBudget&) = delete;
+    void charge(std::size_t bytes);
+
+private:
+    std::size_t limit_, used_ = 0;
+    std::string what_;
+    AllocationBudget* outer_;
+};
 
 class Tensor {
 public:
     Tensor() = default;
-    // Uninitialised storage.
+    // Uninitialised storage. Throws ShapeError on a negative dimension or a size no allocation
+    // can hold.
     static Tensor empty(Shape shape, DType dt = DType::f32);
     static Tensor zeros(Shape shape, DType dt = DType::f32);
     static Tensor full(Shape shape, double value, DType dt = DType::f32);
