@@ -7,10 +7,12 @@
 // Everything that decides what the next step computes is in the checkpoint: parameters,
 // buffers, optimizer state and step count, the EMA copy, the batch order (the sampler's RNG
 // state at the start of the epoch and the position in it) and the dequantisation RNG. So N
-// steps + resume + N steps gives bitwise the parameters of 2N steps straight.
+// steps + resume + N steps gives bitwise the parameters of 2N steps straight; the logging
+// window is saved too, so its metrics.jsonl is the straight run's (timings aside).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -67,18 +69,19 @@ public:
         pos_ += b_;
         return p;
     }
-    void save(std::map<std::string, std::string>& m) const {
-        m["sampler_started"] = perm_.empty() ? "0" : "1";
-        m["sampler_seed"] = std::to_string(epoch_rng_.seed());
-        m["sampler_counter"] = std::to_string(epoch_rng_.counter());
-        m["sampler_pos"] = std::to_string(pos_);
+    void save(TrainState& s) const {
+        s.sampler_started = !perm_.empty();
+        s.sampler_seed = epoch_rng_.seed();
+        s.sampler_counter = epoch_rng_.counter();
+        s.sampler_pos = pos_;
     }
-    void restore(const std::map<std::string, std::string>& m) {
-        if (m.at("sampler_started") == "0") return;
-        epoch_rng_.set_state(std::stoull(m.at("sampler_seed")), std::stoull(m.at("sampler_counter")));
+    // `s` was validated by parse_train_state against this sampler's N and batch size.
+    void restore(const TrainState& s) {
+        if (!s.sampler_started) return;
+        epoch_rng_.set_state(s.sampler_seed, s.sampler_counter);
         rng_ = epoch_rng_;
         perm_ = rng_.permutation(n_);
-        pos_ = std::stoll(m.at("sampler_pos"));
+        pos_ = s.sampler_pos;
     }
 
 private:
@@ -126,19 +129,37 @@ std::string step_file(std::int64_t step) {
     return buf;
 }
 
-// Copies `src` into `dst` after checking that they agree; names the checkpoint on a mismatch.
-void restore_into(Tensor dst, const Tensor& src, const std::string& name, const std::string& path) {
+// Throws unless `src` can be copied into `dst`; names the checkpoint on a mismatch.
+void check_fits(const Tensor& dst, const Tensor& src, const std::string& name, const std::string& path) {
     if (src.shape() != dst.shape() || src.dtype() != dst.dtype())
-        throw IoError(path + ": tensor '" + name + "' is " + shape_str(src.shape()) + " " + dtype_name(src.dtype()) +
-                      " but the model has " + shape_str(dst.shape()) + " " + dtype_name(dst.dtype()) +
-                      " (was the checkpoint written by another config?)");
+        throw CheckpointMismatch(path + ": tensor '" + name + "' is " + shape_str(src.shape()) + " " +
+                                 dtype_name(src.dtype()) + " but the model has " + shape_str(dst.shape()) + " " +
+                                 dtype_name(dst.dtype()) + " (was the checkpoint written by another config?)");
+}
+
+// Copies `src` into `dst` after checking that they agree.
+void restore_into(Tensor dst, const Tensor& src, const std::string& name, const std::string& path) {
+    check_fits(dst, src, name, path);
     dst.copy_from(src);
 }
 
 const Tensor& require(const Checkpoint& ck, const std::string& name, const std::string& path) {
     const Tensor* t = ck.find(name);
-    if (!t) throw IoError(path + ": checkpoint has no tensor '" + name + "' (was it written by another config?)");
+    if (!t)
+        throw CheckpointMismatch(path + ": checkpoint has no tensor '" + name + "' (was it written by another config?)");
     return *t;
+}
+
+// Whether the last row of metrics.jsonl is the final evaluation at `step` (a resumed finished
+// run must not append it twice).
+bool ends_with_final_eval(const std::string& metrics_path, std::int64_t step) {
+    std::ifstream f(metrics_path);
+    std::string line, last;
+    while (std::getline(f, line))
+        if (!line.empty()) last = line;
+    json row = json::parse(last, nullptr, false);
+    return row.is_object() && row.contains("step") && row["step"] == step && row.contains("test_nll") &&
+           !row.contains("loss") && !row.contains("valid_nll");
 }
 
 }  // namespace
@@ -176,7 +197,11 @@ EvalResult evaluate(Experiment& exp, const std::string& split_name, std::int64_t
     const DataSplit& split = split_of(exp.data, split_name);
     EvalResult r;
     r.n = split.size();
-    if (r.n == 0) return r;
+    if (r.n == 0) {
+        // No data, no estimate: NaN (null in JSON), never a plausible-looking 0.
+        r.nll = r.bpd = r.dequantized_nll = std::numeric_limits<double>::quiet_NaN();
+        return r;
+    }
     NoGradGuard guard;
     exp.flow->set_training(false);
     Dequantizer* dq = exp.flow->dequantizer();
@@ -253,8 +278,29 @@ public:
     }
 
     TrainSummary run();
+    // Whether the checkpoint a resume would load has finished training (read-only).
+    bool checkpoint_finished();
 
 private:
+    // A checkpoint that passed every check, ready to be applied.
+    struct ResumePoint {
+        std::string path;
+        Checkpoint ck;
+        TrainState state;
+    };
+    // Reads and validates `path` against this run without changing anything; throws
+    // CheckpointMismatch or IoError (corrupt).
+    ResumePoint inspect(const std::string& path);
+    // Warnings reach the user even with `quiet`: a fallback to an older checkpoint matters.
+    void warn(const std::string& line) const {
+        if (opt_.log)
+            opt_.log(line);
+        else {
+            if (progress_shown_) std::cerr << "\r\033[K";
+            std::cerr << line << std::endl;
+            progress_shown_ = false;
+        }
+    }
     void log(const std::string& line) const {
         if (opt_.quiet) return;
         if (opt_.log)
@@ -295,6 +341,13 @@ private:
     std::int64_t step_ = 0;
     double best_valid_ = INFINITY;
     std::int64_t best_step_ = -1, evals_since_best_ = 0;
+    // The logging window (losses since the last logged row) and the last logged mean.
+    double window_loss_ = 0.0, last_logged_loss_ = NAN;
+    std::int64_t window_n_ = 0;
+    bool early_stopped_ = false;
+    // The newest checkpoint known good (loaded by the resume, or written by this run): rotation
+    // keeps it next to the new one.
+    std::string last_good_;
     std::ofstream metrics_;
     mutable bool progress_shown_ = false;
 };
@@ -353,33 +406,69 @@ void Trainer::save_checkpoint(bool best) {
     for (const auto& b : exp_.flow->named_buffers()) ck.tensors.push_back({"buffer/" + b.name, b.tensor});
     for (const auto& s : exp_.optimizer->state()) ck.tensors.push_back({"optim/" + s.name, s.tensor});
     for (std::size_t i = 0; i < ema_.size(); ++i) ck.tensors.push_back({"ema/" + named_[i].name, ema_[i]});
-    auto& m = ck.metadata;
-    m["format"] = "flowlab-checkpoint-1";
-    m["name"] = exp_.config.get_string("name");
-    m["step"] = std::to_string(step_);
-    m["optimizer_steps"] = std::to_string(exp_.optimizer->steps_taken());
-    m["ema"] = ema_.empty() ? "0" : "1";
-    m["deq_rng_seed"] = std::to_string(deq_rng_.seed());
-    m["deq_rng_counter"] = std::to_string(deq_rng_.counter());
-    m["best_valid_nll"] = fmt("%.17g", best_valid_);
-    m["best_step"] = std::to_string(best_step_);
-    m["evals_since_best"] = std::to_string(evals_since_best_);
-    sampler_.save(m);
+    TrainState st;
+    st.step = step_;
+    st.optimizer_steps = exp_.optimizer->steps_taken();
+    st.ema = !ema_.empty();
+    st.deq_rng_seed = deq_rng_.seed();
+    st.deq_rng_counter = deq_rng_.counter();
+    st.best_valid_nll = best_valid_;
+    st.best_step = best_step_;
+    st.evals_since_best = evals_since_best_;
+    sampler_.save(st);
+    st.window_loss = window_loss_;
+    st.window_n = window_n_;
+    st.last_logged_loss = last_logged_loss_;
+    st.early_stopped = early_stopped_;
+    put_train_state(st, ck.metadata);
+    ck.metadata["name"] = exp_.config.get_string("name");
     if (best) {
         write_checkpoint((dir / "best.safetensors").string(), ck);
         return;
     }
     const std::string name = step_file(step_);
-    write_checkpoint((dir / name).string(), ck);
-    // The pointer moves only once the new file is durable; then the generation before the
-    // previous one goes (the previous one stays as the fallback).
+    const std::string path = (dir / name).string();
+    write_checkpoint(path, ck);
+    // The pointer moves only once the new file is durable; then every other generation goes
+    // but the last good one, the fallback. Not "the two newest names": after a resume that fell
+    // back, a newer name may be a file that never loaded, and the fallback must not go first.
     write_file_atomic((dir / "latest").string(), name + "\n");
-    std::vector<std::string> all = run_checkpoints(opt_.run_dir);
-    std::sort(all.rbegin(), all.rend());
-    for (std::size_t i = 2; i < all.size(); ++i) {
+    for (const auto& other : run_checkpoints(opt_.run_dir)) {
+        if (other == path || other == last_good_) continue;
         std::error_code ec;
-        fs::remove(all[i], ec);
+        fs::remove(other, ec);
     }
+    last_good_ = path;
+}
+
+Trainer::ResumePoint Trainer::inspect(const std::string& path) {
+    ResumePoint rp{path, read_checkpoint(path), {}};
+    const RunShape shape{steps_, exp_.data.train.size(), batch_};
+    rp.state = parse_train_state(rp.ck.metadata, path, shape);
+    // The file name says the step too: a disagreement is a corrupt field.
+    const std::string fn = fs::path(path).filename().string();
+    if (fn.rfind("step-", 0) == 0 && fn != step_file(rp.state.step))
+        throw IoError(path + ": metadata 'step' = \"" + std::to_string(rp.state.step) +
+                      "\": disagrees with the file name; the checkpoint is corrupt");
+    for (const auto& p : named_) check_fits(p.var.value(), require(rp.ck, "param/" + p.name, path), p.name, path);
+    for (const auto& b : exp_.flow->named_buffers())
+        check_fits(b.tensor, require(rp.ck, "buffer/" + b.name, path), b.name, path);
+    for (const auto& o : exp_.optimizer->state())
+        check_fits(o.tensor, require(rp.ck, "optim/" + o.name, path), o.name, path);
+    for (std::size_t i = 0; i < ema_.size(); ++i)
+        if (const Tensor* t = rp.ck.find("ema/" + named_[i].name)) check_fits(ema_[i], *t, named_[i].name, path);
+    return rp;
+}
+
+bool Trainer::checkpoint_finished() {
+    for (const auto& path : run_checkpoints(opt_.run_dir)) {
+        try {
+            const TrainState st = inspect(path).state;
+            return st.step >= steps_ || st.early_stopped;
+        } catch (const Error&) {
+        }
+    }
+    return false;
 }
 
 void Trainer::resume() {
@@ -388,39 +477,62 @@ void Trainer::resume() {
         throw IoError(opt_.run_dir + ": no checkpoint to resume from (expected " + opt_.run_dir +
                       "/checkpoints/step-*.safetensors)");
     std::string errors;
-    for (const auto& path : files) {
+    std::vector<std::string> corrupt;
+    for (std::size_t i = 0; i < files.size(); ++i) {
+        const std::string& path = files[i];
+        const std::string fallback = i + 1 < files.size() ? "; falling back to the previous checkpoint" : "";
+        ResumePoint rp;
         try {
-            Checkpoint ck = read_checkpoint(path);
-            if (!ck.metadata.count("format") || ck.metadata.at("format") != "flowlab-checkpoint-1")
-                throw IoError(path + ": not a flowlab training checkpoint (no format metadata)");
-            for (const auto& p : named_) restore_into(p.var.value(), require(ck, "param/" + p.name, path), p.name, path);
-            for (const auto& b : exp_.flow->named_buffers())
-                restore_into(b.tensor, require(ck, "buffer/" + b.name, path), b.name, path);
-            for (const auto& s : exp_.optimizer->state())
-                restore_into(s.tensor, require(ck, "optim/" + s.name, path), s.name, path);
-            for (std::size_t i = 0; i < ema_.size(); ++i) {
-                const Tensor* t = ck.find("ema/" + named_[i].name);
-                if (t)
-                    restore_into(ema_[i], *t, named_[i].name, path);
-                else
-                    ema_[i].copy_from(params_[i].value());
-            }
-            const auto& m = ck.metadata;
-            step_ = std::stoll(m.at("step"));
-            exp_.optimizer->set_steps_taken(std::stoll(m.at("optimizer_steps")));
-            deq_rng_.set_state(std::stoull(m.at("deq_rng_seed")), std::stoull(m.at("deq_rng_counter")));
-            best_valid_ = std::stod(m.at("best_valid_nll"));
-            best_step_ = std::stoll(m.at("best_step"));
-            evals_since_best_ = std::stoll(m.at("evals_since_best"));
-            sampler_.restore(m);
-            log("resumed from " + path + " at step " + std::to_string(step_));
-            return;
-        } catch (const std::out_of_range&) {
-            errors += "\n  " + path + ": metadata incomplete";
+            rp = inspect(path);
+        } catch (const CheckpointMismatch& e) {
+            // A file that does not fit this config is not damaged: it stays where it is.
+            errors += "\n  " + std::string(e.what());
+            warn("warning: " + std::string(e.what()) + fallback);
+            continue;
         } catch (const Error& e) {
             errors += "\n  " + std::string(e.what());
+            warn("warning: " + std::string(e.what()) + fallback);
+            corrupt.push_back(path);
+            continue;
         }
-        log("warning: checkpoint " + path + " is unusable, falling back to the previous one");
+        // Committed to this one: set the corrupt newer ones aside (kept for inspection, out of
+        // rotation's way) and point `latest` here, so it never names a corrupt or missing file.
+        const fs::path dir = fs::path(opt_.run_dir) / "checkpoints";
+        for (const auto& bad : corrupt) {
+            std::error_code ec;
+            fs::rename(bad, bad + ".corrupt", ec);
+            if (!ec) warn("warning: moved the corrupt checkpoint aside to " + bad + ".corrupt");
+        }
+        if (i > 0) write_file_atomic((dir / "latest").string(), fs::path(path).filename().string() + "\n");
+
+        const Checkpoint& ck = rp.ck;
+        const TrainState& st = rp.state;
+        for (const auto& p : named_) restore_into(p.var.value(), require(ck, "param/" + p.name, path), p.name, path);
+        for (const auto& b : exp_.flow->named_buffers())
+            restore_into(b.tensor, require(ck, "buffer/" + b.name, path), b.name, path);
+        for (const auto& s : exp_.optimizer->state())
+            restore_into(s.tensor, require(ck, "optim/" + s.name, path), s.name, path);
+        for (std::size_t j = 0; j < ema_.size(); ++j) {
+            const Tensor* t = ck.find("ema/" + named_[j].name);
+            if (t)
+                restore_into(ema_[j], *t, named_[j].name, path);
+            else
+                ema_[j].copy_from(params_[j].value());
+        }
+        step_ = st.step;
+        exp_.optimizer->set_steps_taken(st.optimizer_steps);
+        deq_rng_.set_state(st.deq_rng_seed, st.deq_rng_counter);
+        best_valid_ = st.best_valid_nll;
+        best_step_ = st.best_step;
+        evals_since_best_ = st.evals_since_best;
+        sampler_.restore(st);
+        window_loss_ = st.window_loss;
+        window_n_ = st.window_n;
+        last_logged_loss_ = st.last_logged_loss;
+        early_stopped_ = st.early_stopped;
+        last_good_ = path;
+        log("resumed from " + path + " at step " + std::to_string(step_));
+        return;
     }
     throw IoError(opt_.run_dir + ": no usable checkpoint:" + errors);
 }
@@ -450,9 +562,15 @@ TrainSummary Trainer::run() {
 
     if (!opt_.run_dir.empty()) {
         fs::create_directories(opt_.run_dir);
+        // Temporary files of a writer that was killed (SIGKILL, power loss) are never renamed.
+        for (const auto& f : remove_stale_temp_files((fs::path(opt_.run_dir) / "checkpoints").string()))
+            log("removed the stale temporary file " + f);
         std::string path = opt_.run_dir + "/metrics.jsonl";
         metrics_.open(path, opt_.resume ? std::ios::app : std::ios::trunc);
         if (!metrics_) throw IoError(path + ": cannot write metrics (check the run directory's permissions)");
+        // A new run in an old directory: an old summary would pass this unfinished run as finished.
+        std::error_code ec;
+        if (!opt_.resume) fs::remove(fs::path(opt_.run_dir) / "summary.json", ec);
     }
     if (opt_.resume)
         resume();
@@ -461,18 +579,25 @@ TrainSummary Trainer::run() {
 
     TrainSummary summary;
     summary.start_step = step_;
+    // Resuming a run whose training is over takes no step and writes no checkpoint; the final
+    // evaluation is redone (it is deterministic) in case the run stopped before writing it.
+    const bool finished = opt_.resume && (step_ >= steps_ || early_stopped_);
+    if (finished) {
+        summary.final_train_loss = last_logged_loss_;
+        summary.early_stopped = early_stopped_;
+    }
     const DataSplit& tr = exp_.data.train;
     Tensor xb = Tensor::empty(batch_shape(batch_, exp_.data.event_shape), tr.x.dtype());
     Tensor cb;
     if (tr.context.defined()) cb = Tensor::empty(batch_shape(batch_, exp_.data.context_shape), tr.context.dtype());
 
-    double window_loss = 0.0, train_seconds = 0.0;
-    std::int64_t window_n = 0, bad_run = 0, done_this_call = 0;
+    double train_seconds = 0.0;
+    std::int64_t bad_run = 0, done_this_call = 0;
     auto t_window = std::chrono::steady_clock::now();
     std::int64_t window_start = step_;
     double excluded = 0.0;  // evaluation time inside the current window
 
-    while (step_ < steps_) {
+    while (step_ < steps_ && !finished) {
         auto t0 = std::chrono::steady_clock::now();
         const std::int64_t* idx = sampler_.next();
         gather_rows(tr.x, idx, batch_, xb);
@@ -498,7 +623,6 @@ TrainSummary Trainer::run() {
 
         if (!std::isfinite(loss_v) || !std::isfinite(gnorm)) {
             // Skip the step: parameters and optimizer state stay exactly as they were.
-            ++summary.skipped_steps;
             ++bad_run;
             std::string which = "loss";
             if (std::isfinite(loss_v)) {
@@ -519,8 +643,8 @@ TrainSummary Trainer::run() {
         } else {
             bad_run = 0;
             apply_gradients(gnorm, lr);
-            window_loss += loss_v;
-            ++window_n;
+            window_loss_ += loss_v;
+            ++window_n_;
         }
         ++step_;
         ++done_this_call;
@@ -531,7 +655,7 @@ TrainSummary Trainer::run() {
         double wall = std::chrono::duration<double>(t1 - t_window).count() - excluded;
         double sps = wall > 0 ? static_cast<double>((step_ - window_start) * batch_) / wall : 0.0;
         if (step_ % log_every == 0 || step_ == steps_) {
-            double mean_loss = window_n ? window_loss / static_cast<double>(window_n) : NAN;
+            double mean_loss = window_n_ ? window_loss_ / static_cast<double>(window_n_) : NAN;
             metric({{"step", step_}, {"loss", mean_loss}, {"lr", lr}, {"grad_norm", gnorm}, {"samples_per_s", sps}});
             if (!opt_.progress_line) {
                 const double eta = sps > 0 ? static_cast<double>((steps_ - step_) * batch_) / sps : NAN;
@@ -539,9 +663,9 @@ TrainSummary Trainer::run() {
                     "  " + fmt("%.3f", mean_loss / (static_cast<double>(numel(exp_.data.event_shape)) * kLn2)) +
                     " bits/dim  lr " + fmt("%.2e", lr) + "  " + fmt("%.0f", sps) + " samples/s  ETA " + duration_str(eta));
             }
-            summary.final_train_loss = mean_loss;
-            window_loss = 0.0;
-            window_n = 0;
+            summary.final_train_loss = last_logged_loss_ = mean_loss;
+            window_loss_ = 0.0;
+            window_n_ = 0;
             t_window = std::chrono::steady_clock::now();
             window_start = step_;
             excluded = 0.0;
@@ -578,7 +702,7 @@ TrainSummary Trainer::run() {
                 log("early stopping at step " + std::to_string(step_) + ": no validation improvement in " +
                     std::to_string(patience_) + " evaluations (best " + fmt("%.4f", best_valid_) + " at step " +
                     std::to_string(best_step_) + ")");
-                summary.early_stopped = true;
+                summary.early_stopped = early_stopped_ = true;
                 save_checkpoint();
                 break;
             }
@@ -595,9 +719,11 @@ TrainSummary Trainer::run() {
         }
     }
     if (progress_shown_ && !opt_.quiet) std::cerr << std::endl;
-    if (!summary.interrupted && !summary.early_stopped) save_checkpoint();
+    if (!summary.interrupted && !summary.early_stopped && !finished) save_checkpoint();
 
     summary.steps = step_;
+    // Over the whole run, like `steps`: every step either applied an update or was skipped.
+    summary.skipped_steps = step_ - exp_.optimizer->steps_taken();
     summary.train_seconds = train_seconds;
     summary.samples_per_s = train_seconds > 0 ? static_cast<double>(done_this_call * batch_) / train_seconds : 0.0;
     summary.best_valid_nll = best_valid_;
@@ -616,7 +742,8 @@ TrainSummary Trainer::run() {
         EvalResult er = eval_with_ema("test");
         summary.test_nll = er.nll;
         summary.test_bpd = er.bpd;
-        metric({{"step", step_}, {"test_nll", er.nll}, {"test_bpd", er.bpd}});
+        if (!finished || !ends_with_final_eval(opt_.run_dir + "/metrics.jsonl", step_))
+            metric({{"step", step_}, {"test_nll", er.nll}, {"test_bpd", er.bpd}});
     }
     return summary;
 }
@@ -626,6 +753,17 @@ TrainSummary Trainer::run() {
 TrainSummary train(Experiment& exp, const TrainOptions& opt) {
     Trainer t(exp, opt);
     return t.run();
+}
+
+bool run_finished(Experiment& exp, const std::string& run_dir) {
+    std::error_code ec;
+    if (!fs::exists(fs::path(run_dir) / "summary.json", ec)) return false;
+    TrainOptions opt;
+    opt.run_dir = run_dir;
+    opt.resume = true;
+    opt.quiet = true;
+    Trainer t(exp, opt);
+    return t.checkpoint_finished();
 }
 
 }  // namespace flowlab

@@ -1,5 +1,6 @@
-// The experiment runner's promises: exact resume, crash-safe checkpoints, skipped non-finite
-// steps, the divergence exit code, and what a run directory holds.
+// The experiment runner's promises: exact resume (metrics included), crash-safe checkpoints,
+// fallback past corrupt or invalid ones, skipped non-finite steps, the divergence exit code,
+// and what a run directory holds.
 #include <catch2/catch.hpp>
 
 #include <array>
@@ -10,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 #include <string>
@@ -269,5 +271,228 @@ TEST_CASE("eval, sample, schema and report work on a finished run", "[runner]") 
     html << h.rdbuf();
     CHECK(html.str().find("<svg") != std::string::npos);
     CHECK(html.str().find("polyline") != std::string::npos);
+    fs::remove_all(run);
+}
+
+namespace {
+
+const std::string kHalf = " --set train.steps=46 --set train.threads=1";
+
+// Runs tiny_moons for 46 steps straight into `dir` (the reference of the tests below).
+void straight_run(const fs::path& dir) {
+    REQUIRE(sh("run " + kTiny + " --quiet" + kHalf + " --output " + dir.string()).code == 0);
+}
+
+// Runs 23 of 46 steps into `dir`: checkpoints step 20 (checkpoint_every 5) and step 23.
+void half_run(const fs::path& dir) {
+    REQUIRE(sh("run " + kTiny + " --quiet" + kHalf + " --stop-after 23 --output " + dir.string()).code == 0);
+}
+
+fs::path ckpt(const fs::path& run, std::int64_t step) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "step-%09lld.safetensors", static_cast<long long>(step));
+    return run / "checkpoints" / buf;
+}
+
+std::string file_text(const fs::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+// Flips one bit in the tensor data of a checkpoint file (the header stays valid).
+void flip_data_bit(const fs::path& p) {
+    std::string b = file_text(p);
+    std::uint64_t hlen = 0;
+    for (int i = 0; i < 8; ++i) hlen |= static_cast<std::uint64_t>(static_cast<unsigned char>(b[static_cast<std::size_t>(i)])) << (8 * i);
+    REQUIRE(b.size() > 8 + hlen + 100);
+    b[8 + hlen + 100] = static_cast<char>(b[8 + hlen + 100] ^ 0x10);
+    std::ofstream(p, std::ios::binary | std::ios::trunc) << b;
+}
+
+// Every file under `dir` with its bytes and modification time.
+std::map<std::string, std::pair<std::string, fs::file_time_type>> snapshot(const fs::path& dir) {
+    std::map<std::string, std::pair<std::string, fs::file_time_type>> s;
+    for (const auto& e : fs::recursive_directory_iterator(dir))
+        if (e.is_regular_file()) s[e.path().string()] = {file_text(e.path()), e.last_write_time()};
+    return s;
+}
+
+// metrics.jsonl without the timing fields.
+std::vector<std::string> metrics_rows(const fs::path& run) {
+    std::vector<std::string> rows;
+    std::ifstream f(run / "metrics.jsonl");
+    for (std::string line; std::getline(f, line);) {
+        const std::size_t at = line.find(",\"samples_per_s\":");
+        if (at != std::string::npos) line.erase(at, line.find_first_of(",}", at + 1) - at);
+        rows.push_back(line);
+    }
+    return rows;
+}
+
+pid_t reaped_pid() {
+    pid_t pid = fork();
+    if (pid == 0) ::_exit(0);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return pid;
+}
+
+}  // namespace
+
+TEST_CASE("a resume falls back past a checkpoint with invalid metadata and names the file and the field", "[runner]") {
+    fs::path ref = fresh_dir("meta-ref");
+    straight_run(ref);
+    const Checkpoint want = read_checkpoint(latest_checkpoint(ref));
+    const std::pair<const char*, const char*> bad[] = {
+        {"sampler_pos", "-1000000"}, {"sampler_pos", "-1e11"}, {"step", "abc"},     {"step", "-5"},
+        {"step", "1000"},            {"optimizer_steps", "x"}, {"deq_rng_counter", "-1"}, {"best_valid_nll", "nan"},
+    };
+    for (const auto& [field, value] : bad) {
+        fs::path run = fresh_dir("meta");
+        half_run(run);
+        // Through the writer, so the file is well-formed and only the field is wrong.
+        const std::string newest = ckpt(run, 23).string();
+        Checkpoint c = read_checkpoint(newest);
+        c.metadata[field] = value;
+        write_checkpoint(newest, c);
+        Result r = sh("run --resume " + run.string() + " --quiet");
+        INFO(field << " = " << value << "\n" << r.out);
+        REQUIRE(r.code == 0);
+        CHECK(r.out.find("warning: " + newest) != std::string::npos);
+        CHECK(r.out.find(std::string("'") + field + "'") != std::string::npos);
+        // Step 20 was loaded instead, so the run still ends bitwise where the straight one did.
+        Checkpoint got = read_checkpoint(latest_checkpoint(run));
+        CHECK(got.metadata.at("step") == "46");
+        require_same_tensors(want, got, {"param/", "optim/"});
+        for (const auto& e : fs::directory_iterator(run / "checkpoints"))
+            CHECK(e.path().filename().string().find("step--") == std::string::npos);
+        fs::remove_all(run);
+    }
+    // With no usable checkpoint at all the resume is an i/o error naming each file, not a crash.
+    fs::path run = fresh_dir("meta-none");
+    half_run(run);
+    for (std::int64_t s : {20, 23}) {
+        Checkpoint c = read_checkpoint(ckpt(run, s).string());
+        c.metadata["sampler_pos"] = "-1000000";
+        write_checkpoint(ckpt(run, s).string(), c);
+    }
+    Result r = sh("run --resume " + run.string() + " --quiet");
+    INFO(r.out);
+    CHECK(r.code == 5);
+    CHECK(r.out.find("no usable checkpoint") != std::string::npos);
+    CHECK(r.out.find(ckpt(run, 20).string() + ": metadata 'sampler_pos'") != std::string::npos);
+    CHECK(r.out.find(ckpt(run, 23).string() + ": metadata 'sampler_pos'") != std::string::npos);
+    fs::remove_all(run);
+    fs::remove_all(ref);
+}
+
+TEST_CASE("flipped data bits in the newest checkpoint make a resume fall back to the previous one", "[runner]") {
+    fs::path ref = fresh_dir("crc-ref"), run = fresh_dir("crc");
+    straight_run(ref);
+    half_run(run);
+    flip_data_bit(ckpt(run, 23));
+    Result r = sh("run --resume " + run.string() + " --quiet");
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find(ckpt(run, 23).string() + ": CRC-32") != std::string::npos);
+    CHECK(r.out.find("resumed") == std::string::npos);  // --quiet: only the warnings
+    Checkpoint a = read_checkpoint(latest_checkpoint(ref)), b = read_checkpoint(latest_checkpoint(run));
+    CHECK(b.metadata.at("step") == "46");
+    require_same_tensors(a, b, {"param/", "optim/"});
+    fs::remove_all(ref);
+    fs::remove_all(run);
+}
+
+TEST_CASE("after a fallback resume rotation keeps the checkpoint that was loaded and sets the corrupt one aside", "[runner]") {
+    fs::path run = fresh_dir("rotate");
+    half_run(run);
+    flip_data_bit(ckpt(run, 23));
+    // Resume loads step 20 and stops at 22: the corrupt 23 is newer by name than both.
+    Result r = sh("run --resume " + run.string() + " --quiet --stop-after 2");
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    CHECK(fs::exists(ckpt(run, 20)));
+    CHECK(fs::exists(ckpt(run, 22)));
+    CHECK_FALSE(fs::exists(ckpt(run, 23)));
+    CHECK(fs::exists(ckpt(run, 23).string() + ".corrupt"));
+    CHECK(file_text(run / "checkpoints" / "latest") == "step-000000022.safetensors\n");
+    auto all = run_checkpoints(run.string());
+    REQUIRE(all.size() == 2);
+    for (const auto& c : all) CHECK_NOTHROW(read_checkpoint(c));
+    // And the next generation drops 20, keeping 22 as the fallback.
+    REQUIRE(sh("run --resume " + run.string() + " --quiet --stop-after 1").code == 0);
+    CHECK_FALSE(fs::exists(ckpt(run, 20)));
+    CHECK(fs::exists(ckpt(run, 22)));
+    CHECK(fs::exists(ckpt(run, 23)));
+    CHECK_NOTHROW(read_checkpoint(ckpt(run, 23).string()));
+    fs::remove_all(run);
+}
+
+TEST_CASE("resuming a finished run says so and leaves every file untouched", "[runner]") {
+    fs::path run = fresh_dir("finished");
+    REQUIRE(sh("run " + kTiny + " --quiet --set train.threads=1 --output " + run.string()).code == 0);
+    const auto before = snapshot(run);
+    Result r = sh("run --resume " + run.string() + " --quiet");
+    INFO(r.out);
+    CHECK(r.code == 0);
+    CHECK(r.out.find("already finished") != std::string::npos);
+    CHECK(snapshot(run) == before);
+    // Killed after its last checkpoint but before the summary: the resume writes the same
+    // summary (timings aside) and no second final-evaluation row.
+    const std::string summary = file_text(run / "summary.json"), metrics = file_text(run / "metrics.jsonl");
+    fs::remove(run / "summary.json");
+    Result again = sh("run --resume " + run.string() + " --quiet");
+    INFO(again.out);
+    CHECK(again.code == 0);
+    CHECK(file_text(run / "metrics.jsonl") == metrics);
+    auto field = [](const std::string& text, const std::string& key) {
+        const std::size_t at = text.find("\"" + key + "\"");
+        return at == std::string::npos ? std::string("missing") : text.substr(at, text.find_first_of(",\n}", at) - at);
+    };
+    const std::string now = file_text(run / "summary.json");
+    for (const char* key : {"steps", "final_train_loss", "test_nll", "test_bpd", "skipped_steps", "early_stopped"})
+        CHECK(field(now, key) == field(summary, key));
+    CHECK(field(now, "final_train_loss").find("0.0,") == std::string::npos);
+    fs::remove_all(run);
+}
+
+TEST_CASE("an interrupted and resumed run logs the same metrics as a straight run", "[runner]") {
+    fs::path straight = fresh_dir("metrics-straight"), split = fresh_dir("metrics-split");
+    straight_run(straight);
+    half_run(split);  // 23 is not a multiple of log_every (5): the window spans the resume
+    REQUIRE(sh("run --resume " + split.string() + " --quiet").code == 0);
+    const auto a = metrics_rows(straight), b = metrics_rows(split);
+    REQUIRE(a.size() > 9);
+    REQUIRE(a.size() == b.size());
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        INFO("row " << i);
+        CHECK(a[i] == b[i]);
+    }
+    const std::string sa = file_text(straight / "summary.json"), sb = file_text(split / "summary.json");
+    CHECK(sa.substr(sa.find("\"final_train_loss\""), 40) == sb.substr(sb.find("\"final_train_loss\""), 40));
+    fs::remove_all(straight);
+    fs::remove_all(split);
+}
+
+TEST_CASE("temporary checkpoint files orphaned by a killed writer are removed on the next run", "[runner]") {
+    fs::path run = fresh_dir("orphans");
+    half_run(run);
+    const fs::path dir = run / "checkpoints";
+    const std::string dead = std::to_string(reaped_pid());
+    const std::vector<std::string> stale = {".step-000000025.safetensors.tmp-" + dead, ".latest.tmp-" + dead};
+    const std::vector<std::string> kept = {"notes.tmp", ".step-000000025.safetensors.tmp-x", "step-1.safetensors.tmp"};
+    for (const auto& f : stale) std::ofstream(dir / f) << "partial";
+    for (const auto& f : kept) std::ofstream(dir / f) << "mine";
+    Result r = sh("run --resume " + run.string() + " --quiet --stop-after 1");
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    for (const auto& f : stale) CHECK_FALSE(fs::exists(dir / f));
+    for (const auto& f : kept) CHECK(fs::exists(dir / f));
+    // A new run into the same directory cleans up too.
+    std::ofstream(dir / stale[0]) << "partial";
+    REQUIRE(sh("run " + kTiny + " --quiet --set train.steps=2 --output " + run.string()).code == 0);
+    CHECK_FALSE(fs::exists(dir / stale[0]));
     fs::remove_all(run);
 }

@@ -1,11 +1,15 @@
-// Checkpoint files: a round trip, and one distinct error for each kind of malformed file.
+// Checkpoint files: a round trip, one distinct error for each kind of malformed file, the CRC,
+// the validation of the training state, and the clean-up of a killed writer's temp files.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "flowlab/checkpoint.hpp"
@@ -137,4 +141,211 @@ TEST_CASE("writing a checkpoint replaces the old file only once the new one is c
         if (e.path().filename().string().find("atomic.safetensors.tmp") != std::string::npos) ++others;
     CHECK(others == 0);
     fs::remove(p);
+}
+
+namespace {
+
+// The training-state metadata of a checkpoint written at `step` of a run with 2000 examples in
+// batches of 64 (31 per epoch) and 46 steps.
+std::map<std::string, std::string> state_at(std::int64_t step) {
+    TrainState st;
+    st.step = step;
+    st.optimizer_steps = step;
+    st.sampler_started = step > 0;
+    st.sampler_seed = 3;
+    st.sampler_counter = 12345;
+    st.sampler_pos = step > 0 ? ((step - 1) % 31 + 1) * 64 : 0;
+    if (step >= 2) {
+        st.window_loss = 0.1 + 0.2;  // not exactly representable: the round trip must be exact
+        st.window_n = 2;
+    }
+    st.last_logged_loss = 1.0 / 3.0;
+    std::map<std::string, std::string> m;
+    put_train_state(st, m);
+    return m;
+}
+
+const RunShape kRun{46, 2000, 64};
+
+std::string state_error(const std::map<std::string, std::string>& m) {
+    try {
+        parse_train_state(m, "ck.safetensors", kRun);
+    } catch (const IoError& e) {
+        return e.what();
+    }
+    return "no error";
+}
+
+pid_t dead_pid() {
+    pid_t pid = fork();
+    if (pid == 0) ::_exit(0);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return pid;
+}
+
+}  // namespace
+
+TEST_CASE("a checkpoint parses from a byte buffer exactly as from its file", "[checkpoint]") {
+    Checkpoint ck;
+    ck.tensors.push_back({"param/w", Tensor::from_vector({3}, {1, 2, 3})});
+    ck.metadata["step"] = "7";
+    std::string p = tmp_path("buffer.safetensors");
+    write_checkpoint(p, ck);
+    const std::string bytes = bytes_of(p);
+    Checkpoint a = read_checkpoint(p), b = parse_checkpoint(bytes, "in-memory");
+    CHECK(a.metadata == b.metadata);
+    REQUIRE(b.find("param/w"));
+    CHECK(std::memcmp(a.find("param/w")->raw(), b.find("param/w")->raw(), 12) == 0);
+    // Errors name the label given for the buffer; every prefix of a valid file is an IoError.
+    for (std::size_t n = 0; n < bytes.size(); ++n) {
+        INFO(n);
+        try {
+            parse_checkpoint(std::string_view(bytes).substr(0, n), "in-memory");
+            FAIL("a truncated buffer parsed");
+        } catch (const IoError& e) {
+            CHECK(std::string(e.what()).rfind("in-memory: ", 0) == 0);
+        }
+    }
+    fs::remove(p);
+}
+
+TEST_CASE("flipped bits in a checkpoint's tensor data are caught by its CRC-32", "[checkpoint]") {
+    Checkpoint ck;
+    ck.tensors.push_back({"a", Tensor::from_vector({4}, {1, 2, 3, 4})});
+    ck.tensors.push_back({"b", Tensor::from_vector({2}, {5, 6}, DType::f64)});
+    ck.metadata[kCheckpointCrcKey] = "00000000";  // a stale value is replaced by the writer
+    std::string p = tmp_path("crc.safetensors");
+    write_checkpoint(p, ck);
+    const std::string good = bytes_of(p);
+    CHECK(read_checkpoint(p).metadata.at(kCheckpointCrcKey).size() == 8);
+    std::uint64_t hlen = 0;
+    for (int i = 0; i < 8; ++i) hlen |= static_cast<std::uint64_t>(static_cast<unsigned char>(good[static_cast<std::size_t>(i)])) << (8 * i);
+    const std::size_t data = 8 + hlen;
+    for (std::size_t at : {data, data + 5, good.size() - 1}) {
+        for (int bit : {0, 7}) {
+            std::string bad = good;
+            bad[at] = static_cast<char>(bad[at] ^ (1 << bit));
+            put(p, bad);
+            std::string msg = error_of(p);
+            INFO("byte " << at << " bit " << bit << ": " << msg);
+            CHECK(msg.find("CRC-32") != std::string::npos);
+            CHECK(msg.find(p) != std::string::npos);
+        }
+    }
+    // A malformed stored value is corrupt too.
+    std::string bad = good;
+    const std::size_t key = bad.find(std::string("\"") + kCheckpointCrcKey + "\":\"");
+    REQUIRE(key != std::string::npos);
+    bad[key + std::strlen(kCheckpointCrcKey) + 4] = 'G';
+    put(p, bad);
+    CHECK(error_of(p).find("not 8 lower-case hex digits") != std::string::npos);
+    // Files from before the CRC (none in the metadata) load unchecked.
+    put(p, file_with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"__metadata__":{"step":"1"}})",
+                            std::string(4, '\1')));
+    CHECK(error_of(p) == "no error");
+    fs::remove(p);
+}
+
+TEST_CASE("training-state metadata round-trips exactly through a checkpoint", "[checkpoint]") {
+    TrainState st = parse_train_state(state_at(23), "ck", kRun);
+    CHECK(st.step == 23);
+    CHECK(st.sampler_pos == 23 * 64);
+    CHECK(st.window_loss == 0.1 + 0.2);
+    CHECK(st.window_n == 2);
+    CHECK(st.last_logged_loss == 1.0 / 3.0);
+    CHECK(std::isinf(st.best_valid_nll));
+    CHECK(st.best_step == -1);
+    CHECK(parse_train_state(state_at(0), "ck", kRun).sampler_pos == 0);
+    CHECK(parse_train_state(state_at(46), "ck", kRun).sampler_pos == 15 * 64);  // 46 = 31 + 15
+    // Checkpoints written before the logging window was saved still load, with an empty one.
+    auto old = state_at(23);
+    for (const char* k : {"train_loss_sum", "train_loss_count", "last_logged_loss", "early_stopped"}) old.erase(k);
+    TrainState o = parse_train_state(old, "ck", kRun);
+    CHECK(o.window_n == 0);
+    CHECK(o.window_loss == 0.0);
+}
+
+TEST_CASE("training-state metadata with an invalid field is rejected naming the file and the field", "[checkpoint]") {
+    struct Case {
+        const char* field;
+        const char* value;
+        const char* message;
+        bool mismatch;
+    } cases[] = {
+        {"sampler_pos", "-1000000", "out of range", false},
+        {"sampler_pos", "-1e11", "not an integer", false},
+        {"sampler_pos", "2001", "out of range", false},
+        {"sampler_pos", "640", "is at position 1472", true},
+        {"step", "abc", "not an integer", false},
+        {"step", "-5", "out of range", false},
+        {"step", " 23", "not an integer", false},
+        {"step", "+23", "not an integer", false},
+        {"step", "47", "past the run's train.steps 46", true},
+        {"step", "99999999999999999999", "not an integer", false},
+        {"optimizer_steps", "24", "out of range", false},
+        {"ema", "yes", "not 0 or 1", false},
+        {"deq_rng_seed", "-1", "not an unsigned", false},
+        {"deq_rng_counter", "", "not an unsigned", false},
+        {"sampler_counter", "0x10", "not an unsigned", false},
+        {"best_valid_nll", "nan", "not a finite number or +inf", false},
+        {"best_valid_nll", "1.5", "disagrees with best_valid_nll", false},
+        {"best_step", "-2", "out of range", false},
+        {"evals_since_best", "24", "out of range", false},
+        {"sampler_started", "0", "disagrees with step", false},
+        {"train_loss_sum", "inf", "not finite", false},
+        {"train_loss_count", "24", "out of range", false},
+        {"last_logged_loss", "-inf", "not finite", false},
+        {"early_stopped", "2", "not 0 or 1", false},
+        {"format", "flowlab-checkpoint-9", "unknown checkpoint format", true},
+    };
+    for (const auto& c : cases) {
+        auto m = state_at(23);
+        m[c.field] = c.value;
+        std::string msg = state_error(m);
+        INFO(c.field << " = \"" << c.value << "\": " << msg);
+        CHECK(msg.find(c.message) != std::string::npos);
+        CHECK(msg.rfind("ck.safetensors: ", 0) == 0);
+        // best_valid_nll = 1.5 is caught on best_step, the field it disagrees with.
+        CHECK(msg.find(std::string("'") + (std::string(c.value) == "1.5" ? "best_step" : c.field) + "'") !=
+              std::string::npos);
+        bool mismatch = false;
+        try {
+            parse_train_state(m, "ck.safetensors", kRun);
+        } catch (const CheckpointMismatch&) {
+            mismatch = true;
+        } catch (const IoError&) {
+        }
+        CHECK(mismatch == c.mismatch);
+    }
+    for (const char* required : {"step", "sampler_pos", "deq_rng_seed", "best_valid_nll"}) {
+        auto m = state_at(23);
+        m.erase(required);
+        INFO(required);
+        CHECK(state_error(m).find(std::string("'") + required + "' is missing") != std::string::npos);
+    }
+    auto none = state_at(23);
+    none.erase("format");
+    CHECK(state_error(none).find("not a flowlab training checkpoint") != std::string::npos);
+}
+
+TEST_CASE("stale temporary checkpoint files are removed, and nothing else", "[checkpoint]") {
+    fs::path dir = tmp_path("stale-dir");
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const std::string dead = std::to_string(dead_pid()), self = std::to_string(::getpid()),
+                      live = std::to_string(::getppid());
+    const std::vector<std::string> stale = {".step-000000005.safetensors.tmp-" + dead, ".latest.tmp-" + dead,
+                                            ".step-000000006.safetensors.tmp-" + self};
+    const std::vector<std::string> kept = {"step-000000005.safetensors", "latest", "notes.tmp",
+                                           ".step-000000007.safetensors.tmp-" + live,  // its writer may be alive
+                                           ".x.tmp-12ab", "x.tmp-" + dead, ".tmp-" + dead};
+    for (const auto& f : stale) put((dir / f).string(), "x");
+    for (const auto& f : kept) put((dir / f).string(), "x");
+    auto removed = remove_stale_temp_files(dir.string());
+    CHECK(removed.size() == stale.size());
+    for (const auto& f : stale) CHECK_FALSE(fs::exists(dir / f));
+    for (const auto& f : kept) CHECK(fs::exists(dir / f));
+    CHECK(remove_stale_temp_files((dir / "missing").string()).empty());  // no directory: nothing, no throw
+    fs::remove_all(dir);
 }
