@@ -1,15 +1,19 @@
 // Loading plugin libraries: check the info struct before any plugin code registers anything,
 // register into a staging registry, commit all or nothing, never unload what registered.
 #include <dlfcn.h>
+#include <link.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <system_error>
 
 #include "flowlab/errors.hpp"
 #include "flowlab/plugin.hpp"
+#include "elf_check.hpp"
 
 #ifndef FLOWLAB_PLUGIN_INSTALL_DIR
 #define FLOWLAB_PLUGIN_INSTALL_DIR "lib/flowlab/plugins"
@@ -33,6 +37,55 @@ std::string display_path(const std::string& path) {
     return ec ? path : abs.lexically_normal().string();
 }
 
+// The loaded segment that maps `addr`: its protection (PF_R, PF_W, PF_X) and how many bytes of it
+// follow addr. Flags 0 when no loaded object maps the address. A symbol is only called or read
+// after this says it is code or data, because a malformed plugin can export anything under the
+// entry point's name (an `int`, say) and calling that would crash the loader.
+struct Segment {
+    unsigned flags = 0;
+    std::uintptr_t bytes_left = 0;
+};
+
+Segment segment_of(const void* addr) {
+    struct Query {
+        std::uintptr_t addr;
+        Segment found;
+    } q{reinterpret_cast<std::uintptr_t>(addr), {}};
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, std::size_t, void* data) -> int {
+            auto* q = static_cast<Query*>(data);
+            for (int i = 0; i < info->dlpi_phnum; ++i) {
+                const auto& ph = info->dlpi_phdr[i];
+                if (ph.p_type != PT_LOAD) continue;
+                const std::uintptr_t begin = info->dlpi_addr + ph.p_vaddr, end = begin + ph.p_memsz;
+                if (q->addr >= begin && q->addr < end) {
+                    q->found = {ph.p_flags, end - q->addr};
+                    return 1;
+                }
+            }
+            return 0;
+        },
+        &q);
+    return q.found;
+}
+
+// dlopen maps what the headers say; a file that would mislead it is refused first.
+void check_elf_file(const std::string& path, const std::string& shown) {
+    constexpr std::uintmax_t kMaxPluginBytes = 1ull << 30;
+    std::error_code ec;
+    const std::uintmax_t size = fs::file_size(path, ec);
+    if (ec) throw PluginError(shown + ": cannot read the plugin file (" + ec.message() + ")");
+    if (size > kMaxPluginBytes) throw PluginError(shown + ": larger than 1 GB; not a plugin library");
+    std::string bytes(size, '\0');
+    std::ifstream in(path, std::ios::binary);
+    if (!in.read(bytes.data(), static_cast<std::streamsize>(size)))
+        throw PluginError(shown + ": cannot read the plugin file");
+    const std::string problem = elf_shared_object_problem(reinterpret_cast<const unsigned char*>(bytes.data()), size);
+    if (!problem.empty())
+        throw PluginError(shown + ": not a loadable shared library: " + problem +
+                          " (a plugin is a .so built for this machine with flowlab_add_plugin)");
+}
+
 struct Opened {
     void* handle = nullptr;
     const flowlab_plugin_info* info = nullptr;
@@ -48,6 +101,8 @@ Opened open_plugin(const std::string& path_in) {
         throw PluginError(o.path + ": plugin file not found (check the path, or the plugin name and FLOWLAB_PLUGIN_PATH)");
     if (fs::is_directory(path_in, ec))
         throw PluginError(o.path + ": is a directory, not a plugin library (give the .so file inside it)");
+
+    check_elf_file(path_in, o.path);
 
     // Without a slash dlopen would search the library path instead of opening this file.
     std::string open_path = path_in.find('/') == std::string::npos ? "./" + path_in : path_in;
@@ -68,9 +123,17 @@ Opened open_plugin(const std::string& path_in) {
                           "' entry point (declare the plugin with FLOWLAB_PLUGIN(name, version, description) "
                           "in one of its sources)");
     }
+    if (!(segment_of(sym).flags & PF_X))
+        throw PluginError(o.path + ": not a flowlab plugin: its '" FLOWLAB_PLUGIN_ENTRY_SYMBOL
+                          "' is not a function (a data symbol of that name?); declare the plugin with "
+                          "FLOWLAB_PLUGIN(name, version, description) instead of defining the symbol by hand");
     auto entry = reinterpret_cast<flowlab_plugin_entry_fn>(sym);
     o.info = entry();
     if (!o.info) throw PluginError(o.path + ": the plugin's entry point returned no info; " + kHintRebuild);
+    const Segment info_segment = segment_of(o.info);
+    if (!(info_segment.flags & PF_R) || info_segment.bytes_left < sizeof(std::uint32_t))
+        throw PluginError(o.path + ": the plugin's entry point returned a pointer that is not readable data; " +
+                          kHintRebuild);
 
     // Only the first field is known to exist until its version says which struct follows.
     std::uint32_t abi = 0;
@@ -79,6 +142,8 @@ Opened open_plugin(const std::string& path_in) {
         throw PluginError(o.path + ": plugin ABI mismatch: the plugin has ABI version " + std::to_string(abi) +
                           ", this flowlab (" FLOWLAB_VERSION_STRING ") expects ABI version " +
                           std::to_string(FLOWLAB_PLUGIN_ABI_VERSION) + "; " + kHintRebuild);
+    if (info_segment.bytes_left < sizeof(flowlab_plugin_info))
+        throw PluginError(o.path + ": the plugin's info struct runs past the end of its segment; " + kHintRebuild);
     if (o.info->struct_size < sizeof(flowlab_plugin_info))
         throw PluginError(o.path + ": the plugin's info struct is " + std::to_string(o.info->struct_size) +
                           " bytes, expected at least " + std::to_string(sizeof(flowlab_plugin_info)) + "; " +

@@ -3,7 +3,10 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
+#include <unistd.h>
 
 #include <flowlab/errors.hpp>
 #include <flowlab/plugin.hpp>
@@ -64,11 +67,27 @@ TEST_CASE("a missing plugin file is reported as not found", "[plugin]") {
                      ": plugin file not found (check the path, or the plugin name and FLOWLAB_PLUGIN_PATH)");
 }
 
-TEST_CASE("a file that is not a shared library is reported with the dynamic loader's reason", "[plugin]") {
+TEST_CASE("a file that is not a shared library is refused before the dynamic loader opens it", "[plugin]") {
     Registry reg;
     std::string msg = plugin_error([&] { load_plugin(reg, fixture("not_a_library")); });
-    CHECK(msg.rfind(fixture("not_a_library") + ": not a loadable shared library: ", 0) == 0);
+    CHECK(msg.rfind(fixture("not_a_library") + ": not a loadable shared library: not an ELF file", 0) == 0);
     CHECK(contains(msg, "flowlab_add_plugin"));
+}
+
+TEST_CASE("a truncated plugin library is refused with what is wrong in it", "[plugin]") {
+    namespace fs = std::filesystem;
+    const fs::path cut = fs::temp_directory_path() / ("flowlab-truncated-" + std::to_string(::getpid()) + ".so");
+    {
+        std::ifstream in(fixture("good_plugin"), std::ios::binary);
+        std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        REQUIRE(bytes.size() > 4096);
+        std::ofstream(cut, std::ios::binary).write(bytes.data(), 3000);
+    }
+    Registry reg;
+    std::string msg = plugin_error([&] { load_plugin(reg, cut.string()); });
+    CHECK(contains(msg, ": not a loadable shared library: truncated or corrupt"));
+    CHECK(reg.plugins.empty());
+    fs::remove(cut);
 }
 
 TEST_CASE("a shared library without the entry point is not a flowlab plugin", "[plugin]") {
@@ -77,6 +96,14 @@ TEST_CASE("a shared library without the entry point is not a flowlab plugin", "[
     CHECK(msg == fixture("no_entry") +
                      ": not a flowlab plugin: it has no 'flowlab_plugin_entry' entry point (declare the plugin "
                      "with FLOWLAB_PLUGIN(name, version, description) in one of its sources)");
+}
+
+TEST_CASE("an entry point that is a data symbol is refused without being called", "[plugin]") {
+    Registry reg;
+    std::string msg = plugin_error([&] { load_plugin(reg, fixture("data_entry")); });
+    CHECK(msg.rfind(fixture("data_entry") + ": not a flowlab plugin: its 'flowlab_plugin_entry' is not a function", 0) == 0);
+    CHECK(plugin_error([&] { read_plugin_info(fixture("data_entry")); }) == msg);
+    CHECK(reg.plugins.empty());
 }
 
 TEST_CASE("a plugin of another ABI version is refused, showing both versions", "[plugin]") {
