@@ -87,7 +87,7 @@ void update_bwd(const T* gy, const T* gld, const T* out, const T* h, T* gx, T* g
                     for (std::int64_t q = 0; q < P; ++q) gxr[q] += g[q];
                 continue;
             }
-            const T* o = out + (n * C + c) * P;
+            const T* o = out ? out + (n * C + c) * P : nullptr;  // additive couplings pass no output
             const T* sh = h + (n * hc + k) * P;
             const T* raw = p.additive ? nullptr : h + (n * hc + p.ct + k) * P;
             T* gsh = gh ? gh + (n * hc + k) * P : nullptr;
