@@ -1,103 +1,27 @@
 // GEMM-based ops: kern::gemm (f32 through oneDNN's matmul primitive, f64 on a plain loop),
-// matmul and linear with their backward rules. This is the only file that includes dnnl.hpp.
+// matmul and linear with their backward rules.
 #include <cstring>
-#include <mutex>
-#include <unordered_map>
 
-#include <oneapi/dnnl/dnnl.hpp>
-
+#include "backend/onednn.hpp"
 #include "ops_internal.hpp"
 
 namespace flowlab {
 
 namespace {
 
-// ------------------------------------------------------------------------------ oneDNN context
-
-struct GemmKey {
-    std::int64_t m, n, k;
-    bool trans_a, trans_b, bias;
-    float alpha, beta;
-    bool operator==(const GemmKey&) const = default;
-};
-
-struct GemmKeyHash {
-    std::size_t operator()(const GemmKey& key) const {
-        std::uint64_t h = 0xcbf29ce484222325ull;
-        auto mix = [&](std::uint64_t v) { h = (h ^ v) * 0x100000001b3ull; };
-        mix(static_cast<std::uint64_t>(key.m));
-        mix(static_cast<std::uint64_t>(key.n));
-        mix(static_cast<std::uint64_t>(key.k));
-        mix(static_cast<std::uint64_t>(key.trans_a) | (static_cast<std::uint64_t>(key.trans_b) << 1) |
-            (static_cast<std::uint64_t>(key.bias) << 2));
-        std::uint32_t fa, fb;
-        std::memcpy(&fa, &key.alpha, 4);
-        std::memcpy(&fb, &key.beta, 4);
-        mix((static_cast<std::uint64_t>(fa) << 32) | fb);
-        return static_cast<std::size_t>(h);
-    }
-};
-
-struct GemmPrimitive {
-    dnnl::matmul prim;
-    dnnl::memory::desc a, b, c, bias;
-};
-
-// One engine and stream for the process, and the primitives built so far: creating a
-// primitive costs ~0.2 ms, running a small one a few microseconds.
-struct Context {
-    dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-    dnnl::stream stream{engine};
-    std::mutex mutex;
-    std::unordered_map<GemmKey, GemmPrimitive, GemmKeyHash> gemms;
-
-    const GemmPrimitive& gemm(const GemmKey& key) {
-        std::lock_guard<std::mutex> lock(mutex);
-        auto it = gemms.find(key);
-        if (it != gemms.end()) return it->second;
-        using dt = dnnl::memory::data_type;
-        using dims = dnnl::memory::dims;
-        const auto m = key.m, n = key.n, k = key.k;
-        GemmPrimitive p;
-        // Transposes are strided views of the row-major operands, not copies.
-        p.a = dnnl::memory::desc({m, k}, dt::f32, key.trans_a ? dims{1, m} : dims{k, 1});
-        p.b = dnnl::memory::desc({k, n}, dt::f32, key.trans_b ? dims{1, k} : dims{n, 1});
-        p.c = dnnl::memory::desc({m, n}, dt::f32, dims{n, 1});
-        if (key.bias) p.bias = dnnl::memory::desc({1, n}, dt::f32, dims{n, 1});
-        dnnl::primitive_attr attr;
-        if (key.alpha != 1.0f) attr.set_output_scales(0, {key.alpha});
-        if (key.beta != 0.0f) {
-            dnnl::post_ops po;
-            po.append_sum(key.beta);
-            attr.set_post_ops(po);
-        }
-        dnnl::matmul::desc desc = key.bias ? dnnl::matmul::desc(p.a, p.b, p.bias, p.c) : dnnl::matmul::desc(p.a, p.b, p.c);
-        dnnl::matmul::primitive_desc pd(desc, attr, engine);
-        p.prim = dnnl::matmul(pd);
-        return gemms.emplace(key, std::move(p)).first->second;
-    }
-};
-
-// Never destroyed: the OpenMP runtime oneDNN runs on may already be gone at static destruction.
-Context& context() {
-    static Context* c = new Context();
-    return *c;
-}
-
+// f32 through the shared oneDNN context's cached matmul primitives.
 void gemm_f32(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, std::int64_t m, std::int64_t n,
               std::int64_t k, float alpha, float beta, const Tensor* bias) {
-    Context& ctx = context();
-    const GemmPrimitive& p = ctx.gemm({m, n, k, ta, tb, bias != nullptr, alpha, beta});
-    dnnl::memory am(p.a, ctx.engine, const_cast<void*>(a.raw()));
-    dnnl::memory bm(p.b, ctx.engine, const_cast<void*>(b.raw()));
-    dnnl::memory cm(p.c, ctx.engine, c.raw());
-    if (bias) {
-        dnnl::memory biasm(p.bias, ctx.engine, const_cast<void*>(bias->raw()));
-        p.prim.execute(ctx.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_BIAS, biasm}, {DNNL_ARG_DST, cm}});
-    } else {
-        p.prim.execute(ctx.stream, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
-    }
-    ctx.stream.wait();
+    backend::Gemm g;
+    g.m = m;
+    g.n = n;
+    g.k = k;
+    g.trans_a = ta;
+    g.trans_b = tb;
+    g.bias = bias != nullptr;
+    g.alpha = alpha;
+    g.beta = beta;
+    backend::sgemm(g, a.data<float>(), b.data<float>(), c.data<float>(), bias ? bias->data<float>() : nullptr);
 }
 
 // f64 reference GEMM (numerical checks only): i-k-j order over row-major copies of op(A), op(B).
