@@ -2,6 +2,7 @@
 // comes out, so that a plugin's shape bug is reported at the layer that has it, by name.
 #include <cmath>
 
+#include "flowlab/kernels.hpp"
 #include "flowlab/bijector.hpp"
 #include "flowlab/dequantizer.hpp"
 #include "flowlab/distribution.hpp"
@@ -17,12 +18,6 @@ std::string batched_str(const Shape& event) {
     std::string s = "[B";
     for (auto d : event) s += ", " + std::to_string(d);
     return s + "]";
-}
-
-Shape batched(std::int64_t b, const Shape& event) {
-    Shape s{b};
-    s.insert(s.end(), event.begin(), event.end());
-    return s;
 }
 
 Shape event_of(const Shape& s) { return Shape(s.begin() + 1, s.end()); }
@@ -56,7 +51,7 @@ FlowResult Bijector::inverse(const Var& x, const Var& context) {
     check_input(x, in_shape_, who, "input");
     const std::int64_t b = x.size(0);
     FlowResult r = do_inverse(x, context);
-    check_result(r.out, batched(b, output_shape(event_of(x.shape()))), who, "output");
+    check_result(r.out, with_batch(b, output_shape(event_of(x.shape()))), who, "output");
     check_result(r.log_det, {b}, who, "log_det");
     return r;
 }
@@ -73,7 +68,7 @@ FlowResult Bijector::forward(const Var& z, const Var& context) {
             throw ShapeError(who + ": output should have " + std::to_string(b) + " rows, got " +
                              (r.out.defined() ? shape_str(r.out.shape()) : std::string("nothing")));
     } else {
-        check_result(r.out, batched(b, in_shape_), who, "output");
+        check_result(r.out, with_batch(b, in_shape_), who, "output");
     }
     check_result(r.log_det, {b}, who, "log_det");
     return r;
@@ -107,8 +102,8 @@ Tensor BaseDistribution::sample(std::int64_t n, Rng& rng, double temperature, co
                            std::to_string(temperature));
     Tensor t = do_sample(n, rng, temperature, context);
     if (!t.defined()) throw ShapeError("base distribution (sample): the sampler returned nothing");
-    if (!shape_.empty() && t.shape() != batched(n, shape_))
-        throw ShapeError("base distribution (sample): samples should be " + shape_str(batched(n, shape_)) + ", got " +
+    if (!shape_.empty() && t.shape() != with_batch(n, shape_))
+        throw ShapeError("base distribution (sample): samples should be " + shape_str(with_batch(n, shape_)) + ", got " +
                          shape_str(t.shape()));
     return t;
 }

@@ -12,16 +12,12 @@
 
 #include "flowlab/errors.hpp"
 #include "flowlab/ops.hpp"
+#include "flowlab/kernels.hpp"
 #include "flowlab/parallel.hpp"
 
 namespace flowlab::detail {
 
-// Calls f(T{}) with T the C++ type of dt.
-template <class F>
-decltype(auto) dispatch(DType dt, F&& f) {
-    if (dt == DType::f32) return f(float{});
-    return f(double{});
-}
+using ::flowlab::dispatch;  // the toolkit's (kernels.hpp)
 
 [[noreturn]] inline void shape_error(const char* op, const Shape& a, const Shape& b,
                                      const std::string& why = "incompatible") {

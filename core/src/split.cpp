@@ -1,5 +1,6 @@
 #include "split.hpp"
 
+#include "flowlab/kernels.hpp"
 #include "flowlab/errors.hpp"
 
 namespace flowlab {
@@ -8,11 +9,6 @@ namespace {
 Shape with_channels(const Shape& s, std::int64_t c) {
     Shape out = s;
     out[0] = c;
-    return out;
-}
-Shape batched(std::int64_t b, const Shape& s) {
-    Shape out{b};
-    out.insert(out.end(), s.begin(), s.end());
     return out;
 }
 }  // namespace
@@ -84,8 +80,8 @@ FlowResult SplitBijector::do_inverse(const Var& x, const Var& context) {
 
 FlowResult SplitBijector::do_forward(const Var& z, const Var& context) {
     const std::int64_t b = z.size(0), df = numel(factored_shape()), dk = numel(rest_out_);
-    Var zf = reshape(slice(z, 1, 0, df), batched(b, factored_shape()));
-    Var zk = reshape(slice(z, 1, df, dk), batched(b, rest_out_));
+    Var zf = reshape(slice(z, 1, 0, df), with_batch(b, factored_shape()));
+    Var zk = reshape(slice(z, 1, df, dk), with_batch(b, rest_out_));
     FlowResult r = run_rest_forward(zk, context);
     Var xf = zf, ld = r.log_det;
     if (prior_) {

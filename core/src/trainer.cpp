@@ -23,6 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "flowlab/kernels.hpp"
 #include "flowlab/checkpoint.hpp"
 #include "flowlab/errors.hpp"
 #include "flowlab/experiment.hpp"
@@ -45,12 +46,6 @@ void gather_rows(const Tensor& src, const std::int64_t* idx, std::int64_t n, Ten
     const auto* s = static_cast<const char*>(src.raw());
     auto* d = static_cast<char*>(dst.raw());
     for (std::int64_t i = 0; i < n; ++i) std::memcpy(d + i * bytes, s + idx[i] * bytes, bytes);
-}
-
-Shape batch_shape(std::int64_t b, const Shape& event) {
-    Shape s{b};
-    s.insert(s.end(), event.begin(), event.end());
-    return s;
 }
 
 // Epoch-wise shuffled batches without replacement; the incomplete last batch is dropped.
@@ -357,11 +352,11 @@ void Trainer::data_init() {
     EpochSampler peek(exp_.data.train.size(), batch_, seed_);
     const std::int64_t* idx = peek.next();
     const DataSplit& tr = exp_.data.train;
-    Tensor x0 = Tensor::empty(batch_shape(batch_, exp_.data.event_shape), tr.x.dtype());
+    Tensor x0 = Tensor::empty(with_batch(batch_, exp_.data.event_shape), tr.x.dtype());
     gather_rows(tr.x, idx, batch_, x0);
     Tensor c0;
     if (tr.context.defined()) {
-        c0 = Tensor::empty(batch_shape(batch_, exp_.data.context_shape), tr.context.dtype());
+        c0 = Tensor::empty(with_batch(batch_, exp_.data.context_shape), tr.context.dtype());
         gather_rows(tr.context, idx, batch_, c0);
     }
     if (Dequantizer* dq = exp_.flow->dequantizer()) {
@@ -587,9 +582,9 @@ TrainSummary Trainer::run() {
         summary.early_stopped = early_stopped_;
     }
     const DataSplit& tr = exp_.data.train;
-    Tensor xb = Tensor::empty(batch_shape(batch_, exp_.data.event_shape), tr.x.dtype());
+    Tensor xb = Tensor::empty(with_batch(batch_, exp_.data.event_shape), tr.x.dtype());
     Tensor cb;
-    if (tr.context.defined()) cb = Tensor::empty(batch_shape(batch_, exp_.data.context_shape), tr.context.dtype());
+    if (tr.context.defined()) cb = Tensor::empty(with_batch(batch_, exp_.data.context_shape), tr.context.dtype());
 
     double train_seconds = 0.0;
     std::int64_t bad_run = 0, done_this_call = 0;

@@ -177,18 +177,7 @@ Dataset loading(const std::string& path, Fn&& fn) {
 // A split's size comes from the config: refuse one that cannot fit before allocating it (the
 // permutation, points and context take about 32 bytes a point).
 void check_fits(const Params& p, const char* key) {
-    constexpr std::int64_t kBytesPerPoint = 32;
-    const std::int64_t n = p.get_int(key);
-    const std::uint64_t avail = available_memory_bytes();
-    std::int64_t bytes = 0;
-    const bool overflow = __builtin_mul_overflow(n, kBytesPerPoint, &bytes);
-    if (overflow || (avail > 0 && static_cast<std::uint64_t>(bytes) > avail)) {
-        auto gb = [](double b) { return std::to_string(static_cast<long long>(std::ceil(b / 1e9))) + " GB"; };
-        throw ConfigError(p.where(key) + ": " + std::to_string(n) + " points need about " +
-                          gb(static_cast<double>(n) * kBytesPerPoint) + " of memory, " +
-                          (avail ? gb(static_cast<double>(avail)) : std::string("an unknown amount")) +
-                          " is available; use fewer points");
-    }
+    check_memory(p.where(key), p.get_int(key), 32, "points", "use fewer points");
 }
 
 // The two moons of the standard plugin's `moons` (outer (cos t, sin t), inner (1 - cos t,

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include <flowlab/errors.hpp>
+#include <flowlab/kernels.hpp>
 #include <flowlab/parallel.hpp>
 #include <flowlab/registry.hpp>
 #include <flowlab/tensor.hpp>
@@ -22,35 +23,6 @@ void register_normalization(Registry& reg);   // normalization.cpp: actnorm, bat
 void register_elementwise(Registry& reg);     // elementwise.cpp: logit, sigmoid, affine
 void register_distributions(Registry& reg);   // distributions.cpp
 void register_datasets(Registry& reg);        // datasets.cpp: IDX, npy, csv, labeled moons
-
-template <class T>
-constexpr DType dtype_of() {
-    return std::is_same_v<T, double> ? DType::f64 : DType::f32;
-}
-
-// Calls fn(T{}) with T = float or double after the dtype.
-template <class Fn>
-decltype(auto) dispatch(DType dt, Fn&& fn) {
-    if (dt == DType::f64) return fn(double{});
-    return fn(float{});
-}
-
-inline void check_same_dtype(const Tensor& a, const Tensor& b, const std::string& what) {
-    if (a.dtype() != b.dtype())
-        throw ShapeError(what + ": dtypes " + dtype_name(a.dtype()) + " and " + dtype_name(b.dtype()) + " differ");
-}
-
-// Rows per parallel chunk so that a chunk holds about kElementwiseGrain elements.
-inline std::int64_t row_grain(std::int64_t cols) {
-    return std::max<std::int64_t>(1, kElementwiseGrain / std::max<std::int64_t>(1, cols));
-}
-
-// [b, event...]
-inline Shape with_batch(std::int64_t b, const Shape& event) {
-    Shape s{b};
-    s.insert(s.end(), event.begin(), event.end());
-    return s;
-}
 
 // A fresh generator for a layer's initialisation: split from the model's, or seed 0 when the
 // factory is called without one (tests that build a layer by hand).

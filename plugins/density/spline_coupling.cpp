@@ -50,20 +50,11 @@ public:
         dim_ = numel(c.event_shape);
         if (c.event_shape.empty() || dim_ < 2)
             throw ShapeError("spline_coupling: needs at least 2 features to split, got " + shape_str(c.event_shape));
-        const std::string kind = p.get_string("mask");
-        const std::int64_t parity = p.get_int("parity");
-        const std::int64_t half = (dim_ + 1) / 2;
-        std::vector<std::int32_t> slot(static_cast<std::size_t>(dim_), -1);
-        std::int32_t n_trans = 0;
-        for (std::int64_t j = 0; j < dim_; ++j) {
-            const std::int64_t set = kind == "alternate" ? j % 2 : (j < half ? 0 : 1);
-            if (set == parity)
-                slot[static_cast<std::size_t>(j)] = n_trans++;
-            else
-                cond_.push_back(j);
-        }
-        cond_contiguous_ = cond_.back() - cond_.front() + 1 == static_cast<std::int64_t>(cond_.size());
-        layout_ = std::make_shared<const SplineLayout>(SplineLayout::per_feature(slot, n_trans, cfg_.num_params()));
+        CouplingSplit split = coupling_split(p.get_string("mask"), p.get_int("parity"), dim_, "spline_coupling");
+        cond_ = std::move(split.cond);
+        cond_contiguous_ = split.cond_contiguous;
+        layout_ = std::make_shared<const SplineLayout>(SplineLayout::per_feature(
+            split.slot, static_cast<std::int32_t>(split.trans.size()), cfg_.num_params()));
         if (!c.registry) throw PluginError("spline_coupling: built without a registry (needed for its conditioner)");
         ConditionerSpec spec;
         spec.in_shape = {static_cast<std::int64_t>(cond_.size())};

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <flowlab/errors.hpp>
+#include <flowlab/kernels.hpp>
 #include <flowlab/ops.hpp>
 #include <flowlab/parallel.hpp>
 #include <flowlab/registry.hpp>
@@ -22,24 +23,11 @@ void register_couplings(Registry& reg);    // coupling.cpp
 void register_conditioners(Registry& reg); // cnn.cpp
 void register_dequantizers(Registry& reg); // vardeq.cpp
 
-// Calls fn(T{}) with T = float or double after the dtype.
-template <class Fn>
-decltype(auto) dispatch(DType dt, Fn&& fn) {
-    if (dt == DType::f64) return fn(double{});
-    return fn(float{});
-}
-
 // An event shape [C, H, W], or a ShapeError naming the layer.
 inline void require_image(const Shape& s, const char* layer) {
     if (s.size() != 3 || s[0] < 1 || s[1] < 1 || s[2] < 1)
         throw ShapeError(std::string(layer) + ": needs an image event [C, H, W], got " + shape_str(s) +
                          " (load the data with flatten = false)");
-}
-
-inline Shape with_batch(std::int64_t b, const Shape& event) {
-    Shape s{b};
-    s.insert(s.end(), event.begin(), event.end());
-    return s;
 }
 
 // The space-to-depth index map of squeeze: out[k] = in[idx[k]] within one sample [C, H, W] ->

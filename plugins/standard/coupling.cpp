@@ -26,42 +26,13 @@
 namespace flowlab::standard {
 namespace {
 
-// Which of the D flat features are transformed. slot[j] = k when feature j is the k-th
-// transformed feature (k indexes raw's columns), -1 when it conditions and passes through.
-struct Mask {
-    std::int64_t dim = 0;
-    std::vector<std::int64_t> trans, cond;
-    std::vector<std::int32_t> slot;
-    bool cond_contiguous = false;  // cond is one run of features: a slice feeds the conditioner
+// Which of the D flat features are transformed (the toolkit's coupling split).
+using Mask = CouplingSplit;
 
-    std::int64_t d_trans() const { return static_cast<std::int64_t>(trans.size()); }
-};
-
-// Set 0 and set 1 of a mask: "alternate" splits even/odd feature indices, "half" splits at
-// ceil(D/2). `parity` names the transformed set, so set 0 has ceil(D/2) features either way.
 std::shared_ptr<const Mask> make_mask(const std::string& kind, std::int64_t parity, std::int64_t dim,
                                       const char* layer) {
-    if (dim < 2)
-        throw ShapeError(std::string(layer) + ": needs at least 2 features to split, got " + std::to_string(dim));
-    auto m = std::make_shared<Mask>();
-    m->dim = dim;
-    m->slot.assign(static_cast<std::size_t>(dim), -1);
-    const std::int64_t half = (dim + 1) / 2;
-    for (std::int64_t j = 0; j < dim; ++j) {
-        std::int64_t set = kind == "alternate" ? j % 2 : (j < half ? 0 : 1);
-        if (set == parity) {
-            m->slot[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(m->trans.size());
-            m->trans.push_back(j);
-        } else {
-            m->cond.push_back(j);
-        }
-    }
-    m->cond_contiguous = m->cond.back() - m->cond.front() + 1 == static_cast<std::int64_t>(m->cond.size());
-    return m;
+    return std::make_shared<const Mask>(coupling_split(kind, parity, dim, layer));
 }
-
-// Rows per parallel chunk so a chunk holds about kElementwiseGrain elements.
-std::int64_t row_grain(std::int64_t cols) { return std::max<std::int64_t>(1, kElementwiseGrain / std::max<std::int64_t>(1, cols)); }
 
 template <class T>
 struct SoftClamp {

@@ -153,18 +153,7 @@ DataSplit make_split(const Generator& gen, std::int64_t n, double noise, std::ui
 // generator's doubles, its temporaries, the shuffle's permutation and the f32 tensor take about
 // 48 bytes a point.
 void check_fits(const Params& p, const char* key) {
-    constexpr std::int64_t kBytesPerPoint = 48;
-    const std::int64_t n = p.get_int(key);
-    const std::uint64_t avail = available_memory_bytes();
-    std::int64_t bytes = 0;
-    const bool overflow = __builtin_mul_overflow(n, kBytesPerPoint, &bytes);
-    if (overflow || (avail > 0 && static_cast<std::uint64_t>(bytes) > avail)) {
-        auto gb = [](double b) { return std::to_string(static_cast<long long>(std::ceil(b / 1e9))) + " GB"; };
-        throw ConfigError(p.where(key) + ": " + std::to_string(n) + " points need about " +
-                          gb(static_cast<double>(n) * kBytesPerPoint) + " of memory, " +
-                          (avail ? gb(static_cast<double>(avail)) : std::string("an unknown amount")) +
-                          " is available; use fewer points");
-    }
+    check_memory(p.where(key), p.get_int(key), 48, "points", "use fewer points");
 }
 
 void add_toy(Registry& reg, const char* name, const char* doc, double noise, const char* noise_doc, Generator gen) {

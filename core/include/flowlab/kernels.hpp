@@ -1,0 +1,89 @@
+// The kernel toolkit: what a fused op needs around its loops, shared by the core and every
+// plugin - one dispatch on the dtype, batch shapes, dtype checks, chunk sizes for the parallel
+// loops of parallel.hpp, the feature split of coupling layers, and a memory check for sizes
+// that come from a config.
+//
+// Example: a fused element-wise op in a plugin, y = x * exp(a) over [batch, D]:
+//
+//   #include <flowlab/kernels.hpp>
+//   Tensor scale_rows(const Tensor& x, const Tensor& a) {    // x [B, D], a [D]
+//       check_same_dtype(x, a, "scale_rows");
+//       Tensor y = Tensor::empty(x.shape(), x.dtype());
+//       const std::int64_t d = a.numel();
+//       dispatch(x.dtype(), [&](auto t) {
+//           using T = decltype(t);
+//           const T* xs = x.data<T>(); const T* as = a.data<T>(); T* ys = y.data<T>();
+//           parallel_for(x.size(0), row_grain(d), [&](std::int64_t r0, std::int64_t r1) {
+//               for (std::int64_t r = r0; r < r1; ++r)
+//                   for (std::int64_t j = 0; j < d; ++j) ys[r * d + j] = xs[r * d + j] * std::exp(as[j]);
+//           });
+//       });
+//       return y;
+//   }
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "flowlab/errors.hpp"
+#include "flowlab/parallel.hpp"
+#include "flowlab/tensor.hpp"
+
+namespace flowlab {
+
+// The DType of a C++ element type (float or double).
+template <class T>
+constexpr DType dtype_of() {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "flowlab tensors hold float or double");
+    return std::is_same_v<T, double> ? DType::f64 : DType::f32;
+}
+
+// Calls fn(T{}) with T = float or double after the dtype, so one generic lambda serves both.
+template <class Fn>
+decltype(auto) dispatch(DType dt, Fn&& fn) {
+    if (dt == DType::f64) return fn(double{});
+    return fn(float{});
+}
+
+// [b, event...]: the shape of a batch of b samples.
+inline Shape with_batch(std::int64_t b, const Shape& event) {
+    Shape s{b};
+    s.insert(s.end(), event.begin(), event.end());
+    return s;
+}
+
+// Throws ShapeError unless a and b share a dtype (a fused kernel reads both with one type).
+inline void check_same_dtype(const Tensor& a, const Tensor& b, const std::string& what) {
+    if (a.dtype() != b.dtype())
+        throw ShapeError(what + ": dtypes " + dtype_name(a.dtype()) + " and " + dtype_name(b.dtype()) + " differ");
+}
+
+// Rows per parallel chunk so that a chunk of rows of `cols` elements holds about
+// kElementwiseGrain elements (smaller work is not worth a thread hand-off).
+inline std::int64_t row_grain(std::int64_t cols) {
+    return std::max<std::int64_t>(1, kElementwiseGrain / std::max<std::int64_t>(1, cols));
+}
+
+// The two feature sets of a coupling layer over `dim` flat features. kind "alternate" puts
+// even indices in set 0 and odd ones in set 1; "half" puts the first ceil(dim/2) in set 0.
+// `parity` names the transformed set; the other conditions the transform and passes through.
+struct CouplingSplit {
+    std::int64_t dim = 0;
+    std::vector<std::int64_t> trans, cond;  // feature indices, ascending
+    std::vector<std::int32_t> slot;         // slot[j]: j's index in trans, or -1 for a cond feature
+    bool cond_contiguous = false;           // cond is one run: a slice feeds the conditioner
+    std::int64_t d_trans() const { return static_cast<std::int64_t>(trans.size()); }
+};
+// Throws ShapeError naming `layer` for fewer than 2 features, ConfigError for an unknown kind.
+CouplingSplit coupling_split(const std::string& kind, std::int64_t parity, std::int64_t dim, const std::string& layer);
+
+// Throws ConfigError "WHERE: N WHAT need about X GB of memory, Y GB is available; hint" when
+// count * bytes_each overflows or exceeds the available memory: for sizes a config chooses
+// (dataset sizes, sample counts) before anything is allocated.
+void check_memory(const std::string& where, std::int64_t count, std::int64_t bytes_each, const std::string& what,
+                  const std::string& hint);
+
+}  // namespace flowlab

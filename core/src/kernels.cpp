@@ -1,0 +1,41 @@
+#include "flowlab/kernels.hpp"
+
+#include <cmath>
+
+namespace flowlab {
+
+CouplingSplit coupling_split(const std::string& kind, std::int64_t parity, std::int64_t dim, const std::string& layer) {
+    if (dim < 2) throw ShapeError(layer + ": needs at least 2 features to split, got " + std::to_string(dim));
+    if (kind != "alternate" && kind != "half")
+        throw ConfigError(layer + ": unknown mask '" + kind + "' (known: alternate, half)");
+    CouplingSplit s;
+    s.dim = dim;
+    s.slot.assign(static_cast<std::size_t>(dim), -1);
+    const std::int64_t half = (dim + 1) / 2;
+    for (std::int64_t j = 0; j < dim; ++j) {
+        const std::int64_t set = kind == "alternate" ? j % 2 : (j < half ? 0 : 1);
+        if (set == parity) {
+            s.slot[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(s.trans.size());
+            s.trans.push_back(j);
+        } else {
+            s.cond.push_back(j);
+        }
+    }
+    s.cond_contiguous = !s.cond.empty() && s.cond.back() - s.cond.front() + 1 == static_cast<std::int64_t>(s.cond.size());
+    return s;
+}
+
+void check_memory(const std::string& where, std::int64_t count, std::int64_t bytes_each, const std::string& what,
+                  const std::string& hint) {
+    const std::uint64_t avail = available_memory_bytes();
+    std::int64_t bytes = 0;
+    const bool overflow = count < 0 || bytes_each < 0 || __builtin_mul_overflow(count, bytes_each, &bytes);
+    if (!overflow && (avail == 0 || static_cast<std::uint64_t>(bytes) <= avail)) return;
+    auto gb = [](double b) { return std::to_string(static_cast<long long>(std::ceil(b / 1e9))) + " GB"; };
+    throw ConfigError(where + ": " + std::to_string(count) + " " + what + " need about " +
+                      gb(static_cast<double>(count) * static_cast<double>(bytes_each)) + " of memory, " +
+                      (avail ? gb(static_cast<double>(avail)) : std::string("an unknown amount")) + " is available; " +
+                      hint);
+}
+
+}  // namespace flowlab
