@@ -143,6 +143,18 @@ TEST_CASE("a repeat count far beyond memory fails before building, with the size
     CHECK(contains(mem.out, "GB to train"));
 }
 
+TEST_CASE("a layer too large to train fails while building, naming the layer and the sizes", "[cli]") {
+    // hidden [1e11]: the first weight alone is 400 GB, past a quarter of any test machine's
+    // memory, and refused before it is allocated.
+    CliResult r = flowlab_cli("validate " + kTinyConfig +
+                              " --set 'model.layers.0.layers.0.conditioner.hidden=[100000000000]'");
+    INFO(r.out);
+    CHECK(r.code == 3);
+    CHECK(contains(r.out, "tiny_moons.json:/model/layers/0/layers/0: cannot build layer 'affine_coupling'"));
+    CHECK(contains(r.out, "the model's parameters"));
+    CHECK(contains(r.out, "over its budget of"));
+}
+
 TEST_CASE("summary.json and config.json stay valid JSON whatever the run's name", "[cli]") {
     fs::path dir = scratch("name");
     const std::string name = "a \\\"quoted\\\" name " + std::string(1500, 'n');
