@@ -9,7 +9,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config
-  libdnnl-dev libtbb-dev nlohmann-json3-dev libboost-dev catch2
+  libdnnl-dev libtbb-dev nlohmann-json3-dev libboost-dev libboost-program-options-dev catch2
   libpng-dev zlib1g-dev
   dataset-fashion-mnist
 )

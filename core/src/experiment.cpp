@@ -11,6 +11,7 @@
 
 #include "flowlab/errors.hpp"
 #include "flowlab/experiment.hpp"
+#include "flowlab/version.hpp"
 #include "json_internal.hpp"
 #include "split.hpp"
 
@@ -25,7 +26,9 @@ ParamSpec plugins_spec() {
     ParamSpec s;
     s.name = "plugins";
     s.type = ParamType::any;
-    s.default_json = "[\"standard\"]";
+    // Which shipped plugins a config without "plugins" loads is the plugin tier's choice, made
+    // in the build (FLOWLAB_DEFAULT_PLUGINS), not the core's.
+    s.default_json = FLOWLAB_DEFAULT_PLUGINS_JSON;
     s.doc = "plugin names (libflowlab_<name>.so) or paths to load";
     return s;
 }
@@ -48,7 +51,8 @@ Schema experiment_schema() {
 
 Schema model_schema() {
     return {
-        param_object("base", R"({"type": "standard_normal"})", "base distribution"),
+        param_object("base", "null", "base distribution (null: the loaded plugins' default, see flowlab list)")
+            .allow_null(),
         param_object("dequantizer", "null", "dequantizer for discrete data (null = none)").allow_null(),
         param_required("layers", ParamType::any, "list of layers or {\"repeat\": N, \"layers\": [...]} blocks"),
     };
@@ -59,8 +63,8 @@ Schema train_schema() {
         param_int("batch_size", 256, "training batch size").min(1),
         param_int("steps", 1000, "optimizer steps").min(0),
         param_number("clip_grad_norm", 1.0, "clip the global gradient 2-norm to this (0 = off)").min(0),
-        param_object("optimizer", R"({"type": "adam", "lr": 0.001})", "optimizer"),
-        param_object("schedule", R"({"type": "constant"})", "learning-rate schedule"),
+        param_object("optimizer", "null", "optimizer (null: the loaded plugins' default, see flowlab list)").allow_null(),
+        param_object("schedule", "null", "learning-rate schedule (null: the loaded plugins' default)").allow_null(),
         param_int("eval_every", 0, "evaluate on the test split every N steps (0 = at the end only)").min(0),
         param_int("log_every", 100, "log the training loss every N steps").min(1),
         param_int("threads", 0, "threads for GEMMs and element-wise kernels (0 = all cores)").range(0, 4096),
@@ -429,6 +433,19 @@ void build_list(const std::vector<Params>& items, std::size_t first, bool in_rep
     }
 }
 
+// `owner`'s object `key`, or, when the config leaves it out (null), the default a loaded plugin
+// provides for `slot` - located at the same pointer, so that errors still point into the file.
+Params object_or_default(const Params& owner, const std::string& key, const char* slot, const Registry& registry,
+                         const char* what) {
+    if (owner.has(key)) return owner.get_object(key);
+    const DefaultEntry* d = registry.default_for(slot);
+    if (!d)
+        throw ConfigError(owner.where(key) + ": no " + what + " given, and no loaded plugin provides a default " +
+                          "(flowlab list shows the registered types); give one, e.g. {\"type\": ...}");
+    json value = parse_json_strict(d->value, "default of " + std::string(slot) + " from " + d->origin);
+    return make_params(std::move(value), owner.file(), owner.pointer() + "/" + json_pointer_token(key));
+}
+
 }  // namespace
 
 std::unique_ptr<Flow> build_flow(const Params& model_in, const Shape& event_shape, const Shape& context_shape,
@@ -439,7 +456,8 @@ std::unique_ptr<Flow> build_flow(const Params& model_in, const Shape& event_shap
     Shape shape = event_shape;
     build_layers(model, "layers", false, shape, context_shape, registry, rng, layers, info);
     BuildContext base_ctx{shape, context_shape, &rng, &registry};
-    auto base = registry.make_distribution(model.get_object("base"), base_ctx);
+    auto base = registry.make_distribution(object_or_default(model, "base", kDefaultBase, registry, "base distribution"),
+                                           base_ctx);
     std::unique_ptr<Dequantizer> deq;
     if (model.has("dequantizer")) {
         BuildContext dctx{event_shape, context_shape, &rng, &registry};
@@ -449,8 +467,20 @@ std::unique_ptr<Flow> build_flow(const Params& model_in, const Shape& event_shap
                                   context_shape);
 }
 
-Experiment build_experiment(const Params& config, const Registry& registry) {
+Params resolve_defaults(const Params& config, const Registry& registry) {
+    json resolved = params_json(config);
+    Params model = config.get_object("model"), train = config.get_object("train");
+    resolved["model"]["base"] = params_json(object_or_default(model, "base", kDefaultBase, registry, "base distribution"));
+    resolved["train"]["optimizer"] =
+        params_json(object_or_default(train, "optimizer", kDefaultOptimizer, registry, "optimizer"));
+    resolved["train"]["schedule"] =
+        params_json(object_or_default(train, "schedule", kDefaultSchedule, registry, "learning-rate schedule"));
+    return make_params(std::move(resolved), config.file(), config.pointer());
+}
+
+Experiment build_experiment(const Params& config_in, const Registry& registry) {
     Experiment exp;
+    const Params config = resolve_defaults(config_in, registry);
     exp.config = config;
     auto seed = static_cast<std::uint64_t>(config.get_int("seed"));
     exp.data = registry.make_dataset(config.get_object("data"), seed);

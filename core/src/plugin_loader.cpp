@@ -214,6 +214,7 @@ PluginRecord load_plugin(Registry& registry, const std::string& path) {
         throw PluginError(o.path + ": plugin '" + rec.name + "' failed to register its types: " +
                           (err[0] ? std::string(err) : std::string("no message")) + " (nothing was registered)");
     }
+    rec.required = staged.take_required();
     staged.plugins.push_back(rec);
     try {
         registry.merge(std::move(staged));
@@ -223,6 +224,34 @@ PluginRecord load_plugin(Registry& registry, const std::string& path) {
     }
     // The handle is deliberately never closed: the registry now holds the plugin's code.
     return rec;
+}
+
+void load_plugins(Registry& registry, const std::vector<std::string>& names_or_paths,
+                  const std::vector<std::string>& dirs) {
+    auto loaded_by_name = [&](const std::string& name) {
+        for (const auto& rec : registry.plugins)
+            if (rec.name == name) return true;
+        return false;
+    };
+    // Breadth first over the requirements; a plugin already loaded (by name or file) is skipped.
+    for (const auto& n : names_or_paths) {
+        const std::size_t first_new = registry.plugins.size();
+        if (!loaded_by_name(n)) load_plugin(registry, resolve_plugin(n, dirs));
+        for (std::size_t i = first_new; i < registry.plugins.size(); ++i) {
+            const PluginRecord rec = registry.plugins[i];
+            for (const auto& req : rec.required) {
+                if (loaded_by_name(req)) continue;
+                std::string path;
+                try {
+                    path = resolve_plugin(req, dirs);
+                } catch (const PluginError& e) {
+                    throw PluginError(rec.path + ": plugin '" + rec.name + "' requires plugin '" + req +
+                                      "', which is not available: " + e.what());
+                }
+                load_plugin(registry, path);
+            }
+        }
+    }
 }
 
 std::string resolve_plugin(const std::string& name_or_path, const std::vector<std::string>& dirs) {

@@ -212,8 +212,22 @@ void Registry::merge(Registry&& staged) {
     move_all(schedules, staged.schedules);
     move_all(conditioners, staged.conditioners);
     move_all(datasets, staged.datasets);
+    for (auto& [slot, d] : staged.defaults_) defaults_.emplace(slot, std::move(d));  // an earlier plugin's stays
+    staged.defaults_.clear();
     for (auto& rec : staged.plugins) plugins.push_back(std::move(rec));
     staged.plugins.clear();
+}
+
+void Registry::set_default(const std::string& slot, std::string json_object) {
+    if (slot != kDefaultBase && slot != kDefaultOptimizer && slot != kDefaultSchedule)
+        throw PluginError("set_default: unknown slot '" + slot + "' (known: " + kDefaultBase + ", " +
+                          kDefaultOptimizer + ", " + kDefaultSchedule + ")");
+    defaults_.emplace(slot, DefaultEntry{std::move(json_object), origin_});
+}
+
+const DefaultEntry* Registry::default_for(const std::string& slot) const {
+    auto it = defaults_.find(slot);
+    return it == defaults_.end() ? nullptr : &it->second;
 }
 
 }  // namespace flowlab

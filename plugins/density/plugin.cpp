@@ -17,4 +17,6 @@ FLOWLAB_PLUGIN("density", "0.1.0",
     register_elementwise(reg);
     register_distributions(reg);
     register_datasets(reg);
+    // Spline couplings and conditional bases build the standard plugin's "mlp" conditioner.
+    reg.require_plugin("standard");
 }

@@ -14,4 +14,8 @@ FLOWLAB_PLUGIN("standard", "0.1.0", "flowlab's standard layers, distributions, o
     register_optimizers(reg);
     register_schedules(reg);
     register_datasets(reg);
+    // What an experiment gets when it leaves these out.
+    reg.set_default(flowlab::kDefaultBase, R"({"type": "standard_normal"})");
+    reg.set_default(flowlab::kDefaultOptimizer, R"({"type": "adam", "lr": 0.001})");
+    reg.set_default(flowlab::kDefaultSchedule, R"({"type": "constant"})");
 }

@@ -193,6 +193,40 @@ TEST_CASE("plugin names resolve to files in the search directories", "[plugin]")
     CHECK(contains(msg, "FLOWLAB_PLUGIN_PATH"));
 }
 
+TEST_CASE("loading a plugin by name also loads the plugins it requires", "[plugin]") {
+    const std::vector<std::string> dirs = {FLOWLAB_TEST_PLUGIN_DIR};
+    Registry reg;
+    load_plugins(reg, {"density"}, dirs);
+    REQUIRE(reg.plugins.size() == 2);
+    CHECK(reg.plugins[0].name == "density");
+    CHECK(reg.plugins[0].required == std::vector<std::string>{"standard"});
+    CHECK(reg.plugins[1].name == "standard");
+    CHECK(reg.conditioners.contains("mlp"));  // what density's spline coupling builds by name
+    // Asking again, or for the requirement itself, loads nothing twice.
+    load_plugins(reg, {"standard", "density"}, dirs);
+    CHECK(reg.plugins.size() == 2);
+}
+
+TEST_CASE("a required plugin that cannot be found names the plugin that needs it", "[plugin]") {
+    Registry reg;
+    std::string msg = plugin_error([&] { load_plugins(reg, {fixture("needs_missing")}, {FLOWLAB_TEST_FIXTURE_DIR}); });
+    CHECK(msg.rfind(fixture("needs_missing") + ": plugin 'fixture_needs_missing' requires plugin 'no_such_plugin', "
+                    "which is not available: plugin 'no_such_plugin' not found", 0) == 0);
+}
+
+TEST_CASE("the standard plugin provides the base, optimizer and schedule an experiment leaves out", "[plugin]") {
+    Registry reg;
+    load_plugins(reg, {"standard"}, {FLOWLAB_TEST_PLUGIN_DIR});
+    REQUIRE(reg.default_for(kDefaultBase) != nullptr);
+    CHECK(contains(reg.default_for(kDefaultBase)->value, "standard_normal"));
+    CHECK(contains(reg.default_for(kDefaultOptimizer)->value, "adam"));
+    CHECK(contains(reg.default_for(kDefaultSchedule)->value, "constant"));
+    CHECK(contains(reg.default_for(kDefaultBase)->origin, "libflowlab_standard.so"));
+    // No plugin, no default: nothing in the core names a shipped type.
+    Registry empty;
+    CHECK(empty.default_for(kDefaultBase) == nullptr);
+}
+
 TEST_CASE("the default plugin directories start with FLOWLAB_PLUGIN_PATH and include the build's", "[plugin]") {
     namespace fs = std::filesystem;
     const char* old = std::getenv("FLOWLAB_PLUGIN_PATH");

@@ -3,6 +3,7 @@
 #include <functional>
 
 #include <flowlab/errors.hpp>
+#include <flowlab/experiment.hpp>
 #include <flowlab/registry.hpp>
 
 using namespace flowlab;
@@ -167,4 +168,29 @@ TEST_CASE("merge is all or nothing: a clash in one table commits nothing of any 
     CHECK(live.bijectors.names() == std::vector<std::string>{"a"});
     CHECK_FALSE(live.schedules.contains("s"));
     CHECK(live.plugins.empty());
+}
+
+TEST_CASE("a slot left out that no loaded plugin provides a default for is a config error at its pointer", "[registry]") {
+    Registry empty;
+    Params cfg = Params::parse(R"({"model": {"layers": []}, "train": {}})", "x.json");
+    const std::string msg = error_of<ConfigError>([&] { resolve_defaults(cfg, empty); });
+    CHECK(msg.rfind("x.json:/model/base: no base distribution given, and no loaded plugin provides a default", 0) == 0);
+}
+
+TEST_CASE("the first plugin that sets a default provides it, and the config's own choice wins", "[registry]") {
+    Registry reg, staged;
+    reg.set_origin("first.so");
+    reg.set_default(kDefaultSchedule, R"({"type": "first"})");
+    staged.set_origin("second.so");
+    staged.set_default(kDefaultSchedule, R"({"type": "second"})");
+    reg.merge(std::move(staged));
+    CHECK(reg.default_for(kDefaultSchedule)->value == R"({"type": "first"})");
+    CHECK(reg.default_for(kDefaultSchedule)->origin == "first.so");
+    reg.set_default(kDefaultBase, R"({"type": "b"})");
+    reg.set_default(kDefaultOptimizer, R"({"type": "o"})");
+    Params cfg = Params::parse(R"({"model": {"layers": []}, "train": {"schedule": {"type": "mine"}}})", "x.json");
+    Params r = resolve_defaults(cfg, reg);
+    CHECK(r.get_object("train").get_object("schedule").get_string("type") == "mine");
+    CHECK(r.get_object("model").get_object("base").get_string("type") == "b");
+    CHECK_THROWS_AS(reg.set_default("model.layers", "{}"), PluginError);
 }

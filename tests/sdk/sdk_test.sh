@@ -5,7 +5,9 @@
 #   2. build plugins/examples/sinh_arcsinh out of tree against the prefix (find_package only);
 #   3. check-plugin passes on it, plugin-info shows its name and version;
 #   4. a config using the new layer trains and reports a finite test NLL;
-#   5. the broken example (log-det sign flipped) builds, and check-plugin exits 8 with the
+#   5. the embedding example (apps/examples/embed, flowlab::Model) builds against the package and,
+#      on that run, gives the test split's mean log-likelihood that `flowlab eval` reports;
+#   6. the broken example (log-det sign flipped) builds, and check-plugin exits 8 with the
 #      log-det checks marked FAIL.
 # usage: sdk_test.sh CMAKE BUILD_DIR SOURCE_DIR GENERATOR MAKE_PROGRAM CXX WORK_DIR
 set -euo pipefail
@@ -42,20 +44,24 @@ fi
 grep -q "origin: $prefix/lib/flowlab/plugins/libflowlab_standard.so" "$work/list.txt" ||
     { cat "$work/list.txt"; fail "the installed flowlab did not load the standard plugin from $prefix/lib/flowlab/plugins"; }
 
-# Configures and builds one example against the installed package; the package must be the
-# prefix's (found through CMAKE_PREFIX_PATH), never a build tree's.
-build_example() {
-    local name=$1
+# Configures and builds one project (plugins/examples/NAME, or the directory given) against the
+# installed package; the package must be the prefix's (found through CMAKE_PREFIX_PATH), never
+# a build tree's.
+configure_and_build() {
+    local name=$1 source=${2:-$src/plugins/examples/$1}
     local dir=$work/$name
     local make_arg=()
     [ -n "$make_program" ] && make_arg=(-DCMAKE_MAKE_PROGRAM="$make_program")
-    "$cmake_exe" -S "$src/plugins/examples/$name" -B "$dir" -G "$generator" "${make_arg[@]}" \
+    "$cmake_exe" -S "$source" -B "$dir" -G "$generator" "${make_arg[@]}" \
         -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
         -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
     grep -q "^flowlab_DIR:PATH=$prefix/lib/cmake/flowlab$" "$dir/CMakeCache.txt" ||
         { grep flowlab_DIR "$dir/CMakeCache.txt"; fail "$name: find_package(flowlab) did not pick the installed package"; }
     "$cmake_exe" --build "$dir" -j 2
-    [ -f "$dir/libflowlab_$name.so" ] || fail "$name: no $dir/libflowlab_$name.so"
+}
+build_example() {
+    configure_and_build "$1"
+    [ -f "$work/$1/libflowlab_$1.so" ] || fail "$1: no $work/$1/libflowlab_$1.so"
 }
 
 step "build plugins/examples/sinh_arcsinh against the installed package"
@@ -91,6 +97,34 @@ awk -v v="$nll" 'BEGIN { exit !(v ~ /^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$/) }
     fail "test NLL '$nll' is not a finite number"
 grep -q "libflowlab_sinh_arcsinh.so" "$work/run/config.json" || fail "the run's config.json does not record the plugin"
 echo "test NLL after 200 steps: $nll nats"
+
+step "embed the trained model: apps/examples/embed against the installed package"
+configure_and_build embed "$src/apps/examples/embed"
+embed=$work/embed/flowlab_embed
+[ -x "$embed" ] || fail "no $embed"
+if command -v ldd > /dev/null; then
+    core=$(resolved_core "$embed")
+    [ "$core" = "$(realpath "$prefix/lib/libflowlab.so")" ] || { ldd "$embed"; fail "$embed resolves libflowlab.so to '$core'"; }
+fi
+# The run loaded the example plugin from $work/sinh_arcsinh: the model finds it through the
+# path config.json recorded, with no search path given.
+rc=0
+"$embed" "$work/run" > "$work/embed.txt" 2>&1 || rc=$?
+cat "$work/embed.txt"
+[ "$rc" -eq 0 ] || fail "flowlab_embed exited $rc"
+rc=0
+"$flowlab" eval "$work/run" --quiet > "$work/eval.txt" 2>&1 || rc=$?
+cat "$work/eval.txt"
+[ "$rc" -eq 0 ] || fail "flowlab eval exited $rc"
+embed_nll=$(awk '/^test NLL:/ {print $3}' "$work/embed.txt")
+eval_nll=$(sed -n 's/.*"nll": \([-0-9.eE+]*\).*/\1/p' "$work/eval.txt")
+[ -n "$embed_nll" ] && [ -n "$eval_nll" ] || fail "no NLL in the output of flowlab_embed or flowlab eval"
+echo "test NLL: flowlab_embed $embed_nll, flowlab eval $eval_nll"
+# eval prints 6 decimals: equal to 1e-6 relative, or to its rounding for a small NLL.
+awk -v a="$embed_nll" -v b="$eval_nll" 'BEGIN { d = a - b; if (d < 0) d = -d; m = (b < 0 ? -b : b);
+    exit !(d <= 1e-6 * m || d <= 1e-6) }' ||
+    fail "flowlab_embed's test NLL $embed_nll differs from flowlab eval's $eval_nll"
+grep -q "round trip: max |x - forward(inverse(x))| = " "$work/embed.txt" || fail "no round trip line"
 
 step "not a plugin: check-plugin exits 4"
 rc=0

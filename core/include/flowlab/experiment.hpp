@@ -44,6 +44,10 @@ struct Experiment {
     std::unique_ptr<Schedule> schedule;
 };
 
+// The experiment with every slot it left to the plugins (model.base, train.optimizer,
+// train.schedule: null) filled with the loaded plugins' defaults (Registry::set_default).
+Params resolve_defaults(const Params& config, const Registry& registry);
+// Builds data, flow, optimizer and schedule; exp.config is the config with defaults resolved.
 Experiment build_experiment(const Params& config, const Registry& registry);
 
 struct TrainOptions {

@@ -99,6 +99,11 @@ struct PluginInfo {
 // version or compiler mismatch, registration failed, duplicate name. A library is never
 // unloaded (the types it registered live as long as the process).
 PluginRecord load_plugin(Registry& registry, const std::string& path);
+// Loads each plugin (a name looked up in `dirs`, or a path) that is not loaded yet, then the
+// plugins each one requires (Registry::require_plugin), by name from `dirs`. A requirement that
+// cannot be found is a PluginError naming the plugin that needs it and where it was looked for.
+void load_plugins(Registry& registry, const std::vector<std::string>& names_or_paths,
+                  const std::vector<std::string>& dirs);
 // Reads the info struct only.
 PluginInfo read_plugin_info(const std::string& path);
 // Resolves a plugin reference: a path (contains '/' or ends in .so), or a bare name looked up

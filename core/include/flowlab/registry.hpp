@@ -89,7 +89,20 @@ private:
 // What a plugin knows of itself, recorded by the loader.
 struct PluginRecord {
     std::string name, version, description, path;
+    std::vector<std::string> required;  // plugins it builds types of by name (require_plugin)
 };
+
+// A default a plugin provides for a slot of the experiment that the config may leave out
+// (set_default); `value` is the JSON object that fills it.
+struct DefaultEntry {
+    std::string value;
+    std::string origin;
+};
+
+// The slots of an experiment whose default comes from the loaded plugins, not from the core.
+inline constexpr const char* kDefaultBase = "model.base";
+inline constexpr const char* kDefaultOptimizer = "train.optimizer";
+inline constexpr const char* kDefaultSchedule = "train.schedule";
 
 class Registry {
 public:
@@ -106,6 +119,19 @@ public:
     void add_schedule(ScheduleEntry e) { schedules.add(std::move(e), origin_); }
     void add_conditioner(ConditionerEntry e) { conditioners.add(std::move(e), origin_); }
     void add_dataset(DatasetEntry e) { datasets.add(std::move(e), origin_); }
+
+    // Called by a plugin while it registers:
+    // - require_plugin("standard"): its types build another plugin's types by name (a coupling's
+    //   "mlp" conditioner), so the loader loads that plugin too, or says it is missing;
+    // - set_default(kDefaultBase, R"({"type": "standard_normal"})"): what an experiment that
+    //   leaves the slot out gets. The first loaded plugin that sets a slot provides it.
+    void require_plugin(std::string name) { required_.push_back(std::move(name)); }
+    void set_default(const std::string& slot, std::string json_object);
+    // The default of `slot`, or nullptr when no loaded plugin provides one.
+    const DefaultEntry* default_for(const std::string& slot) const;
+    const std::map<std::string, DefaultEntry>& defaults() const { return defaults_; }
+    // What require_plugin recorded (the loader moves it into the plugin's record).
+    std::vector<std::string> take_required() { return std::move(required_); }
 
     // Builds a nested type from a {"type": ..., ...} object: looks it up, validates the
     // parameters against its schema (errors point into the config) and calls its factory.
@@ -133,6 +159,8 @@ public:
 
 private:
     std::string origin_ = "<builtin>";
+    std::map<std::string, DefaultEntry> defaults_;
+    std::vector<std::string> required_;
 };
 
 }  // namespace flowlab
