@@ -2,6 +2,8 @@
 // internal error or a silently wrong result, and must now end in a clear error with its exit code.
 #include <catch2/catch.hpp>
 
+#include "cli_support.hpp"
+
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -19,53 +21,26 @@
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using namespace flowlab::test;
 
 namespace {
 
 const std::string kTinyConfig = std::string(FLOWLAB_SOURCE_DIR) + "/tests/configs/tiny_moons.json";
 
-struct CliResult {
-    int code = -1;
-    std::string out;  // stdout and stderr together
-};
 
-CliResult flowlab_cli(const std::string& args) {
-    std::string cmd = std::string(FLOWLAB_BINARY) + " " + args + " 2>&1";
-    CliResult r;
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p != nullptr);
-    std::array<char, 4096> buf{};
-    while (std::fgets(buf.data(), buf.size(), p)) r.out += buf.data();
-    int status = pclose(p);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
-}
 
-fs::path scratch(const std::string& name) {
-    fs::path d = fs::temp_directory_path() / ("flowlab-bad-input-" + name + "-" + std::to_string(::getpid()));
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
-}
 
-std::string slurp(const fs::path& p) {
-    std::ifstream f(p);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
 
 void write(const fs::path& p, const std::string& text) { std::ofstream(p) << text; }
 
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 }  // namespace
 
 TEST_CASE("a config nested 70000 levels deep is a config error, not a stack overflow", "[cli]") {
-    fs::path dir = scratch("deep");
+    fs::path dir = fresh_temp_dir("deep");
     std::string deep = "{\"flowlab\": 1, \"x\": " + std::string(70000, '[') + std::string(70000, ']') + "}";
     write(dir / "deep.json", deep);
-    CliResult r = flowlab_cli("validate " + (dir / "deep.json").string());
+    CliResult r = run_cli("validate " + (dir / "deep.json").string());
     INFO(r.out);
     CHECK(r.code == 3);
     CHECK(contains(r.out, "deep.json:/x/0/0/0"));
@@ -74,11 +49,11 @@ TEST_CASE("a config nested 70000 levels deep is a config error, not a stack over
 }
 
 TEST_CASE("a duplicate key in a config is an error naming both the pointer and the key", "[cli]") {
-    fs::path dir = scratch("dup");
-    std::string cfg = slurp(kTinyConfig);
+    fs::path dir = fresh_temp_dir("dup");
+    std::string cfg = read_text(kTinyConfig);
     cfg.replace(cfg.find("\"seed\": 3"), 9, "\"seed\": 3, \"seed\": 4");
     write(dir / "dup.json", cfg);
-    CliResult r = flowlab_cli("validate " + (dir / "dup.json").string());
+    CliResult r = run_cli("validate " + (dir / "dup.json").string());
     INFO(r.out);
     CHECK(r.code == 3);
     CHECK(contains(r.out, "dup.json:/seed: duplicate key 'seed'"));
@@ -86,15 +61,15 @@ TEST_CASE("a duplicate key in a config is an error naming both the pointer and t
 }
 
 TEST_CASE("a number beyond the range of a double is a config error in a file and in --set", "[cli]") {
-    fs::path dir = scratch("huge");
-    std::string cfg = slurp(kTinyConfig);
+    fs::path dir = fresh_temp_dir("huge");
+    std::string cfg = read_text(kTinyConfig);
     cfg.replace(cfg.find("\"steps\": 40"), 11, "\"steps\": 1e400");
     write(dir / "huge.json", cfg);
-    CliResult file = flowlab_cli("validate " + (dir / "huge.json").string());
+    CliResult file = run_cli("validate " + (dir / "huge.json").string());
     INFO(file.out);
     CHECK(file.code == 3);
     CHECK(contains(file.out, "huge.json:/train/steps: number out of range"));
-    CliResult set = flowlab_cli("validate " + kTinyConfig + " --set train.optimizer.lr=1e400");
+    CliResult set = run_cli("validate " + kTinyConfig + " --set train.optimizer.lr=1e400");
     INFO(set.out);
     CHECK(set.code == 3);
     CHECK(contains(set.out, "--set train.optimizer.lr:/: number out of range"));
@@ -102,12 +77,12 @@ TEST_CASE("a number beyond the range of a double is a config error in a file and
 }
 
 TEST_CASE("a directory, a device or a huge file given as the config is an i/o error naming it", "[cli]") {
-    fs::path dir = scratch("notafile");
-    CliResult d = flowlab_cli("validate " + dir.string());
+    fs::path dir = fresh_temp_dir("notafile");
+    CliResult d = run_cli("validate " + dir.string());
     INFO(d.out);
     CHECK(d.code == 5);
     CHECK(contains(d.out, dir.string() + ": is a directory, not a config file"));
-    CliResult z = flowlab_cli("validate /dev/zero");
+    CliResult z = run_cli("validate /dev/zero");
     INFO(z.out);
     CHECK(z.code == 5);
     CHECK(contains(z.out, "/dev/zero: larger than 16 MB"));
@@ -115,7 +90,7 @@ TEST_CASE("a directory, a device or a huge file given as the config is an i/o er
 }
 
 TEST_CASE("an empty flow is refused by validate, before any training", "[cli]") {
-    CliResult r = flowlab_cli("validate " + kTinyConfig + " --set 'model.layers=[]'");
+    CliResult r = run_cli("validate " + kTinyConfig + " --set 'model.layers=[]'");
     INFO(r.out);
     CHECK(r.code == 3);
     CHECK(contains(r.out, "tiny_moons.json:/model: the model has no trainable parameters"));
@@ -123,7 +98,7 @@ TEST_CASE("an empty flow is refused by validate, before any training", "[cli]") 
 
 TEST_CASE("a thread count beyond the machine's hardware threads is a config error", "[cli]") {
     for (const char* n : {"10000", "2147483648"}) {
-        CliResult r = flowlab_cli("validate " + kTinyConfig + " --set train.threads=" + n);
+        CliResult r = run_cli("validate " + kTinyConfig + " --set train.threads=" + n);
         INFO(r.out);
         CHECK(r.code == 3);
         CHECK(contains(r.out, "tiny_moons.json:/train/threads"));
@@ -131,12 +106,12 @@ TEST_CASE("a thread count beyond the machine's hardware threads is a config erro
 }
 
 TEST_CASE("a repeat count far beyond memory fails before building, with the size it would need", "[cli]") {
-    CliResult r = flowlab_cli("validate " + kTinyConfig + " --set model.layers.0.repeat=1000000000");
+    CliResult r = run_cli("validate " + kTinyConfig + " --set model.layers.0.repeat=1000000000");
     INFO(r.out);
     CHECK(r.code == 3);
     CHECK(contains(r.out, "tiny_moons.json:/model/layers/0/repeat: repeat 1000000000"));
     // 16.8 M parameters a coupling, 2,000 of them: about 540 GB to train.
-    CliResult mem = flowlab_cli("validate " + kTinyConfig + " --set 'model.layers.0.layers.0.conditioner.hidden=[4096,4096]'"
+    CliResult mem = run_cli("validate " + kTinyConfig + " --set 'model.layers.0.layers.0.conditioner.hidden=[4096,4096]'"
                                 " --set model.layers.0.repeat=1000");
     INFO(mem.out);
     CHECK(mem.code == 3);
@@ -146,7 +121,7 @@ TEST_CASE("a repeat count far beyond memory fails before building, with the size
 TEST_CASE("a layer too large to train fails while building, naming the layer and the sizes", "[cli]") {
     // hidden [1e11]: the first weight alone is 400 GB, past a quarter of any test machine's
     // memory, and refused before it is allocated.
-    CliResult r = flowlab_cli("validate " + kTinyConfig +
+    CliResult r = run_cli("validate " + kTinyConfig +
                               " --set 'model.layers.0.layers.0.conditioner.hidden=[100000000000]'");
     INFO(r.out);
     CHECK(r.code == 3);
@@ -156,37 +131,37 @@ TEST_CASE("a layer too large to train fails while building, naming the layer and
 }
 
 TEST_CASE("summary.json and config.json stay valid JSON whatever the run's name", "[cli]") {
-    fs::path dir = scratch("name");
+    fs::path dir = fresh_temp_dir("name");
     const std::string name = "a \\\"quoted\\\" name " + std::string(1500, 'n');
-    CliResult r = flowlab_cli("run " + kTinyConfig + " --quiet --set train.steps=2 --set eval.samples=0 --set 'name=\"" +
+    CliResult r = run_cli("run " + kTinyConfig + " --quiet --set train.steps=2 --set eval.samples=0 --set 'name=\"" +
                               name + "\"' --output " + (dir / "run").string());
     INFO(r.out);
     REQUIRE(r.code == 0);
-    json summary = json::parse(slurp(dir / "run" / "summary.json"));
+    json summary = json::parse(read_text(dir / "run" / "summary.json"));
     CHECK(summary["name"].get<std::string>() == "a \"quoted\" name " + std::string(1500, 'n'));
     CHECK(summary["steps"] == 2);
-    json config = json::parse(slurp(dir / "run" / "config.json"));
+    json config = json::parse(read_text(dir / "run" / "config.json"));
     CHECK(config["config"]["name"] == summary["name"]);
     fs::remove_all(dir);
 }
 
 TEST_CASE("an empty test split reports no test NLL instead of zero", "[cli]") {
-    fs::path dir = scratch("notest");
-    CliResult r = flowlab_cli("run " + kTinyConfig + " --quiet --set train.steps=2 --set data.test=0 --set eval.samples=0 "
+    fs::path dir = fresh_temp_dir("notest");
+    CliResult r = run_cli("run " + kTinyConfig + " --quiet --set train.steps=2 --set data.test=0 --set eval.samples=0 "
                               "--output " + (dir / "run").string());
     INFO(r.out);
     REQUIRE(r.code == 0);
     CHECK(contains(r.out, "test NLL   n/a (the test split is empty)"));
     CHECK_FALSE(contains(r.out, "test NLL   0.0000"));
-    json summary = json::parse(slurp(dir / "run" / "summary.json"));
+    json summary = json::parse(read_text(dir / "run" / "summary.json"));
     CHECK(summary["test_nll"].is_null());
     fs::remove_all(dir);
 }
 
 TEST_CASE("eval of non-finite weights prints valid JSON with null and exits with the numeric code", "[cli]") {
-    fs::path dir = scratch("naneval");
+    fs::path dir = fresh_temp_dir("naneval");
     fs::path run = dir / "run";
-    CliResult r = flowlab_cli("run " + kTinyConfig + " --quiet --set train.steps=2 --set eval.samples=0 --output " +
+    CliResult r = run_cli("run " + kTinyConfig + " --quiet --set train.steps=2 --set eval.samples=0 --output " +
                               run.string());
     REQUIRE(r.code == 0);
     // Rewrite the newest checkpoint with NaN weights through the checkpoint writer, so that it is
@@ -196,7 +171,7 @@ TEST_CASE("eval of non-finite weights prints valid JSON with null and exits with
     for (auto& t : ck.tensors)
         if (t.name.rfind("param/", 0) == 0 || t.name.rfind("ema/", 0) == 0) t.tensor.fill(std::nan(""));
     flowlab::write_checkpoint(path, ck);
-    CliResult e = flowlab_cli("eval " + run.string() + " --quiet");
+    CliResult e = run_cli("eval " + run.string() + " --quiet");
     INFO(e.out);
     CHECK(e.code == 6);
     // stderr's message and stdout's line share the pipe; the JSON line is the one with a brace.
@@ -209,14 +184,14 @@ TEST_CASE("eval of non-finite weights prints valid JSON with null and exits with
 }
 
 TEST_CASE("a relative plugin path in a config is found relative to the config file", "[cli]") {
-    fs::path dir = scratch("relplugin");
+    fs::path dir = fresh_temp_dir("relplugin");
     fs::create_directories(dir / "exp" / "lib");
     fs::copy_file(std::string(FLOWLAB_TEST_FIXTURE_DIR) + "/good_plugin.so", dir / "exp" / "lib" / "good_plugin.so");
-    std::string cfg = slurp(kTinyConfig);
+    std::string cfg = read_text(kTinyConfig);
     cfg.replace(cfg.find("\"seed\": 3"), 9, "\"seed\": 3, \"plugins\": [\"standard\", \"lib/good_plugin.so\"]");
     write(dir / "exp" / "rel.json", cfg);
     // Started from elsewhere: the path must not resolve against the working directory.
-    CliResult r = flowlab_cli("validate " + (dir / "exp" / "rel.json").string());
+    CliResult r = run_cli("validate " + (dir / "exp" / "rel.json").string());
     INFO(r.out);
     CHECK(r.code == 0);
     fs::remove_all(dir);

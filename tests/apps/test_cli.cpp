@@ -1,6 +1,8 @@
 // The flowlab command line, run as a user runs it: a child process, its exit code and output.
 #include <catch2/catch.hpp>
 
+#include "cli_support.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -13,39 +15,13 @@
 #include <unistd.h>
 
 namespace fs = std::filesystem;
+using namespace flowlab::test;
 
 namespace {
 
-struct Result {
-    int code = -1;
-    std::string out;  // stdout and stderr together
-};
 
-Result run_flowlab(const std::string& args) {
-    std::string cmd = std::string(FLOWLAB_BINARY) + " " + args + " 2>&1";
-    Result r;
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p != nullptr);
-    std::array<char, 4096> buf{};
-    while (std::fgets(buf.data(), buf.size(), p)) r.out += buf.data();
-    int status = pclose(p);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
-}
 
-std::string read_file(const fs::path& p) {
-    std::ifstream f(p);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
 
-fs::path temp_dir(const std::string& name) {
-    fs::path d = fs::temp_directory_path() / ("flowlab-test-" + name + "-" + std::to_string(::getpid()));
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
-}
 
 // A number that follows `key` in a small JSON file ("key": number).
 double json_number(const std::string& text, const std::string& key) {
@@ -65,11 +41,11 @@ TEST_CASE("every golden bad config fails with its exit code and a message that p
         fs::path expected_path = entry.path();
         expected_path.replace_extension(".expected");
         REQUIRE(fs::exists(expected_path));
-        std::istringstream expected(read_file(expected_path));
+        std::istringstream expected(read_text(expected_path));
         std::string line;
         std::getline(expected, line);
         const int want_code = std::stoi(line);
-        Result r = run_flowlab("validate " + entry.path().string());
+        CliResult r = run_cli("validate " + entry.path().string());
         DYNAMIC_SECTION(entry.path().filename().string()) {
             INFO("output: " << r.out);
             CHECK(r.code == want_code);
@@ -84,20 +60,20 @@ TEST_CASE("every golden bad config fails with its exit code and a message that p
 }
 
 TEST_CASE("a missing config file is an i/o error naming the path", "[cli]") {
-    Result r = run_flowlab("validate /nonexistent/dir/exp.json");
+    CliResult r = run_cli("validate /nonexistent/dir/exp.json");
     CHECK(r.code == 5);
     CHECK(r.out.find("/nonexistent/dir/exp.json") != std::string::npos);
 }
 
 TEST_CASE("an unknown command or option prints the usage and exits with 2", "[cli]") {
-    CHECK(run_flowlab("frobnicate").code == 2);
-    Result r = run_flowlab("run --bogus x.json");
+    CHECK(run_cli("frobnicate").code == 2);
+    CliResult r = run_cli("run --bogus x.json");
     CHECK(r.code == 2);
     CHECK(r.out.find("usage: flowlab") != std::string::npos);
 }
 
 TEST_CASE("flowlab list shows the standard plugin's types with parameters and origin", "[cli]") {
-    Result r = run_flowlab("list");
+    CliResult r = run_cli("list");
     INFO(r.out);
     REQUIRE(r.code == 0);
     for (const char* name : {"affine_coupling", "additive_coupling", "reverse", "random_permutation",
@@ -105,13 +81,13 @@ TEST_CASE("flowlab list shows the standard plugin's types with parameters and or
         CHECK(r.out.find(name) != std::string::npos);
     CHECK(r.out.find("libflowlab_standard.so") != std::string::npos);
     CHECK(r.out.find("scale_clamp") != std::string::npos);
-    Result only = run_flowlab("list optimizer");
+    CliResult only = run_cli("list optimizer");
     CHECK(only.out.find("adam") != std::string::npos);
     CHECK(only.out.find("affine_coupling") == std::string::npos);
 }
 
 TEST_CASE("flowlab validate prints every layer with shapes and the total parameter count", "[cli]") {
-    Result r = run_flowlab("validate " + std::string(FLOWLAB_SOURCE_DIR) + "/configs/quickstart.json");
+    CliResult r = run_cli("validate " + std::string(FLOWLAB_SOURCE_DIR) + "/configs/quickstart.json");
     INFO(r.out);
     REQUIRE(r.code == 0);
     CHECK(r.out.find("/model/layers/0/layers/1") != std::string::npos);
@@ -120,30 +96,30 @@ TEST_CASE("flowlab validate prints every layer with shapes and the total paramet
 }
 
 TEST_CASE("a short run writes the run directory with config, metrics, samples and summary", "[cli]") {
-    fs::path out = temp_dir("short");
-    Result r = run_flowlab("run " + std::string(FLOWLAB_SOURCE_DIR) + "/configs/quickstart.json --quiet --set train.steps=40 "
+    fs::path out = fresh_temp_dir("short");
+    CliResult r = run_cli("run " + std::string(FLOWLAB_SOURCE_DIR) + "/configs/quickstart.json --quiet --set train.steps=40 "
                            "--set train.eval_every=20 --set train.log_every=10 --output " + out.string());
     INFO(r.out);
     REQUIRE(r.code == 0);
     for (const char* f : {"config.json", "metrics.jsonl", "summary.json", "samples.csv"}) CHECK(fs::exists(out / f));
-    std::string cfg = read_file(out / "config.json");
+    std::string cfg = read_text(out / "config.json");
     CHECK(cfg.find("\"steps\": 40") != std::string::npos);  // the override is recorded
     CHECK(cfg.find("libflowlab_standard.so") != std::string::npos);
-    std::string metrics = read_file(out / "metrics.jsonl");
+    std::string metrics = read_text(out / "metrics.jsonl");
     CHECK(std::count(metrics.begin(), metrics.end(), '\n') >= 6);
-    double nll = json_number(read_file(out / "summary.json"), "test_nll");
+    double nll = json_number(read_text(out / "summary.json"), "test_nll");
     CHECK(std::isfinite(nll));
     CHECK(nll < 2.5);  // an untrained flow on moons sits near 2.8 nats
     fs::remove_all(out);
 }
 
 TEST_CASE("the quickstart trains RealNVP on moons to a test NLL at or below 0.37 nats", "[cli][slow]") {
-    fs::path out = temp_dir("quickstart");
-    Result r = run_flowlab("run " + std::string(FLOWLAB_SOURCE_DIR) + "/configs/quickstart.json --quiet --output " +
+    fs::path out = fresh_temp_dir("quickstart");
+    CliResult r = run_cli("run " + std::string(FLOWLAB_SOURCE_DIR) + "/configs/quickstart.json --quiet --output " +
                            out.string());
     INFO(r.out);
     REQUIRE(r.code == 0);
-    std::string summary = read_file(out / "summary.json");
+    std::string summary = read_text(out / "summary.json");
     double nll = json_number(summary, "test_nll");
     INFO("test NLL " << nll);
     CHECK(nll <= 0.37);
@@ -153,33 +129,33 @@ TEST_CASE("the quickstart trains RealNVP on moons to a test NLL at or below 0.37
 }
 
 TEST_CASE("sample with a count no memory can hold is a config error with the size it needs, not a crash", "[cli]") {
-    fs::path run = temp_dir("sample_n");
-    REQUIRE(run_flowlab("run " + std::string(FLOWLAB_SOURCE_DIR) + "/tests/configs/tiny_moons.json --quiet " +
+    fs::path run = fresh_temp_dir("sample_n");
+    REQUIRE(run_cli("run " + std::string(FLOWLAB_SOURCE_DIR) + "/tests/configs/tiny_moons.json --quiet " +
                         "--set train.steps=5 --set train.threads=1 --output " + run.string())
                 .code == 0);
     // INT64_MAX samples of 2 values overflow 64 bits (crashed); 10^12 samples (a count past any
     // machine's memory; 10^9 already is on most) died with an allocation failure.
     for (const char* n : {"9223372036854775807", "1000000000000"}) {
-        Result r = run_flowlab("sample " + run.string() + " --quiet -n " + n + " --out " + (run / "s.csv").string());
+        CliResult r = run_cli("sample " + run.string() + " --quiet -n " + n + " --out " + (run / "s.csv").string());
         INFO(r.out);
         CHECK(r.code == 3);
         CHECK(r.out.find(std::string("flowlab: config error: -n ") + n + ": too many samples for memory: " + n +
                          " samples of 2 values") != std::string::npos);
         CHECK_FALSE(fs::exists(run / "s.csv"));
     }
-    CHECK(run_flowlab("sample " + run.string() + " --quiet -n 1000000000000 --out " + (run / "s.csv").string())
+    CHECK(run_cli("sample " + run.string() + " --quiet -n 1000000000000 --out " + (run / "s.csv").string())
               .out.find("is available; draw at most about") != std::string::npos);
     // A count that fits is drawn (past the size of the memory probes).
-    Result ok = run_flowlab("sample " + run.string() + " --quiet -n 300 --out " + (run / "s.csv").string());
+    CliResult ok = run_cli("sample " + run.string() + " --quiet -n 300 --out " + (run / "s.csv").string());
     INFO(ok.out);
     CHECK(ok.code == 0);
-    const std::string csv = read_file(run / "s.csv");
+    const std::string csv = read_text(run / "s.csv");
     CHECK(std::count(csv.begin(), csv.end(), '\n') == 300);
     fs::remove_all(run);
 }
 
 TEST_CASE("a corrupt data file is an i/o error (exit 5) naming the file and the fault", "[cli]") {
-    fs::path dir = temp_dir("bad_data");
+    fs::path dir = fresh_temp_dir("bad_data");
     const fs::path npy = dir / "points.npy", config = dir / "exp.json";
     {
         std::string header = "{'descr': '<c16', 'fortran_order': False, 'shape': (4, 2), }";
@@ -198,7 +174,7 @@ TEST_CASE("a corrupt data file is an i/o error (exit 5) naming the file and the 
                    "model": {"layers": [{"type": "affine_coupling", "mask": "alternate", "parity": 0,
                                          "conditioner": {"type": "mlp", "hidden": [8]}}]}})";
     }
-    Result r = run_flowlab("validate " + config.string());
+    CliResult r = run_cli("validate " + config.string());
     INFO(r.out);
     CHECK(r.code == 5);
     CHECK(r.out.find("flowlab: i/o error: " + npy.string() + ": header: unknown dtype '<c16'; supported: <f4") !=
@@ -206,7 +182,7 @@ TEST_CASE("a corrupt data file is an i/o error (exit 5) naming the file and the 
     // A directory where the data file should be.
     fs::remove(npy);
     fs::create_directories(npy);
-    r = run_flowlab("validate " + config.string());
+    r = run_cli("validate " + config.string());
     CHECK(r.code == 5);
     CHECK(r.out.find(npy.string() + ": is a directory") != std::string::npos);
     fs::remove_all(dir);

@@ -3,6 +3,8 @@
 // and what a run directory holds.
 #include <catch2/catch.hpp>
 
+#include "cli_support.hpp"
+
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -26,26 +28,13 @@
 using namespace flowlab;
 namespace fs = std::filesystem;
 
+using namespace flowlab::test;
+
 namespace {
 
 const std::string kTiny = std::string(FLOWLAB_SOURCE_DIR) + "/tests/configs/tiny_moons.json";
 
-struct Result {
-    int code = -1;
-    std::string out;
-};
 
-Result sh(const std::string& args) {
-    std::string cmd = std::string(FLOWLAB_BINARY) + " " + args + " 2>&1";
-    Result r;
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p != nullptr);
-    std::array<char, 4096> buf{};
-    while (std::fgets(buf.data(), buf.size(), p)) r.out += buf.data();
-    int status = pclose(p);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
-}
 
 fs::path fresh_dir(const std::string& name) {
     fs::path d = fs::temp_directory_path() / ("flowlab-runner-" + name + "-" + std::to_string(::getpid()));
@@ -81,12 +70,12 @@ void require_same_tensors(const Checkpoint& a, const Checkpoint& b, std::vector<
 TEST_CASE("N steps, resume, N steps give bitwise the parameters of 2N steps straight", "[runner]") {
     fs::path straight = fresh_dir("straight"), split = fresh_dir("split");
     // 23 is mid-epoch (31 batches of 64 per epoch of 2000) and not a checkpoint step.
-    REQUIRE(sh("run " + kTiny + " --quiet --set train.steps=46 --set train.threads=1 --output " + straight.string()).code == 0);
-    Result first = sh("run " + kTiny + " --quiet --set train.steps=46 --set train.threads=1 --stop-after 23 --output " +
+    REQUIRE(run_cli("run " + kTiny + " --quiet --set train.steps=46 --set train.threads=1 --output " + straight.string()).code == 0);
+    CliResult first = run_cli("run " + kTiny + " --quiet --set train.steps=46 --set train.threads=1 --stop-after 23 --output " +
                       split.string());
     REQUIRE(first.code == 0);
     CHECK(read_checkpoint(latest_checkpoint(split)).metadata.at("step") == "23");
-    Result second = sh("run --resume " + split.string() + " --quiet");
+    CliResult second = run_cli("run --resume " + split.string() + " --quiet");
     INFO(second.out);
     REQUIRE(second.code == 0);
     Checkpoint a = read_checkpoint(latest_checkpoint(straight)), b = read_checkpoint(latest_checkpoint(split));
@@ -102,10 +91,10 @@ TEST_CASE("the parameter EMA is the bias-corrected weighted mean of the iterates
     const std::string sets = " --quiet --set train.steps=3 --set train.checkpoint_every=1 --set train.threads=1"
                              " --set train.ema_decay=0.5 --output " + run.string();
     // Stop after step 1 and keep that checkpoint aside (a run keeps only its last two).
-    REQUIRE(sh("run " + kTiny + sets + " --stop-after 1").code == 0);
+    REQUIRE(run_cli("run " + kTiny + sets + " --stop-after 1").code == 0);
     Checkpoint c1 = read_checkpoint(latest_checkpoint(run));
     REQUIRE(c1.metadata.at("step") == "1");
-    REQUIRE(sh("run --resume " + run.string() + " --quiet").code == 0);
+    REQUIRE(run_cli("run --resume " + run.string() + " --quiet").code == 0);
     auto all = run_checkpoints(run.string());
     REQUIRE(all.size() >= 2);
     Checkpoint c3 = read_checkpoint(all[0]), c2 = read_checkpoint(all[1]);
@@ -171,7 +160,7 @@ TEST_CASE("SIGKILL at random moments never leaves a run without a loadable check
             }
         }
         CHECK(loaded);
-        Result r = sh("run --resume " + run.string() + " --quiet --stop-after 1");
+        CliResult r = run_cli("run --resume " + run.string() + " --quiet --stop-after 1");
         INFO(r.out);
         CHECK(r.code == 0);
         ++resumed;
@@ -185,7 +174,7 @@ TEST_CASE("a non-finite gradient skips the step and leaves parameters and optimi
     fs::path run = fresh_dir("nan");
     std::string plugin = std::string(FLOWLAB_TEST_FIXTURE_DIR) + "/nan_injector.so";
     // Layer 0 poisons the gradient on step 3 only; a checkpoint follows every step.
-    Result r = sh("run " + kTiny + " --quiet --plugin " + plugin +
+    CliResult r = run_cli("run " + kTiny + " --quiet --plugin " + plugin +
                   " --set 'model.layers=[{\"type\":\"nan_injector\",\"from\":3,\"until\":4},"
                   "{\"type\":\"affine_coupling\",\"mask\":\"alternate\",\"parity\":0},"
                   "{\"type\":\"affine_coupling\",\"mask\":\"alternate\",\"parity\":1}]'"
@@ -209,7 +198,7 @@ TEST_CASE("a non-finite gradient skips the step and leaves parameters and optimi
 TEST_CASE("K consecutive non-finite steps abort with exit code 6 and keep the last good checkpoint", "[runner]") {
     fs::path run = fresh_dir("diverge");
     std::string plugin = std::string(FLOWLAB_TEST_FIXTURE_DIR) + "/nan_injector.so";
-    Result r = sh("run " + kTiny + " --quiet --plugin " + plugin +
+    CliResult r = run_cli("run " + kTiny + " --quiet --plugin " + plugin +
                   " --set 'model.layers=[{\"type\":\"nan_injector\",\"from\":4,\"until\":1000},"
                   "{\"type\":\"affine_coupling\",\"mask\":\"alternate\",\"parity\":0}]'"
                   " --set train.steps=50 --set train.checkpoint_every=1 --set train.max_bad_steps=5 --output " +
@@ -251,18 +240,18 @@ TEST_CASE("SIGTERM finishes the step, writes a checkpoint and exits with code 10
 
 TEST_CASE("eval, sample, schema and report work on a finished run", "[runner]") {
     fs::path run = fresh_dir("tools");
-    REQUIRE(sh("run " + kTiny + " --quiet --output " + run.string()).code == 0);
+    REQUIRE(run_cli("run " + kTiny + " --quiet --output " + run.string()).code == 0);
     for (const char* f : {"report.html", "metrics.csv", "summary.json", "samples.csv", "density.csv"})
         CHECK(fs::exists(run / f));
-    Result e = sh("eval " + run.string() + " --quiet --split test");
+    CliResult e = run_cli("eval " + run.string() + " --quiet --split test");
     INFO(e.out);
     CHECK(e.code == 0);
     CHECK(e.out.find("\"bits_per_dim\"") != std::string::npos);
     fs::path out = run / "s.npy";
-    Result s = sh("sample " + run.string() + " --quiet -n 10 --temperature 0.5 --out " + out.string());
+    CliResult s = run_cli("sample " + run.string() + " --quiet -n 10 --temperature 0.5 --out " + out.string());
     CHECK(s.code == 0);
     CHECK(fs::file_size(out) == 128 + 10 * 2 * 4);  // .npy header block + 10 x 2 float32
-    Result schema = sh("schema");
+    CliResult schema = run_cli("schema");
     CHECK(schema.code == 0);
     CHECK(schema.out.find("\"affine_coupling\"") != std::string::npos);
     CHECK(schema.out.find("\"additionalProperties\": false") != std::string::npos);
@@ -280,12 +269,12 @@ const std::string kHalf = " --set train.steps=46 --set train.threads=1";
 
 // Runs tiny_moons for 46 steps straight into `dir` (the reference of the tests below).
 void straight_run(const fs::path& dir) {
-    REQUIRE(sh("run " + kTiny + " --quiet" + kHalf + " --output " + dir.string()).code == 0);
+    REQUIRE(run_cli("run " + kTiny + " --quiet" + kHalf + " --output " + dir.string()).code == 0);
 }
 
 // Runs 23 of 46 steps into `dir`: checkpoints step 20 (checkpoint_every 5) and step 23.
 void half_run(const fs::path& dir) {
-    REQUIRE(sh("run " + kTiny + " --quiet" + kHalf + " --stop-after 23 --output " + dir.string()).code == 0);
+    REQUIRE(run_cli("run " + kTiny + " --quiet" + kHalf + " --stop-after 23 --output " + dir.string()).code == 0);
 }
 
 fs::path ckpt(const fs::path& run, std::int64_t step) {
@@ -357,7 +346,7 @@ TEST_CASE("a resume falls back past a checkpoint with invalid metadata and names
         Checkpoint c = read_checkpoint(newest);
         c.metadata[field] = value;
         write_checkpoint(newest, c);
-        Result r = sh("run --resume " + run.string() + " --quiet");
+        CliResult r = run_cli("run --resume " + run.string() + " --quiet");
         INFO(field << " = " << value << "\n" << r.out);
         REQUIRE(r.code == 0);
         CHECK(r.out.find("warning: " + newest) != std::string::npos);
@@ -378,7 +367,7 @@ TEST_CASE("a resume falls back past a checkpoint with invalid metadata and names
         c.metadata["sampler_pos"] = "-1000000";
         write_checkpoint(ckpt(run, s).string(), c);
     }
-    Result r = sh("run --resume " + run.string() + " --quiet");
+    CliResult r = run_cli("run --resume " + run.string() + " --quiet");
     INFO(r.out);
     CHECK(r.code == 5);
     CHECK(r.out.find("no usable checkpoint") != std::string::npos);
@@ -393,7 +382,7 @@ TEST_CASE("flipped data bits in the newest checkpoint make a resume fall back to
     straight_run(ref);
     half_run(run);
     flip_data_bit(ckpt(run, 23));
-    Result r = sh("run --resume " + run.string() + " --quiet");
+    CliResult r = run_cli("run --resume " + run.string() + " --quiet");
     INFO(r.out);
     REQUIRE(r.code == 0);
     CHECK(r.out.find(ckpt(run, 23).string() + ": CRC-32") != std::string::npos);
@@ -410,7 +399,7 @@ TEST_CASE("after a fallback resume rotation keeps the checkpoint that was loaded
     half_run(run);
     flip_data_bit(ckpt(run, 23));
     // Resume loads step 20 and stops at 22: the corrupt 23 is newer by name than both.
-    Result r = sh("run --resume " + run.string() + " --quiet --stop-after 2");
+    CliResult r = run_cli("run --resume " + run.string() + " --quiet --stop-after 2");
     INFO(r.out);
     REQUIRE(r.code == 0);
     CHECK(fs::exists(ckpt(run, 20)));
@@ -422,7 +411,7 @@ TEST_CASE("after a fallback resume rotation keeps the checkpoint that was loaded
     REQUIRE(all.size() == 2);
     for (const auto& c : all) CHECK_NOTHROW(read_checkpoint(c));
     // And the next generation drops 20, keeping 22 as the fallback.
-    REQUIRE(sh("run --resume " + run.string() + " --quiet --stop-after 1").code == 0);
+    REQUIRE(run_cli("run --resume " + run.string() + " --quiet --stop-after 1").code == 0);
     CHECK_FALSE(fs::exists(ckpt(run, 20)));
     CHECK(fs::exists(ckpt(run, 22)));
     CHECK(fs::exists(ckpt(run, 23)));
@@ -432,9 +421,9 @@ TEST_CASE("after a fallback resume rotation keeps the checkpoint that was loaded
 
 TEST_CASE("resuming a finished run says so and leaves every file untouched", "[runner]") {
     fs::path run = fresh_dir("finished");
-    REQUIRE(sh("run " + kTiny + " --quiet --set train.threads=1 --output " + run.string()).code == 0);
+    REQUIRE(run_cli("run " + kTiny + " --quiet --set train.threads=1 --output " + run.string()).code == 0);
     const auto before = snapshot(run);
-    Result r = sh("run --resume " + run.string() + " --quiet");
+    CliResult r = run_cli("run --resume " + run.string() + " --quiet");
     INFO(r.out);
     CHECK(r.code == 0);
     CHECK(r.out.find("already finished") != std::string::npos);
@@ -443,7 +432,7 @@ TEST_CASE("resuming a finished run says so and leaves every file untouched", "[r
     // summary (timings aside) and no second final-evaluation row.
     const std::string summary = file_text(run / "summary.json"), metrics = file_text(run / "metrics.jsonl");
     fs::remove(run / "summary.json");
-    Result again = sh("run --resume " + run.string() + " --quiet");
+    CliResult again = run_cli("run --resume " + run.string() + " --quiet");
     INFO(again.out);
     CHECK(again.code == 0);
     CHECK(file_text(run / "metrics.jsonl") == metrics);
@@ -462,7 +451,7 @@ TEST_CASE("an interrupted and resumed run logs the same metrics as a straight ru
     fs::path straight = fresh_dir("metrics-straight"), split = fresh_dir("metrics-split");
     straight_run(straight);
     half_run(split);  // 23 is not a multiple of log_every (5): the window spans the resume
-    REQUIRE(sh("run --resume " + split.string() + " --quiet").code == 0);
+    REQUIRE(run_cli("run --resume " + split.string() + " --quiet").code == 0);
     const auto a = metrics_rows(straight), b = metrics_rows(split);
     REQUIRE(a.size() > 9);
     REQUIRE(a.size() == b.size());
@@ -485,14 +474,14 @@ TEST_CASE("temporary checkpoint files orphaned by a killed writer are removed on
     const std::vector<std::string> kept = {"notes.tmp", ".step-000000025.safetensors.tmp-x", "step-1.safetensors.tmp"};
     for (const auto& f : stale) std::ofstream(dir / f) << "partial";
     for (const auto& f : kept) std::ofstream(dir / f) << "mine";
-    Result r = sh("run --resume " + run.string() + " --quiet --stop-after 1");
+    CliResult r = run_cli("run --resume " + run.string() + " --quiet --stop-after 1");
     INFO(r.out);
     REQUIRE(r.code == 0);
     for (const auto& f : stale) CHECK_FALSE(fs::exists(dir / f));
     for (const auto& f : kept) CHECK(fs::exists(dir / f));
     // A new run into the same directory cleans up too.
     std::ofstream(dir / stale[0]) << "partial";
-    REQUIRE(sh("run " + kTiny + " --quiet --set train.steps=2 --output " + run.string()).code == 0);
+    REQUIRE(run_cli("run " + kTiny + " --quiet --set train.steps=2 --output " + run.string()).code == 0);
     CHECK_FALSE(fs::exists(dir / stale[0]));
     fs::remove_all(run);
 }
