@@ -4,7 +4,7 @@
 #include <string>
 
 #include "flowlab/errors.hpp"
-#include "json_internal.hpp"
+#include "graph/json_internal.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     const std::string text(reinterpret_cast<const char*>(data), size);

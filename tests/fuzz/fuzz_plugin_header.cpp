@@ -2,7 +2,7 @@
 // inside the file). It must never read out of bounds and must answer for every input.
 #include <cstdint>
 
-#include "elf_check.hpp"
+#include "runtime/elf_check.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     (void)flowlab::elf_shared_object_problem(data, size);

@@ -1,111 +1,12 @@
 // Experiment: one JSON file describes one experiment - data, model graph, training, output.
-// load_experiment() parses and validates the whole file against the top-level schema and the
-// registry's schemas (every unknown key is an error with its JSON pointer), build_experiment()
-// turns it into live objects, and train() runs the MLE loop.
+// This header gathers the four steps; each has its own header and source:
+//   config.hpp       load_experiment(): parse and validate the file       (graph/config.cpp)
+//   builder.hpp      build_experiment(): data, flow, optimizer, schedule  (graph/builder.cpp)
+//   trainer.hpp      train(), evaluate(): the MLE loop and bits/dim       (train/trainer.cpp)
+//   json_schema.hpp  experiment_json_schema(): the format for editors     (graph/json_schema.cpp)
 #pragma once
 
-#include <cstdint>
-#include <functional>
-#include <memory>
-#include <string>
-#include <vector>
-
-#include "flowlab/flow.hpp"
-#include "flowlab/params.hpp"
-#include "flowlab/registry.hpp"
-
-namespace flowlab {
-
-// Parses `path`, applies `--set key.path=value` overrides (value is JSON, or a bare string),
-// and validates the top level. Errors are ConfigError "file:/pointer: what; hint".
-Params load_experiment(const std::string& path, const std::vector<std::string>& overrides = {});
-
-// The resolved experiment a run directory recorded (RUN_DIR/config.json, written by `run`),
-// validated again with `overrides` applied.
-Params load_run_config(const std::string& run_dir, const std::vector<std::string>& overrides = {});
-
-// A JSON Schema (draft 2020-12) of the experiment format, generated from the registry: every
-// registered type with its parameters, so that editors validate and complete configs.
-std::string experiment_json_schema(const Registry& registry);
-
-// The plugin names/paths an experiment asks for ("plugins", default ["standard"]).
-std::vector<std::string> experiment_plugins(const Params& experiment);
-
-// Builds the flow of `model` (the experiment's "model" object) for data of `event_shape`.
-// Shapes are inferred layer by layer; the first error names the node's JSON pointer.
-std::unique_ptr<Flow> build_flow(const Params& model, const Shape& event_shape,
-                                 const Shape& context_shape, const Registry& registry, Rng& rng);
-
-struct Experiment {
-    Params config;  // validated, defaults filled
-    Dataset data;
-    std::unique_ptr<Flow> flow;
-    std::unique_ptr<Optimizer> optimizer;
-    std::unique_ptr<Schedule> schedule;
-};
-
-// The experiment with every slot it left to the plugins (model.base, train.optimizer,
-// train.schedule: null) filled with the loaded plugins' defaults (Registry::set_default).
-Params resolve_defaults(const Params& config, const Registry& registry);
-// Builds data, flow, optimizer and schedule; exp.config is the config with defaults resolved.
-Experiment build_experiment(const Params& config, const Registry& registry);
-
-struct TrainOptions {
-    std::string run_dir;             // metrics, checkpoints and summary go here ("" = nowhere)
-    bool quiet = false;              // no progress output
-    bool progress_line = false;      // one updating terminal line instead of log lines
-    std::int64_t steps_override = -1;
-    std::function<void(const std::string&)> log;  // progress sink (default: stderr)
-    bool final_eval = true;          // evaluate on the test split at the end
-    // Called after every step with the number of steps done (benchmarks time windows with it).
-    std::function<void(std::int64_t)> on_step;
-    bool resume = false;             // continue from run_dir's latest checkpoint
-    std::int64_t stop_after = -1;    // stop with a checkpoint after this many steps of this call
-    // Polled after every step; when it becomes non-zero the current step finishes, a
-    // checkpoint is written and train() returns with interrupted = true.
-    const volatile int* stop_flag = nullptr;
-};
-
-struct TrainSummary {
-    std::int64_t steps = 0;          // steps done in total (including before a resume)
-    std::int64_t start_step = 0;     // where this call started (after a resume)
-    double final_train_loss = 0.0;   // mean over the last logging window, nats
-    double test_nll = 0.0;           // nats per sample
-    double test_bpd = 0.0;           // bits per dimension (dequantisation terms included)
-    double samples_per_s = 0.0;      // training throughput
-    double train_seconds = 0.0;
-    std::int64_t skipped_steps = 0;  // non-finite steps skipped, over the whole run
-    bool interrupted = false;        // stopped by stop_flag or stop_after before the last step
-    bool early_stopped = false;
-    double best_valid_nll = 0.0;
-    std::int64_t best_step = -1;
-};
-
-// The checkpoints of a run directory, newest first (run_dir/checkpoints/step-*.safetensors;
-// the `latest` pointer's target first when it is valid).
-std::vector<std::string> run_checkpoints(const std::string& run_dir);
-// Loads parameters and buffers of a checkpoint into the experiment's flow (the EMA copy when
-// `prefer_ema` and the checkpoint has one). Throws IoError on a mismatch.
-void load_weights(Experiment& exp, const std::string& checkpoint_path, bool prefer_ema = true);
-
-TrainSummary train(Experiment& exp, const TrainOptions& opt);
-
-// Whether `run_dir` holds a finished run: its summary.json is written and the checkpoint a
-// resume would load is at train.steps (or early-stopped). `run --resume` then changes nothing.
-// Read-only.
-bool run_finished(Experiment& exp, const std::string& run_dir);
-
-// Mean NLL (nats) and bits/dim of `split` ("test", "valid", "train") under the flow. With a
-// stochastic dequantizer (uniform, variational) and importance_samples K > 1 the bound is the
-// importance-weighted one: log (1/K) sum_k exp(log p(x + u_k) - log q(u_k | x)).
-// nll: nats per example of the data as given (for integer data: the dequantization bound,
-// an importance-weighted one with K > 1 samples); bpd = nll / (D ln 2); dequantized_nll:
-// -log p(x') of the dequantized values (equal to nll without a dequantizer).
-struct EvalResult {
-    double nll = 0.0, bpd = 0.0, dequantized_nll = 0.0;
-    std::int64_t n = 0;
-};
-EvalResult evaluate(Experiment& exp, const std::string& split, std::int64_t batch_size,
-                    int importance_samples = 1);
-
-}  // namespace flowlab
+#include "flowlab/builder.hpp"
+#include "flowlab/config.hpp"
+#include "flowlab/json_schema.hpp"
+#include "flowlab/trainer.hpp"

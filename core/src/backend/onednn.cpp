@@ -1,4 +1,4 @@
-#include "onednn.hpp"
+#include "backend/onednn.hpp"
 
 #include "flowlab/errors.hpp"
 

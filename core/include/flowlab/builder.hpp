@@ -1,0 +1,35 @@
+// The graph builder: a validated experiment (config.hpp) and the loaded plugins' registry
+// become live objects - data, flow, optimizer, schedule. Shapes are inferred node by node and
+// the first error names the node's JSON pointer. Implemented in core/src/graph/builder.cpp.
+#pragma once
+
+#include <memory>
+
+#include "flowlab/dataset.hpp"
+#include "flowlab/flow.hpp"
+#include "flowlab/optimizer.hpp"
+#include "flowlab/params.hpp"
+#include "flowlab/registry.hpp"
+
+namespace flowlab {
+
+// Builds the flow of `model` (the experiment's "model" object) for data of `event_shape`.
+// Shapes are inferred layer by layer; the first error names the node's JSON pointer.
+std::unique_ptr<Flow> build_flow(const Params& model, const Shape& event_shape,
+                                 const Shape& context_shape, const Registry& registry, Rng& rng);
+
+struct Experiment {
+    Params config;  // validated, defaults filled
+    Dataset data;
+    std::unique_ptr<Flow> flow;
+    std::unique_ptr<Optimizer> optimizer;
+    std::unique_ptr<Schedule> schedule;
+};
+
+// The experiment with every slot it left to the plugins (model.base, train.optimizer,
+// train.schedule: null) filled with the loaded plugins' defaults (Registry::set_default).
+Params resolve_defaults(const Params& config, const Registry& registry);
+// Builds data, flow, optimizer and schedule; exp.config is the config with defaults resolved.
+Experiment build_experiment(const Params& config, const Registry& registry);
+
+}  // namespace flowlab

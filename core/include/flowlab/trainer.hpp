@@ -1,0 +1,73 @@
+// The MLE trainer and evaluation: the training loop (gradient clipping, schedules, EMA,
+// non-finite-step policy, early stopping), checkpoints and exact resume, bits/dim.
+// Implemented in core/src/train/trainer.cpp.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "flowlab/builder.hpp"
+
+namespace flowlab {
+
+struct TrainOptions {
+    std::string run_dir;             // metrics, checkpoints and summary go here ("" = nowhere)
+    bool quiet = false;              // no progress output
+    bool progress_line = false;      // one updating terminal line instead of log lines
+    std::int64_t steps_override = -1;
+    std::function<void(const std::string&)> log;  // progress sink (default: stderr)
+    bool final_eval = true;          // evaluate on the test split at the end
+    // Called after every step with the number of steps done (benchmarks time windows with it).
+    std::function<void(std::int64_t)> on_step;
+    bool resume = false;             // continue from run_dir's latest checkpoint
+    std::int64_t stop_after = -1;    // stop with a checkpoint after this many steps of this call
+    // Polled after every step; when it becomes non-zero the current step finishes, a
+    // checkpoint is written and train() returns with interrupted = true.
+    const volatile int* stop_flag = nullptr;
+};
+
+struct TrainSummary {
+    std::int64_t steps = 0;          // steps done in total (including before a resume)
+    std::int64_t start_step = 0;     // where this call started (after a resume)
+    double final_train_loss = 0.0;   // mean over the last logging window, nats
+    double test_nll = 0.0;           // nats per sample
+    double test_bpd = 0.0;           // bits per dimension (dequantisation terms included)
+    double samples_per_s = 0.0;      // training throughput
+    double train_seconds = 0.0;
+    std::int64_t skipped_steps = 0;  // non-finite steps skipped, over the whole run
+    bool interrupted = false;        // stopped by stop_flag or stop_after before the last step
+    bool early_stopped = false;
+    double best_valid_nll = 0.0;
+    std::int64_t best_step = -1;
+};
+
+// The checkpoints of a run directory, newest first (run_dir/checkpoints/step-*.safetensors;
+// the `latest` pointer's target first when it is valid).
+std::vector<std::string> run_checkpoints(const std::string& run_dir);
+// Loads parameters and buffers of a checkpoint into the experiment's flow (the EMA copy when
+// `prefer_ema` and the checkpoint has one). Throws IoError on a mismatch.
+void load_weights(Experiment& exp, const std::string& checkpoint_path, bool prefer_ema = true);
+
+TrainSummary train(Experiment& exp, const TrainOptions& opt);
+
+// Whether `run_dir` holds a finished run: its summary.json is written and the checkpoint a
+// resume would load is at train.steps (or early-stopped). `run --resume` then changes nothing.
+// Read-only.
+bool run_finished(Experiment& exp, const std::string& run_dir);
+
+// Mean NLL (nats) and bits/dim of `split` ("test", "valid", "train") under the flow. With a
+// stochastic dequantizer (uniform, variational) and importance_samples K > 1 the bound is the
+// importance-weighted one: log (1/K) sum_k exp(log p(x + u_k) - log q(u_k | x)).
+// nll: nats per example of the data as given (for integer data: the dequantization bound,
+// an importance-weighted one with K > 1 samples); bpd = nll / (D ln 2); dequantized_nll:
+// -log p(x') of the dequantized values (equal to nll without a dequantizer).
+struct EvalResult {
+    double nll = 0.0, bpd = 0.0, dequantized_nll = 0.0;
+    std::int64_t n = 0;
+};
+EvalResult evaluate(Experiment& exp, const std::string& split, std::int64_t batch_size,
+                    int importance_samples = 1);
+
+}  // namespace flowlab

@@ -1,0 +1,85 @@
+#include "graph/schemas.hpp"
+
+#include "flowlab/version.hpp"
+
+namespace flowlab::graph {
+
+namespace {
+
+ParamSpec plugins_spec() {
+    ParamSpec s;
+    s.name = "plugins";
+    s.type = ParamType::any;
+    // Which shipped plugins a config without "plugins" loads is the plugin tier's choice, made
+    // in the build (FLOWLAB_DEFAULT_PLUGINS), not the core's.
+    s.default_json = FLOWLAB_DEFAULT_PLUGINS_JSON;
+    s.doc = "plugin names (libflowlab_<name>.so) or paths to load";
+    return s;
+}
+
+}  // namespace
+
+// The top level of an experiment file. Nested objects are validated against their own
+// schemas (the registry's, or the ones below) when they are built.
+Schema experiment_schema() {
+    return {
+        param_int("flowlab", 1, "config format version").range(1, 1),
+        param_string("name", "experiment", "name of the experiment (default run directory runs/<name>)"),
+        param_int("seed", 0, "seed of the model init, batch order and dequantisation noise").min(0),
+        plugins_spec(),
+        param_required("data", ParamType::object, "dataset: {\"type\": ..., parameters}"),
+        param_required("model", ParamType::object, "flow: {\"base\", \"dequantizer\", \"layers\"}"),
+        param_object("train", "{}", "training loop settings"),
+        param_object("eval", "{}", "evaluation settings"),
+        param_string("output", "", "run directory (default runs/<name>)"),
+    };
+}
+
+Schema model_schema() {
+    return {
+        param_object("base", "null", "base distribution (null: the loaded plugins' default, see flowlab list)")
+            .allow_null(),
+        param_object("dequantizer", "null", "dequantizer for discrete data (null = none)").allow_null(),
+        param_required("layers", ParamType::any, "list of layers or {\"repeat\": N, \"layers\": [...]} blocks"),
+    };
+}
+
+Schema train_schema() {
+    return {
+        param_int("batch_size", 256, "training batch size").min(1),
+        param_int("steps", 1000, "optimizer steps").min(0),
+        param_number("clip_grad_norm", 1.0, "clip the global gradient 2-norm to this (0 = off)").min(0),
+        param_object("optimizer", "null", "optimizer (null: the loaded plugins' default, see flowlab list)").allow_null(),
+        param_object("schedule", "null", "learning-rate schedule (null: the loaded plugins' default)").allow_null(),
+        param_int("eval_every", 0, "evaluate on the test split every N steps (0 = at the end only)").min(0),
+        param_int("log_every", 100, "log the training loss every N steps").min(1),
+        param_int("threads", 0, "threads for GEMMs and element-wise kernels (0 = all cores)").range(0, 4096),
+        param_int("max_bad_steps", 20, "abort after this many consecutive non-finite steps").min(1),
+        param_int("checkpoint_every", 1000, "write a checkpoint every N steps (and always at the end)").min(1),
+        param_number("ema_decay", 0.0, "exponential moving average of the parameters (bias-corrected), used "
+                                       "for evaluation and sampling (0 = off; e.g. 0.999)").range(0, 1),
+        param_int("early_stopping_patience", 0, "stop when the validation NLL has not improved for this many "
+                                                "evaluations (0 = off; needs a validation split and eval_every)").min(0),
+    };
+}
+
+
+Schema eval_schema() {
+    return {
+        param_int("batch_size", 2000, "evaluation batch size").min(1),
+        param_int("samples", 1000, "samples drawn at the end of a run (written to samples.csv)").min(0),
+        param_number("temperature", 1.0, "sampling temperature").min(0),
+        param_int("importance_samples", 1, "importance samples per example for the test bound of a "
+                                           "stochastic dequantizer, uniform or variational (1 = the ELBO)").min(1),
+    };
+}
+
+Schema split_schema() {
+    return {
+        param_int("keep", 0, "channels (features) kept for the rest of the chain; 0 = half").min(0),
+        param_object("prior", "null", "conditioner for a learned Gaussian prior of the factored part "
+                                      "given the kept part (null = standard normal)").allow_null(),
+    };
+}
+
+}  // namespace flowlab::graph

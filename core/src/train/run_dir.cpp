@@ -1,0 +1,40 @@
+#include "flowlab/run_dir.hpp"
+
+#include <cmath>
+
+#include "flowlab/checkpoint.hpp"
+#include "flowlab/version.hpp"
+#include "graph/json_internal.hpp"
+
+namespace flowlab {
+
+using nlohmann::json;
+
+namespace {
+
+// nlohmann writes NaN and Inf as null already; saying so here keeps the intent visible.
+json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+}  // namespace
+
+void write_run_config(const std::string& run_dir, const Params& config, const std::vector<PluginRecord>& plugins) {
+    json loaded = json::array();
+    for (const auto& p : plugins) loaded.push_back({{"name", p.name}, {"version", p.version}, {"path", p.path}});
+    json doc = {{"config", params_json(config)}, {"flowlab_version", FLOWLAB_VERSION_STRING}, {"loaded_plugins", loaded}};
+    write_file_atomic(run_dir + "/config.json", doc.dump(2) + "\n");
+}
+
+void write_run_summary(const std::string& run_dir, const std::string& name, const TrainSummary& s) {
+    json doc = {{"name", name},
+                {"steps", s.steps},
+                {"final_train_loss", number_or_null(s.final_train_loss)},
+                {"test_nll", number_or_null(s.test_nll)},
+                {"test_bpd", number_or_null(s.test_bpd)},
+                {"samples_per_s", number_or_null(s.samples_per_s)},
+                {"train_seconds", number_or_null(s.train_seconds)},
+                {"skipped_steps", s.skipped_steps},
+                {"early_stopped", s.early_stopped}};
+    write_file_atomic(run_dir + "/summary.json", doc.dump(2) + "\n");
+}
+
+}  // namespace flowlab
