@@ -63,6 +63,16 @@ inline std::string read_text(const std::filesystem::path& p) {
     return ss.str();
 }
 
+// The id of a process that has exited and been reaped: a pid no live process has (for tests of
+// files named after their writer's pid).
+inline pid_t finished_pid() {
+    pid_t pid = fork();
+    if (pid == 0) ::_exit(0);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return pid;
+}
+
 inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 }  // namespace flowlab::test

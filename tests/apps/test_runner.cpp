@@ -320,13 +320,6 @@ std::vector<std::string> metrics_rows(const fs::path& run) {
     return rows;
 }
 
-pid_t reaped_pid() {
-    pid_t pid = fork();
-    if (pid == 0) ::_exit(0);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    return pid;
-}
 
 }  // namespace
 
@@ -469,7 +462,7 @@ TEST_CASE("temporary checkpoint files orphaned by a killed writer are removed on
     fs::path run = fresh_dir("orphans");
     half_run(run);
     const fs::path dir = run / "checkpoints";
-    const std::string dead = std::to_string(reaped_pid());
+    const std::string dead = std::to_string(flowlab::test::finished_pid());
     const std::vector<std::string> stale = {".step-000000025.safetensors.tmp-" + dead, ".latest.tmp-" + dead};
     const std::vector<std::string> kept = {"notes.tmp", ".step-000000025.safetensors.tmp-x", "step-1.safetensors.tmp"};
     for (const auto& f : stale) std::ofstream(dir / f) << "partial";

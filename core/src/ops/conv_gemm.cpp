@@ -26,15 +26,8 @@ namespace {
 // C[m, n] (+)= op(A) op(B) (+ bias[n]) (relu), row-major f32; op = transpose when ta / tb.
 void mm(const float* a, bool ta, const float* b, bool tb, float* c, std::int64_t m, std::int64_t n, std::int64_t k,
         const float* bias = nullptr, bool relu = false, bool accumulate = false) {
-    backend::Gemm g;
-    g.m = m;
-    g.n = n;
-    g.k = k;
-    g.trans_a = ta;
-    g.trans_b = tb;
-    g.bias = bias != nullptr;
-    g.relu = relu;
-    g.beta = accumulate ? 1.0f : 0.0f;
+    const backend::Gemm g{.m = m, .n = n, .k = k, .trans_a = ta, .trans_b = tb, .bias = bias != nullptr,
+                          .relu = relu, .beta = accumulate ? 1.0f : 0.0f};
     backend::sgemm(g, a, b, c, bias);
 }
 

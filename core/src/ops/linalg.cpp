@@ -12,15 +12,8 @@ namespace {
 // f32 through the shared oneDNN context's cached matmul primitives.
 void gemm_f32(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, std::int64_t m, std::int64_t n,
               std::int64_t k, float alpha, float beta, const Tensor* bias) {
-    backend::Gemm g;
-    g.m = m;
-    g.n = n;
-    g.k = k;
-    g.trans_a = ta;
-    g.trans_b = tb;
-    g.bias = bias != nullptr;
-    g.alpha = alpha;
-    g.beta = beta;
+    const backend::Gemm g{.m = m, .n = n, .k = k, .trans_a = ta, .trans_b = tb, .bias = bias != nullptr,
+                          .alpha = alpha, .beta = beta};
     backend::sgemm(g, a.data<float>(), b.data<float>(), c.data<float>(), bias ? bias->data<float>() : nullptr);
 }
 

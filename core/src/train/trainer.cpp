@@ -297,14 +297,7 @@ private:
         }
     }
     void log(const std::string& line) const {
-        if (opt_.quiet) return;
-        if (opt_.log)
-            opt_.log(line);
-        else {
-            if (progress_shown_) std::cerr << "\r\033[K";
-            std::cerr << line << std::endl;
-            progress_shown_ = false;
-        }
+        if (!opt_.quiet) warn(line);
     }
     void progress(const std::string& line) const {
         if (opt_.quiet || opt_.log) return;

@@ -2,6 +2,8 @@
 // the validation of the training state, and the clean-up of a killed writer's temp files.
 #include <catch2/catch.hpp>
 
+#include "cli_support.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -176,13 +178,6 @@ std::string state_error(const std::map<std::string, std::string>& m) {
     return "no error";
 }
 
-pid_t dead_pid() {
-    pid_t pid = fork();
-    if (pid == 0) ::_exit(0);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    return pid;
-}
 
 }  // namespace
 
@@ -333,7 +328,7 @@ TEST_CASE("stale temporary checkpoint files are removed, and nothing else", "[ch
     fs::path dir = tmp_path("stale-dir");
     fs::remove_all(dir);
     fs::create_directories(dir);
-    const std::string dead = std::to_string(dead_pid()), self = std::to_string(::getpid()),
+    const std::string dead = std::to_string(flowlab::test::finished_pid()), self = std::to_string(::getpid()),
                       live = std::to_string(::getppid());
     const std::vector<std::string> stale = {".step-000000005.safetensors.tmp-" + dead, ".latest.tmp-" + dead,
                                             ".step-000000006.safetensors.tmp-" + self};
