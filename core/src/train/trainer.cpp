@@ -277,6 +277,22 @@ public:
     bool checkpoint_finished();
 
 private:
+    // What one step reports for logging.
+    struct StepStats {
+        double loss = 0.0, grad_norm = 0.0, lr = 0.0;
+    };
+    // The logging window's clock: its start, its first step, and the evaluation time inside it.
+    struct Window {
+        std::chrono::steady_clock::time_point start;
+        std::int64_t start_step = 0;
+        double excluded = 0.0;
+    };
+    void open_run_dir();
+    StepStats train_step(Tensor& xb, Tensor& cb);
+    void report_progress(const StepStats& st, TrainSummary& summary);
+    bool periodic_eval(TrainSummary& summary);
+    void finish(TrainSummary& summary, bool finished, std::int64_t done_this_call, double train_seconds);
+
     // A checkpoint that passed every check, ready to be applied.
     struct ResumePoint {
         std::string path;
@@ -326,6 +342,9 @@ private:
     std::vector<Tensor> ema_;
     double ema_decay_ = 0.0;
     std::int64_t patience_ = 0;
+    std::int64_t eval_every_ = 0, log_every_ = 1, max_bad_ = 1;
+    std::int64_t bad_run_ = 0;  // consecutive non-finite steps
+    Window window_;
     std::int64_t step_ = 0;
     double best_valid_ = INFINITY;
     std::int64_t best_step_ = -1, evals_since_best_ = 0;
@@ -541,174 +560,141 @@ EvalResult Trainer::eval_with_ema(const std::string& split) {
     return r;
 }
 
-TrainSummary Trainer::run() {
-    const std::int64_t eval_every = tp_.get_int("eval_every");
-    const std::int64_t log_every = tp_.get_int("log_every");
-    const std::int64_t max_bad = tp_.get_int("max_bad_steps");
-    const std::int64_t ckpt_every = tp_.get_int("checkpoint_every");
-    if (tp_.get_int("threads") > 0) set_num_threads(static_cast<int>(tp_.get_int("threads")));
+// The run directory: stale temporary checkpoints go, metrics open (appended on a resume), and a
+// new run in an old directory drops the old summary, which would pass it as finished.
+void Trainer::open_run_dir() {
+    if (opt_.run_dir.empty()) return;
+    fs::create_directories(opt_.run_dir);
+    // Temporary files of a writer that was killed (SIGKILL, power loss) are never renamed.
+    for (const auto& f : remove_stale_temp_files((fs::path(opt_.run_dir) / "checkpoints").string()))
+        log("removed the stale temporary file " + f);
+    std::string path = opt_.run_dir + "/metrics.jsonl";
+    metrics_.open(path, opt_.resume ? std::ios::app : std::ios::trunc);
+    if (!metrics_) throw IoError(path + ": cannot write metrics (check the run directory's permissions)");
+    std::error_code ec;
+    if (!opt_.resume) fs::remove(fs::path(opt_.run_dir) / "summary.json", ec);
+}
 
-    if (!opt_.run_dir.empty()) {
-        fs::create_directories(opt_.run_dir);
-        // Temporary files of a writer that was killed (SIGKILL, power loss) are never renamed.
-        for (const auto& f : remove_stale_temp_files((fs::path(opt_.run_dir) / "checkpoints").string()))
-            log("removed the stale temporary file " + f);
-        std::string path = opt_.run_dir + "/metrics.jsonl";
-        metrics_.open(path, opt_.resume ? std::ios::app : std::ios::trunc);
-        if (!metrics_) throw IoError(path + ": cannot write metrics (check the run directory's permissions)");
-        // A new run in an old directory: an old summary would pass this unfinished run as finished.
-        std::error_code ec;
-        if (!opt_.resume) fs::remove(fs::path(opt_.run_dir) / "summary.json", ec);
-    }
-    if (opt_.resume)
-        resume();
-    else
-        data_init();
-
-    TrainSummary summary;
-    summary.start_step = step_;
-    // Resuming a run whose training is over takes no step and writes no checkpoint; the final
-    // evaluation is redone (it is deterministic) in case the run stopped before writing it.
-    const bool finished = opt_.resume && (step_ >= steps_ || early_stopped_);
-    if (finished) {
-        summary.final_train_loss = last_logged_loss_;
-        summary.early_stopped = early_stopped_;
-    }
+// One optimizer step on the next batch. A non-finite loss or gradient skips the step (parameters
+// and optimizer state stay exactly as they were) and too many in a row abort the run.
+Trainer::StepStats Trainer::train_step(Tensor& xb, Tensor& cb) {
     const DataSplit& tr = exp_.data.train;
-    Tensor xb = Tensor::empty(with_batch(batch_, exp_.data.event_shape), tr.x.dtype());
-    Tensor cb;
-    if (tr.context.defined()) cb = Tensor::empty(with_batch(batch_, exp_.data.context_shape), tr.context.dtype());
+    const std::int64_t* idx = sampler_.next();
+    gather_rows(tr.x, idx, batch_, xb);
+    Var ctx;
+    if (cb.defined()) {
+        gather_rows(tr.context, idx, batch_, cb);
+        ctx = Var(cb);
+    }
+    Var x(xb), log_w;
+    if (Dequantizer* dq = exp_.flow->dequantizer()) {
+        Dequantized d = dq->dequantize(xb, deq_rng_, ctx);
+        x = d.x;
+        log_w = d.log_weight;
+    }
+    Var lp = exp_.flow->log_prob(x, ctx);
+    if (log_w.defined()) lp = lp + log_w;
+    Var loss = -mean_all(lp);
+    exp_.optimizer->zero_grad();
+    loss.backward();
+    StepStats st;
+    st.loss = loss.value().item();
+    st.grad_norm = grad_norm(params_);
+    st.lr = exp_.optimizer->base_lr() * exp_.schedule->factor(step_, steps_);
 
-    double train_seconds = 0.0;
-    std::int64_t bad_run = 0, done_this_call = 0;
-    auto t_window = std::chrono::steady_clock::now();
-    std::int64_t window_start = step_;
-    double excluded = 0.0;  // evaluation time inside the current window
-
-    while (step_ < steps_ && !finished) {
-        auto t0 = std::chrono::steady_clock::now();
-        const std::int64_t* idx = sampler_.next();
-        gather_rows(tr.x, idx, batch_, xb);
-        Var ctx;
-        if (cb.defined()) {
-            gather_rows(tr.context, idx, batch_, cb);
-            ctx = Var(cb);
-        }
-        Var x(xb), log_w;
-        if (Dequantizer* dq = exp_.flow->dequantizer()) {
-            Dequantized d = dq->dequantize(xb, deq_rng_, ctx);
-            x = d.x;
-            log_w = d.log_weight;
-        }
-        Var lp = exp_.flow->log_prob(x, ctx);
-        if (log_w.defined()) lp = lp + log_w;
-        Var loss = -mean_all(lp);
-        exp_.optimizer->zero_grad();
-        loss.backward();
-        const double loss_v = loss.value().item();
-        const double gnorm = grad_norm(params_);
-        const double lr = exp_.optimizer->base_lr() * exp_.schedule->factor(step_, steps_);
-
-        if (!std::isfinite(loss_v) || !std::isfinite(gnorm)) {
-            // Skip the step: parameters and optimizer state stay exactly as they were.
-            ++bad_run;
-            std::string which = "loss";
-            if (std::isfinite(loss_v)) {
-                which = "gradient";
-                for (const auto& np : named_)
-                    if (np.var.grad().defined() && !kern::all_finite(np.var.grad())) {
-                        which = "gradient of " + np.name;
-                        break;
-                    }
-            }
-            log("step " + std::to_string(step_ + 1) + ": non-finite " + which + ", step skipped");
-            metric({{"step", step_ + 1}, {"skipped", true}, {"non_finite", which}});
-            if (bad_run >= max_bad)
-                throw NumericError("training diverged at step " + std::to_string(step_ + 1) + ": " +
-                                   std::to_string(bad_run) + " consecutive non-finite steps (last: " + which +
-                                   "); the last good checkpoint is kept. Lower train.optimizer.lr, clip harder "
-                                   "(train.clip_grad_norm) or raise train.max_bad_steps");
-        } else {
-            bad_run = 0;
-            apply_gradients(gnorm, lr);
-            window_loss_ += loss_v;
-            ++window_n_;
-        }
-        ++step_;
-        ++done_this_call;
-        auto t1 = std::chrono::steady_clock::now();
-        train_seconds += std::chrono::duration<double>(t1 - t0).count();
-        if (opt_.on_step) opt_.on_step(step_);
-
-        double wall = std::chrono::duration<double>(t1 - t_window).count() - excluded;
-        double sps = wall > 0 ? static_cast<double>((step_ - window_start) * batch_) / wall : 0.0;
-        if (step_ % log_every == 0 || step_ == steps_) {
-            double mean_loss = window_n_ ? window_loss_ / static_cast<double>(window_n_) : NAN;
-            metric({{"step", step_}, {"loss", mean_loss}, {"lr", lr}, {"grad_norm", gnorm}, {"samples_per_s", sps}});
-            if (!opt_.progress_line) {
-                const double eta = sps > 0 ? static_cast<double>((steps_ - step_) * batch_) / sps : NAN;
-                log("step " + std::to_string(step_) + "/" + std::to_string(steps_) + "  loss " + fmt("%.4f", mean_loss) +
-                    "  " + fmt("%.3f", mean_loss / (static_cast<double>(numel(exp_.data.event_shape)) * kLn2)) +
-                    " bits/dim  lr " + fmt("%.2e", lr) + "  " + fmt("%.0f", sps) + " samples/s  ETA " + duration_str(eta));
-            }
-            summary.final_train_loss = last_logged_loss_ = mean_loss;
-            window_loss_ = 0.0;
-            window_n_ = 0;
-            t_window = std::chrono::steady_clock::now();
-            window_start = step_;
-            excluded = 0.0;
-        }
-        if (opt_.progress_line && (step_ % 10 == 0 || step_ == steps_)) {
-            double eta = sps > 0 ? static_cast<double>((steps_ - step_) * batch_) / sps : NAN;
-            progress("step " + std::to_string(step_) + "/" + std::to_string(steps_) + "  loss " + fmt("%.4f", loss_v) +
-                     "  " + fmt("%.3f", loss_v / (static_cast<double>(numel(exp_.data.event_shape)) * kLn2)) +
-                     " bits/dim  " + fmt("%.0f", sps) + " samples/s  ETA " + duration_str(eta));
-        }
-        if (eval_every > 0 && step_ % eval_every == 0 && step_ != steps_) {
-            auto e0 = std::chrono::steady_clock::now();
-            EvalResult er = eval_with_ema("test");
-            json m{{"step", step_}, {"test_nll", er.nll}, {"test_bpd", er.bpd}};
-            std::string line = "step " + std::to_string(step_) + "  test NLL " + fmt("%.4f", er.nll) + " nats  " +
-                               fmt("%.4f", er.bpd) + " bits/dim";
-            if (patience_ > 0) {
-                EvalResult vr = eval_with_ema("valid");
-                m["valid_nll"] = vr.nll;
-                line += "  valid NLL " + fmt("%.4f", vr.nll);
-                if (vr.nll < best_valid_) {
-                    best_valid_ = vr.nll;
-                    best_step_ = step_;
-                    evals_since_best_ = 0;
-                    save_checkpoint(true);
-                } else {
-                    ++evals_since_best_;
+    if (!std::isfinite(st.loss) || !std::isfinite(st.grad_norm)) {
+        ++bad_run_;
+        std::string which = "loss";
+        if (std::isfinite(st.loss)) {
+            which = "gradient";
+            for (const auto& np : named_)
+                if (np.var.grad().defined() && !kern::all_finite(np.var.grad())) {
+                    which = "gradient of " + np.name;
+                    break;
                 }
-            }
-            metric(m);
-            log(line);
-            excluded += std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
-            if (patience_ > 0 && evals_since_best_ >= patience_) {
-                log("early stopping at step " + std::to_string(step_) + ": no validation improvement in " +
-                    std::to_string(patience_) + " evaluations (best " + fmt("%.4f", best_valid_) + " at step " +
-                    std::to_string(best_step_) + ")");
-                summary.early_stopped = early_stopped_ = true;
-                save_checkpoint();
-                break;
-            }
         }
-        // No checkpoint while steps are being skipped: the last good one stays the newest.
-        if (step_ % ckpt_every == 0 && step_ != steps_ && bad_run == 0) save_checkpoint();
-        const bool stop_requested = opt_.stop_flag && *opt_.stop_flag;
-        if ((stop_requested || (opt_.stop_after >= 0 && done_this_call >= opt_.stop_after)) && step_ < steps_) {
-            save_checkpoint();
-            log(std::string(stop_requested ? "interrupted" : "stopped") + " at step " + std::to_string(step_) +
-                "; checkpoint written, continue with: flowlab run --resume " + opt_.run_dir);
-            summary.interrupted = true;
-            break;
+        log("step " + std::to_string(step_ + 1) + ": non-finite " + which + ", step skipped");
+        metric({{"step", step_ + 1}, {"skipped", true}, {"non_finite", which}});
+        if (bad_run_ >= max_bad_)
+            throw NumericError("training diverged at step " + std::to_string(step_ + 1) + ": " +
+                               std::to_string(bad_run_) + " consecutive non-finite steps (last: " + which +
+                               "); the last good checkpoint is kept. Lower train.optimizer.lr, clip harder "
+                               "(train.clip_grad_norm) or raise train.max_bad_steps");
+    } else {
+        bad_run_ = 0;
+        apply_gradients(st.grad_norm, st.lr);
+        window_loss_ += st.loss;
+        ++window_n_;
+    }
+    ++step_;
+    return st;
+}
+
+// The logging window's row and line every log_every steps, and the terminal's progress line.
+void Trainer::report_progress(const StepStats& st, TrainSummary& summary) {
+    const auto now = std::chrono::steady_clock::now();
+    const double wall = std::chrono::duration<double>(now - window_.start).count() - window_.excluded;
+    const double sps = wall > 0 ? static_cast<double>((step_ - window_.start_step) * batch_) / wall : 0.0;
+    const double eta = sps > 0 ? static_cast<double>((steps_ - step_) * batch_) / sps : NAN;
+    const double dims = static_cast<double>(numel(exp_.data.event_shape)) * kLn2;
+    if (step_ % log_every_ == 0 || step_ == steps_) {
+        const double mean_loss = window_n_ ? window_loss_ / static_cast<double>(window_n_) : NAN;
+        metric({{"step", step_}, {"loss", mean_loss}, {"lr", st.lr}, {"grad_norm", st.grad_norm}, {"samples_per_s", sps}});
+        if (!opt_.progress_line)
+            log("step " + std::to_string(step_) + "/" + std::to_string(steps_) + "  loss " + fmt("%.4f", mean_loss) +
+                "  " + fmt("%.3f", mean_loss / dims) + " bits/dim  lr " + fmt("%.2e", st.lr) + "  " + fmt("%.0f", sps) +
+                " samples/s  ETA " + duration_str(eta));
+        summary.final_train_loss = last_logged_loss_ = mean_loss;
+        window_loss_ = 0.0;
+        window_n_ = 0;
+        window_ = {std::chrono::steady_clock::now(), step_, 0.0};
+    }
+    if (opt_.progress_line && (step_ % 10 == 0 || step_ == steps_))
+        progress("step " + std::to_string(step_) + "/" + std::to_string(steps_) + "  loss " + fmt("%.4f", st.loss) +
+                 "  " + fmt("%.3f", st.loss / dims) + " bits/dim  " + fmt("%.0f", sps) + " samples/s  ETA " +
+                 duration_str(eta));
+}
+
+// The evaluation every eval_every steps (test, and validation for early stopping, keeping the
+// best checkpoint). Returns true when early stopping ends the run. Its time is left out of
+// the logged throughput.
+bool Trainer::periodic_eval(TrainSummary& summary) {
+    if (eval_every_ == 0 || step_ % eval_every_ != 0 || step_ == steps_) return false;
+    const auto e0 = std::chrono::steady_clock::now();
+    EvalResult er = eval_with_ema("test");
+    json m{{"step", step_}, {"test_nll", er.nll}, {"test_bpd", er.bpd}};
+    std::string line = "step " + std::to_string(step_) + "  test NLL " + fmt("%.4f", er.nll) + " nats  " +
+                       fmt("%.4f", er.bpd) + " bits/dim";
+    if (patience_ > 0) {
+        EvalResult vr = eval_with_ema("valid");
+        m["valid_nll"] = vr.nll;
+        line += "  valid NLL " + fmt("%.4f", vr.nll);
+        if (vr.nll < best_valid_) {
+            best_valid_ = vr.nll;
+            best_step_ = step_;
+            evals_since_best_ = 0;
+            save_checkpoint(true);
+        } else {
+            ++evals_since_best_;
         }
     }
+    metric(m);
+    log(line);
+    window_.excluded += std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+    if (patience_ == 0 || evals_since_best_ < patience_) return false;
+    log("early stopping at step " + std::to_string(step_) + ": no validation improvement in " +
+        std::to_string(patience_) + " evaluations (best " + fmt("%.4f", best_valid_) + " at step " +
+        std::to_string(best_step_) + ")");
+    summary.early_stopped = early_stopped_ = true;
+    save_checkpoint();
+    return true;
+}
+
+// After the loop: the last checkpoint, the summary's figures, the best or averaged weights as
+// the model, and the final test evaluation.
+void Trainer::finish(TrainSummary& summary, bool finished, std::int64_t done_this_call, double train_seconds) {
     if (progress_shown_ && !opt_.quiet) std::cerr << std::endl;
     if (!summary.interrupted && !summary.early_stopped && !finished) save_checkpoint();
-
     summary.steps = step_;
     // Over the whole run, like `steps`: every step either applied an update or was skipped.
     summary.skipped_steps = step_ - exp_.optimizer->steps_taken();
@@ -733,6 +719,58 @@ TrainSummary Trainer::run() {
         if (!finished || !ends_with_final_eval(opt_.run_dir + "/metrics.jsonl", step_))
             metric({{"step", step_}, {"test_nll", er.nll}, {"test_bpd", er.bpd}});
     }
+}
+
+TrainSummary Trainer::run() {
+    eval_every_ = tp_.get_int("eval_every");
+    log_every_ = tp_.get_int("log_every");
+    max_bad_ = tp_.get_int("max_bad_steps");
+    const std::int64_t ckpt_every = tp_.get_int("checkpoint_every");
+    if (tp_.get_int("threads") > 0) set_num_threads(static_cast<int>(tp_.get_int("threads")));
+    open_run_dir();
+    if (opt_.resume)
+        resume();
+    else
+        data_init();
+
+    TrainSummary summary;
+    summary.start_step = step_;
+    // Resuming a run whose training is over takes no step and writes no checkpoint; the final
+    // evaluation is redone (it is deterministic) in case the run stopped before writing it.
+    const bool finished = opt_.resume && (step_ >= steps_ || early_stopped_);
+    if (finished) {
+        summary.final_train_loss = last_logged_loss_;
+        summary.early_stopped = early_stopped_;
+    }
+    // The batch buffers, reused by every step.
+    const DataSplit& tr = exp_.data.train;
+    Tensor xb = Tensor::empty(with_batch(batch_, exp_.data.event_shape), tr.x.dtype());
+    Tensor cb;
+    if (tr.context.defined()) cb = Tensor::empty(with_batch(batch_, exp_.data.context_shape), tr.context.dtype());
+
+    double train_seconds = 0.0;
+    std::int64_t done_this_call = 0;
+    window_ = {std::chrono::steady_clock::now(), step_, 0.0};
+    while (step_ < steps_ && !finished) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const StepStats st = train_step(xb, cb);
+        ++done_this_call;
+        train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (opt_.on_step) opt_.on_step(step_);
+        report_progress(st, summary);
+        if (periodic_eval(summary)) break;
+        // No checkpoint while steps are being skipped: the last good one stays the newest.
+        if (step_ % ckpt_every == 0 && step_ != steps_ && bad_run_ == 0) save_checkpoint();
+        const bool stop_requested = opt_.stop_flag && *opt_.stop_flag;
+        if ((stop_requested || (opt_.stop_after >= 0 && done_this_call >= opt_.stop_after)) && step_ < steps_) {
+            save_checkpoint();
+            log(std::string(stop_requested ? "interrupted" : "stopped") + " at step " + std::to_string(step_) +
+                "; checkpoint written, continue with: flowlab run --resume " + opt_.run_dir);
+            summary.interrupted = true;
+            break;
+        }
+    }
+    finish(summary, finished, done_this_call, train_seconds);
     return summary;
 }
 
