@@ -12,6 +12,8 @@
 #include <flowlab/ops.hpp>
 #include <flowlab/plugin.hpp>
 
+#include "test_support.hpp"
+
 using namespace flowlab;
 
 namespace {
@@ -20,22 +22,13 @@ const std::vector<std::string> kAllChecks = {
     "round_trip_inverse_forward", "round_trip_forward_inverse", "log_det_cancel", "log_det_vs_jacobian",
     "batch_independence",         "finite_at_edges",            "grad_inputs",    "grad_params"};
 
-// The standard plugin's results, computed once per type: Catch re-enters the test case once per
-// section, and each section only reads its row.
-const std::vector<ConformanceCheck>& standard_results(const Registry& reg, const std::string& name) {
+// Each shipped bijector's results, computed once per type: Catch re-enters the test case once
+// per section, and each section only reads its rows.
+const std::vector<ConformanceCheck>& shipped_results(const std::string& name) {
     static std::map<std::string, std::vector<ConformanceCheck>> cache;
     auto it = cache.find(name);
-    if (it == cache.end()) it = cache.emplace(name, check_bijector(reg, name)).first;
+    if (it == cache.end()) it = cache.emplace(name, check_bijector(flowlab::test::shipped_plugins_registry(), name)).first;
     return it->second;
-}
-
-const Registry& standard_registry() {
-    static Registry reg = [] {
-        Registry r;
-        load_plugin(r, FLOWLAB_TEST_PLUGIN_DIR "/libflowlab_standard.so");
-        return r;
-    }();
-    return reg;
 }
 
 // y = x * exp(a) + b per feature; each flag breaks one part of the contract.
@@ -119,19 +112,29 @@ std::map<std::string, bool> passed_by_check(const std::vector<ConformanceCheck>&
 
 }  // namespace
 
-TEST_CASE("every bijector of the standard plugin passes the conformance suite", "[conformance][slow]") {
-    const Registry& reg = standard_registry();
-    const std::vector<std::string> names = reg.bijectors.names();
-    REQUIRE_FALSE(names.empty());
-    for (const auto& name : names) {
+// The one conformance loop over what flowlab ships: every bijector every plugin registers, so a
+// new layer is covered by registering it.
+TEST_CASE("every bijector of every shipped plugin passes the conformance suite", "[conformance]") {
+    const Registry& reg = flowlab::test::shipped_plugins_registry();
+    std::map<std::string, int> per_plugin;
+    for (const auto& [name, entry] : reg.bijectors.entries())
+        for (const char* plugin : {"libflowlab_standard", "libflowlab_density", "libflowlab_image"})
+            if (entry.origin.find(plugin) != std::string::npos) ++per_plugin[plugin];
+    // Each plugin's layers are all there (a registration that silently dropped one would pass).
+    CHECK(per_plugin["libflowlab_standard"] >= 4);
+    CHECK(per_plugin["libflowlab_density"] >= 9);
+    CHECK(per_plugin["libflowlab_image"] >= 6);
+    for (const auto& name : reg.bijectors.names()) {
         DYNAMIC_SECTION(name) {
-            const auto& rows = standard_results(reg, name);
+            const auto& rows = shipped_results(name);
             REQUIRE_FALSE(rows.empty());
             for (const auto& row : rows) {
                 DYNAMIC_SECTION(row.shape << " " << row.check) {
                     INFO(row.type << " " << row.shape << " " << row.check << ": worst " << row.worst << ", tolerance "
                                   << row.tolerance << "; " << row.detail);
                     CHECK(row.passed);
+                    // Every check really ran in f64 (no silent fallback to loose f32 tolerances).
+                    CHECK(row.detail.find("ran in f32") == std::string::npos);
                 }
             }
         }
