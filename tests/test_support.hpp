@@ -9,6 +9,7 @@
 #include <string>
 
 #include <flowlab/errors.hpp>
+#include <flowlab/kernels.hpp>
 #include <flowlab/module.hpp>
 #include <flowlab/plugin.hpp>
 #include <flowlab/registry.hpp>
@@ -18,11 +19,7 @@
 namespace flowlab::test {
 
 // {b, event...}
-inline Shape batched(std::int64_t b, const Shape& event) {
-    Shape s = {b};
-    s.insert(s.end(), event.begin(), event.end());
-    return s;
-}
+inline Shape batched(std::int64_t b, const Shape& event) { return with_batch(b, event); }
 
 inline Tensor randn(const Shape& s, std::uint64_t seed, DType dt = DType::f64, double scale = 1.0) {
     Tensor t = Tensor::empty(s, dt);
