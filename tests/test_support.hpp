@@ -44,6 +44,18 @@ inline double max_abs(const Tensor& t) {
     return m;
 }
 
+// The message of the E that f() throws; a test failure when it throws none.
+template <class E, class F>
+std::string error_of(F f) {
+    try {
+        f();
+    } catch (const E& e) {
+        return e.what();
+    }
+    FAIL("expected an exception of the awaited kind");
+    return "";
+}
+
 // The message of the ShapeError f() throws, or "" when it throws none.
 template <class F>
 std::string shape_error_of(F f) {

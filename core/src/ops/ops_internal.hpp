@@ -19,6 +19,23 @@ namespace flowlab::detail {
 
 using ::flowlab::dispatch;  // the toolkit's (kernels.hpp)
 
+// A shape viewed as [outer, n, inner] around dimension d (reductions, slices, concatenation).
+struct Split3 {
+    std::int64_t outer = 1, n = 1, inner = 1;
+};
+inline Split3 split_at(const Shape& s, std::int64_t d) {
+    Split3 r;
+    for (std::int64_t i = 0; i < static_cast<std::int64_t>(s.size()); ++i) {
+        if (i < d)
+            r.outer *= s[i];
+        else if (i == d)
+            r.n = s[i];
+        else
+            r.inner *= s[i];
+    }
+    return r;
+}
+
 [[noreturn]] inline void shape_error(const char* op, const Shape& a, const Shape& b,
                                      const std::string& why = "incompatible") {
     throw ShapeError(std::string(op) + ": shapes " + shape_str(a) + " and " + shape_str(b) + " are " + why);

@@ -7,26 +7,13 @@
 
 namespace flowlab {
 
+using detail::Split3;
+using detail::split_at;
+
 using detail::dispatch;
 
 namespace {
 
-// a viewed as [outer, n, inner] around dimension d.
-struct Split3 {
-    std::int64_t outer = 1, n = 1, inner = 1;
-};
-Split3 split_at(const Shape& s, std::int64_t d) {
-    Split3 r;
-    for (std::int64_t i = 0; i < static_cast<std::int64_t>(s.size()); ++i) {
-        if (i < d)
-            r.outer *= s[i];
-        else if (i == d)
-            r.n = s[i];
-        else
-            r.inner *= s[i];
-    }
-    return r;
-}
 
 Shape reduced_shape(const Shape& s, std::int64_t d, bool keepdim) {
     Shape r = s;

@@ -5,22 +5,10 @@
 
 namespace flowlab {
 
+using detail::Split3;
+using detail::split_at;
+
 namespace {
-struct Split3 {
-    std::int64_t outer = 1, n = 1, inner = 1;
-};
-Split3 split_at(const Shape& s, std::int64_t d) {
-    Split3 r;
-    for (std::int64_t i = 0; i < static_cast<std::int64_t>(s.size()); ++i) {
-        if (i < d)
-            r.outer *= s[i];
-        else if (i == d)
-            r.n = s[i];
-        else
-            r.inner *= s[i];
-    }
-    return r;
-}
 
 // dst[o, 0:len] (row length dst_n) = src[o, start:start+len] (row length src_n), rows of
 // `inner` elements each.

@@ -21,15 +21,6 @@ using namespace flowlab::test;
 
 namespace {
 
-std::string config_error_of(const std::function<void()>& fn) {
-    try {
-        fn();
-    } catch (const ConfigError& e) {
-        return e.what();
-    }
-    return "no ConfigError";
-}
-
 }  // namespace
 
 TEST_CASE("a repeat block builds fresh layers and the info lists every node with its shapes", "[builder]") {
@@ -52,11 +43,11 @@ TEST_CASE("a repeat block builds fresh layers and the info lists every node with
 TEST_CASE("a bad node is reported at its JSON pointer, and shapes are checked through the chain", "[builder]") {
     Rng rng(1);
     Params typo = Params::parse(R"({"layers": [{"type": "reverse"}, {"type": "afine_coupling"}]})", "m.json");
-    CHECK(config_error_of([&] { build_flow(typo, {2}, {}, standard_and_image_registry(), rng); })
+    CHECK(error_of<ConfigError>([&] { build_flow(typo, {2}, {}, standard_and_image_registry(), rng); })
               .rfind("m.json:/layers/1/type: unknown bijector 'afine_coupling'; did you mean 'affine_coupling'?", 0) == 0);
     // squeeze needs an image [C, H, W]; vector data fails at the squeeze node.
     Params image_layer = Params::parse(R"({"layers": [{"type": "reverse"}, {"type": "squeeze"}]})", "m.json");
-    CHECK(config_error_of([&] { build_flow(image_layer, {4}, {}, standard_and_image_registry(), rng); })
+    CHECK(error_of<ConfigError>([&] { build_flow(image_layer, {4}, {}, standard_and_image_registry(), rng); })
               .rfind("m.json:/layers/1", 0) == 0);
 }
 

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include "test_support.hpp"
+
 #include <algorithm>
 #include <functional>
 
@@ -7,6 +9,7 @@
 #include <flowlab/params.hpp>
 
 using namespace flowlab;
+using namespace flowlab::test;
 
 namespace {
 
@@ -24,16 +27,6 @@ Params first_layer(const std::string& layer_json) {
         .get_object_list("layers")[0];
 }
 
-std::string config_error(const std::function<void()>& fn) {
-    try {
-        fn();
-    } catch (const ConfigError& e) {
-        return e.what();
-    }
-    FAIL("expected a ConfigError");
-    return "";
-}
-
 }  // namespace
 
 TEST_CASE("nested objects know their file and JSON pointer", "[params]") {
@@ -49,61 +42,61 @@ TEST_CASE("nested objects know their file and JSON pointer", "[params]") {
 
 TEST_CASE("an unknown key is reported with its pointer, a suggestion and the known keys", "[params]") {
     Params p = first_layer(R"({"type": "mlp", "hiden": 64})");
-    CHECK(config_error([&] { p.validated(mlp_schema(), "conditioner 'mlp'"); }) ==
+    CHECK(error_of<ConfigError>([&] { p.validated(mlp_schema(), "conditioner 'mlp'"); }) ==
           "moons.json:/model/layers/0/hiden: unknown parameter 'hiden' for conditioner 'mlp'; "
           "did you mean 'hidden'? (known: hidden, activation)");
 }
 
 TEST_CASE("an unknown key far from every known one gets no suggestion", "[params]") {
     Params p = first_layer(R"({"zzzzzzzz": 1})");
-    CHECK(config_error([&] { p.validated(mlp_schema(), "conditioner 'mlp'"); }) ==
+    CHECK(error_of<ConfigError>([&] { p.validated(mlp_schema(), "conditioner 'mlp'"); }) ==
           "moons.json:/model/layers/0/zzzzzzzz: unknown parameter 'zzzzzzzz' for conditioner 'mlp' "
           "(known: hidden, activation)");
-    CHECK(config_error([&] { p.validated({}, "bijector 'reverse'"); }) ==
+    CHECK(error_of<ConfigError>([&] { p.validated({}, "bijector 'reverse'"); }) ==
           "moons.json:/model/layers/0/zzzzzzzz: unknown parameter 'zzzzzzzz' for bijector 'reverse' "
           "(it takes no parameters)");
 }
 
 TEST_CASE("a value of the wrong type names the expected type and what was found", "[params]") {
     Params p = first_layer(R"({"hidden": "abc"})");
-    CHECK(config_error([&] { p.validated(mlp_schema(), "conditioner 'mlp'"); }) ==
+    CHECK(error_of<ConfigError>([&] { p.validated(mlp_schema(), "conditioner 'mlp'"); }) ==
           "moons.json:/model/layers/0/hidden: expected integer, got string \"abc\"");
-    CHECK(config_error([&] { first_layer(R"({"hidden": 1.5})").validated(mlp_schema(), "m"); }) ==
+    CHECK(error_of<ConfigError>([&] { first_layer(R"({"hidden": 1.5})").validated(mlp_schema(), "m"); }) ==
           "moons.json:/model/layers/0/hidden: expected integer, got number 1.5");
-    CHECK(config_error([&] { first_layer(R"({"activation": null})").validated(mlp_schema(), "m"); }) ==
+    CHECK(error_of<ConfigError>([&] { first_layer(R"({"activation": null})").validated(mlp_schema(), "m"); }) ==
           "moons.json:/model/layers/0/activation: expected string, got null");
 }
 
 TEST_CASE("list elements are checked one by one, with the element's index in the pointer", "[params]") {
     Schema s = {param_int_list("hidden", {64, 64}, "widths").min(1)};
-    CHECK(config_error([&] { first_layer(R"({"hidden": [64, "a"]})").validated(s, "m"); }) ==
+    CHECK(error_of<ConfigError>([&] { first_layer(R"({"hidden": [64, "a"]})").validated(s, "m"); }) ==
           "moons.json:/model/layers/0/hidden/1: expected integer, got string \"a\"");
-    CHECK(config_error([&] { first_layer(R"({"hidden": [64, 0]})").validated(s, "m"); }) ==
+    CHECK(error_of<ConfigError>([&] { first_layer(R"({"hidden": [64, 0]})").validated(s, "m"); }) ==
           "moons.json:/model/layers/0/hidden/1: out of range: must be >= 1, got 0");
-    CHECK(config_error([&] { first_layer(R"({"hidden": 64})").validated(s, "m"); }) ==
+    CHECK(error_of<ConfigError>([&] { first_layer(R"({"hidden": 64})").validated(s, "m"); }) ==
           "moons.json:/model/layers/0/hidden: expected list of integers, got integer 64");
     CHECK(first_layer(R"({"hidden": [3, 4]})").validated(s, "m").get_int_list("hidden") ==
           std::vector<std::int64_t>{3, 4});
 }
 
 TEST_CASE("a value out of range states the allowed range", "[params]") {
-    CHECK(config_error([&] { first_layer(R"({"hidden": 0})").validated(mlp_schema(), "m"); }) ==
+    CHECK(error_of<ConfigError>([&] { first_layer(R"({"hidden": 0})").validated(mlp_schema(), "m"); }) ==
           "moons.json:/model/layers/0/hidden: out of range: must be >= 1, got 0");
     Schema s = {param_number("p", 0.5, "a probability").range(0, 1), param_number("lr", 1e-3, "rate").max(1)};
-    CHECK(config_error([&] { first_layer(R"({"p": 1.5})").validated(s, "m"); }) ==
+    CHECK(error_of<ConfigError>([&] { first_layer(R"({"p": 1.5})").validated(s, "m"); }) ==
           "moons.json:/model/layers/0/p: out of range: must be in [0, 1], got 1.5");
-    CHECK(config_error([&] { first_layer(R"({"lr": 2})").validated(s, "m"); }) ==
+    CHECK(error_of<ConfigError>([&] { first_layer(R"({"lr": 2})").validated(s, "m"); }) ==
           "moons.json:/model/layers/0/lr: out of range: must be <= 1, got 2");
 }
 
 TEST_CASE("a string outside its choices suggests the closest choice", "[params]") {
-    CHECK(config_error([&] { first_layer(R"({"activation": "reluu"})").validated(mlp_schema(), "m"); }) ==
+    CHECK(error_of<ConfigError>([&] { first_layer(R"({"activation": "reluu"})").validated(mlp_schema(), "m"); }) ==
           "moons.json:/model/layers/0/activation: invalid value 'reluu'; did you mean 'relu'? (choices: relu, tanh)");
 }
 
 TEST_CASE("a missing required parameter names the object, the key and its doc", "[params]") {
     Schema s = {param_required("units", ParamType::integer, "number of units")};
-    CHECK(config_error([&] { first_layer(R"({"type": "dense"})").validated(s, "bijector 'dense'"); }) ==
+    CHECK(error_of<ConfigError>([&] { first_layer(R"({"type": "dense"})").validated(s, "bijector 'dense'"); }) ==
           "moons.json:/model/layers/0: missing required parameter 'units' for bijector 'dense' "
           "(integer: number of units)");
 }
@@ -125,27 +118,27 @@ TEST_CASE("nullable objects accept null and keep it, absent ones get their defau
     CHECK_FALSE(v.has("dequantizer"));
     CHECK(v.get_object("base").get_string("type") == "standard_normal");
     CHECK(v.get_object("base").where() == "m.json:/base");
-    CHECK(config_error([&] { Params::parse(R"({"base": 3})", "m.json").validated(s, "model"); }) ==
+    CHECK(error_of<ConfigError>([&] { Params::parse(R"({"base": 3})", "m.json").validated(s, "model"); }) ==
           "m.json:/base: expected object, got integer 3");
 }
 
 TEST_CASE("invalid JSON is reported with the file and the line", "[params]") {
-    std::string msg = config_error([] { Params::parse("{\n  \"a\": 1,\n  \"b\": ]\n}", "bad.json"); });
+    std::string msg = error_of<ConfigError>([] { Params::parse("{\n  \"a\": 1,\n  \"b\": ]\n}", "bad.json"); });
     CHECK(msg.rfind("bad.json:3:", 0) == 0);
     CHECK(msg.find("invalid JSON") != std::string::npos);
-    CHECK(config_error([] { Params::parse("[1, 2]", "list.json"); }) ==
+    CHECK(error_of<ConfigError>([] { Params::parse("[1, 2]", "list.json"); }) ==
           "list.json:/: expected a JSON object, got list [1,2]");
 }
 
 TEST_CASE("strict parsing names the JSON pointer of a duplicate key, an overflowing number and deep nesting", "[params]") {
-    CHECK(config_error([] { Params::parse(R"({"a": [1, {"b": 1, "c": 2, "b": 3}]})", "d.json"); }) ==
+    CHECK(error_of<ConfigError>([] { Params::parse(R"({"a": [1, {"b": 1, "c": 2, "b": 3}]})", "d.json"); }) ==
           "d.json:/a/1/b: duplicate key 'b' (JSON keeps only one of them; remove or rename the other)");
     // The same key in two different objects is fine.
     CHECK(Params::parse(R"({"x": {"k": 1}, "y": {"k": 2}})", "ok.json").get_object("y").get_int("k") == 2);
-    CHECK(config_error([] { Params::parse(R"({"a": [[1], [2, -1e999]]})", "n.json"); }) ==
+    CHECK(error_of<ConfigError>([] { Params::parse(R"({"a": [[1], [2, -1e999]]})", "n.json"); }) ==
           "n.json:/a/1/1: number out of range (a double reaches +-1.8e308)");
     std::string deep = "{\"a\": " + std::string(300, '[') + std::string(300, ']') + "}";
-    std::string msg = config_error([&] { Params::parse(deep, "deep.json"); });
+    std::string msg = error_of<ConfigError>([&] { Params::parse(deep, "deep.json"); });
     CHECK(msg.rfind("deep.json:/a/0/0/", 0) == 0);
     CHECK(msg.find("nested deeper than 256 levels") != std::string::npos);
     // 255 levels inside the root object are accepted.
@@ -155,9 +148,9 @@ TEST_CASE("strict parsing names the JSON pointer of a duplicate key, an overflow
 
 TEST_CASE("getters check types even on unvalidated parameters", "[params]") {
     Params p = Params::parse(R"({"n": "x", "obj": {"k": true}, "xs": [1, {"a": 1}]})", "g.json");
-    CHECK(config_error([&] { p.get_number("n"); }) == "g.json:/n: expected number, got string \"x\"");
-    CHECK(config_error([&] { p.get_int("missing"); }) == "g.json:/missing: missing parameter 'missing'");
-    CHECK(config_error([&] { p.get_object_list("xs"); }) == "g.json:/xs/0: expected an object, got integer 1");
+    CHECK(error_of<ConfigError>([&] { p.get_number("n"); }) == "g.json:/n: expected number, got string \"x\"");
+    CHECK(error_of<ConfigError>([&] { p.get_int("missing"); }) == "g.json:/missing: missing parameter 'missing'");
+    CHECK(error_of<ConfigError>([&] { p.get_object_list("xs"); }) == "g.json:/xs/0: expected an object, got integer 1");
     CHECK(p.get_object("obj").get_bool("k"));
     CHECK(p.get_json("obj") == R"({"k":true})");
 }

@@ -1,6 +1,8 @@
 // The module tree and the checked entry points of the extension interfaces.
 #include <catch2/catch.hpp>
 
+#include "test_support.hpp"
+
 #include <cmath>
 #include <functional>
 
@@ -11,6 +13,7 @@
 #include <flowlab/optimizer.hpp>
 
 using namespace flowlab;
+using namespace flowlab::test;
 
 namespace {
 
@@ -88,16 +91,6 @@ protected:
     void do_step(double lr) override { last_lr = lr; }
 };
 
-std::string shape_error(const std::function<void()>& fn) {
-    try {
-        fn();
-    } catch (const ShapeError& e) {
-        return e.what();
-    }
-    FAIL("expected a ShapeError");
-    return "";
-}
-
 }  // namespace
 
 TEST_CASE("parameters and buffers are named with dotted paths, depth first", "[module]") {
@@ -132,11 +125,11 @@ TEST_CASE("a bijector input of the wrong event shape is refused naming the layer
     ScaleShift layer(2);
     layer.set_type_name("affine_coupling");
     layer.set_event_shape({2});
-    CHECK(shape_error([&] { layer.inverse(Var(Tensor::zeros({512, 3}))); }) ==
+    CHECK(error_of<ShapeError>([&] { layer.inverse(Var(Tensor::zeros({512, 3}))); }) ==
           "layer 'affine_coupling' (inverse): expected input [B, 2], got [512, 3]");
-    CHECK(shape_error([&] { layer.forward(Var(Tensor::zeros({4}))); }) ==
+    CHECK(error_of<ShapeError>([&] { layer.forward(Var(Tensor::zeros({4}))); }) ==
           "layer 'affine_coupling' (forward): expected input [B, 2], got [4]");
-    CHECK(shape_error([&] { layer.inverse(Var()); }) == "layer 'affine_coupling' (inverse): the input is undefined");
+    CHECK(error_of<ShapeError>([&] { layer.inverse(Var()); }) == "layer 'affine_coupling' (inverse): the input is undefined");
 }
 
 TEST_CASE("a bijector's results are checked against the shapes it promised", "[interfaces]") {
@@ -144,11 +137,11 @@ TEST_CASE("a bijector's results are checked against the shapes it promised", "[i
     layer.set_type_name("scale_shift");
     layer.set_event_shape({2});
     layer.wrong_log_det_shape = true;
-    CHECK(shape_error([&] { layer.inverse(Var(Tensor::zeros({4, 2}))); }) ==
+    CHECK(error_of<ShapeError>([&] { layer.inverse(Var(Tensor::zeros({4, 2}))); }) ==
           "layer 'scale_shift' (inverse): log_det should be [4], got [4, 2]");
     layer.wrong_log_det_shape = false;
     layer.wrong_out_shape = true;
-    CHECK(shape_error([&] { layer.inverse(Var(Tensor::zeros({4, 2}))); }) ==
+    CHECK(error_of<ShapeError>([&] { layer.inverse(Var(Tensor::zeros({4, 2}))); }) ==
           "layer 'scale_shift' (inverse): output should be [4, 2], got [4, 4]");
 }
 
@@ -181,15 +174,15 @@ TEST_CASE("base distributions and dequantizers check shapes in and out", "[inter
     Gaussian g;
     g.set_event_shape({3});
     CHECK(g.log_prob(Var(Tensor::zeros({4, 3}))).shape() == Shape{4});
-    CHECK(shape_error([&] { g.log_prob(Var(Tensor::zeros({4, 2}))); }) ==
+    CHECK(error_of<ShapeError>([&] { g.log_prob(Var(Tensor::zeros({4, 2}))); }) ==
           "base distribution (log_prob): expected input [B, 3], got [4, 2]");
     Rng rng(1);
     CHECK(g.sample(6, rng).shape() == Shape{6, 3});
     g.set_event_shape({2});
-    CHECK(shape_error([&] { g.sample(6, rng); }) ==
+    CHECK(error_of<ShapeError>([&] { g.sample(6, rng); }) ==
           "base distribution (sample): samples should be [6, 2], got [6, 3]");
     WrongDequantizer d;
-    CHECK(shape_error([&] { d.dequantize(Tensor::zeros({4, 2}), rng); }) ==
+    CHECK(error_of<ShapeError>([&] { d.dequantize(Tensor::zeros({4, 2}), rng); }) ==
           "dequantizer: log_weight should be [4], got [5]");
 }
 

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include "test_support.hpp"
+
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -12,20 +14,11 @@
 #include <flowlab/plugin.hpp>
 
 using namespace flowlab;
+using namespace flowlab::test;
 
 namespace {
 
 std::string fixture(const std::string& name) { return std::string(FLOWLAB_TEST_FIXTURE_DIR) + "/" + name + ".so"; }
-
-std::string plugin_error(const std::function<void()>& fn) {
-    try {
-        fn();
-    } catch (const PluginError& e) {
-        return e.what();
-    }
-    FAIL("expected a PluginError");
-    return "";
-}
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
@@ -62,14 +55,14 @@ TEST_CASE("loading the same plugin file twice is harmless", "[plugin]") {
 
 TEST_CASE("a missing plugin file is reported as not found", "[plugin]") {
     Registry reg;
-    std::string msg = plugin_error([&] { load_plugin(reg, fixture("does_not_exist")); });
+    std::string msg = error_of<PluginError>([&] { load_plugin(reg, fixture("does_not_exist")); });
     CHECK(msg == fixture("does_not_exist") +
                      ": plugin file not found (check the path, or the plugin name and FLOWLAB_PLUGIN_PATH)");
 }
 
 TEST_CASE("a file that is not a shared library is refused before the dynamic loader opens it", "[plugin]") {
     Registry reg;
-    std::string msg = plugin_error([&] { load_plugin(reg, fixture("not_a_library")); });
+    std::string msg = error_of<PluginError>([&] { load_plugin(reg, fixture("not_a_library")); });
     CHECK(msg.rfind(fixture("not_a_library") + ": not a loadable shared library: not an ELF file", 0) == 0);
     CHECK(contains(msg, "flowlab_add_plugin"));
 }
@@ -84,7 +77,7 @@ TEST_CASE("a truncated plugin library is refused with what is wrong in it", "[pl
         std::ofstream(cut, std::ios::binary).write(bytes.data(), 3000);
     }
     Registry reg;
-    std::string msg = plugin_error([&] { load_plugin(reg, cut.string()); });
+    std::string msg = error_of<PluginError>([&] { load_plugin(reg, cut.string()); });
     CHECK(contains(msg, ": not a loadable shared library: truncated or corrupt"));
     CHECK(reg.plugins.empty());
     fs::remove(cut);
@@ -92,7 +85,7 @@ TEST_CASE("a truncated plugin library is refused with what is wrong in it", "[pl
 
 TEST_CASE("a shared library without the entry point is not a flowlab plugin", "[plugin]") {
     Registry reg;
-    std::string msg = plugin_error([&] { load_plugin(reg, fixture("no_entry")); });
+    std::string msg = error_of<PluginError>([&] { load_plugin(reg, fixture("no_entry")); });
     CHECK(msg == fixture("no_entry") +
                      ": not a flowlab plugin: it has no 'flowlab_plugin_entry' entry point (declare the plugin "
                      "with FLOWLAB_PLUGIN(name, version, description) in one of its sources)");
@@ -100,9 +93,9 @@ TEST_CASE("a shared library without the entry point is not a flowlab plugin", "[
 
 TEST_CASE("an entry point that is a data symbol is refused without being called", "[plugin]") {
     Registry reg;
-    std::string msg = plugin_error([&] { load_plugin(reg, fixture("data_entry")); });
+    std::string msg = error_of<PluginError>([&] { load_plugin(reg, fixture("data_entry")); });
     CHECK(msg.rfind(fixture("data_entry") + ": not a flowlab plugin: its 'flowlab_plugin_entry' is not a function", 0) == 0);
-    CHECK(plugin_error([&] { read_plugin_info(fixture("data_entry")); }) == msg);
+    CHECK(error_of<PluginError>([&] { read_plugin_info(fixture("data_entry")); }) == msg);
     CHECK(reg.plugins.empty());
 }
 
@@ -113,15 +106,15 @@ TEST_CASE("a plugin of another ABI version is refused, showing both versions", "
                                  FLOWLAB_VERSION_STRING +
                                  ") expects ABI version 1; rebuild the plugin against this flowlab's headers "
                                  "(flowlab_add_plugin in CMake)";
-    CHECK(plugin_error([&] { load_plugin(reg, fixture("abi_mismatch")); }) == expected);
+    CHECK(error_of<PluginError>([&] { load_plugin(reg, fixture("abi_mismatch")); }) == expected);
     // Even reading the info stops at the ABI field: the struct behind it is unknown.
-    CHECK(plugin_error([&] { read_plugin_info(fixture("abi_mismatch")); }) == expected);
+    CHECK(error_of<PluginError>([&] { read_plugin_info(fixture("abi_mismatch")); }) == expected);
     CHECK(reg.plugins.empty());
 }
 
 TEST_CASE("a plugin built for another flowlab version is refused", "[plugin]") {
     Registry reg;
-    std::string msg = plugin_error([&] { load_plugin(reg, fixture("version_mismatch")); });
+    std::string msg = error_of<PluginError>([&] { load_plugin(reg, fixture("version_mismatch")); });
     CHECK(msg.rfind(fixture("version_mismatch") +
                         ": flowlab version mismatch: the plugin was built for flowlab 99.0.0, this is flowlab " +
                         FLOWLAB_VERSION_STRING + " (major.minor must match",
@@ -136,7 +129,7 @@ TEST_CASE("a plugin built for another flowlab version is refused", "[plugin]") {
 
 TEST_CASE("a plugin built with another compiler is refused", "[plugin]") {
     Registry reg;
-    std::string msg = plugin_error([&] { load_plugin(reg, fixture("compiler_mismatch")); });
+    std::string msg = error_of<PluginError>([&] { load_plugin(reg, fixture("compiler_mismatch")); });
     CHECK(msg.rfind(fixture("compiler_mismatch") + ": compiler mismatch: the plugin was built with 'msvc-1900', flowlab with '" +
                         FLOWLAB_COMPILER_ID + "'",
                     0) == 0);
@@ -146,7 +139,7 @@ TEST_CASE("a plugin built with another compiler is refused", "[plugin]") {
 TEST_CASE("a failed registration reports the plugin's message and leaves the registry unchanged", "[plugin]") {
     Registry reg;
     load_plugin(reg, fixture("good_plugin"));
-    std::string msg = plugin_error([&] { load_plugin(reg, fixture("register_throws")); });
+    std::string msg = error_of<PluginError>([&] { load_plugin(reg, fixture("register_throws")); });
     CHECK(msg == fixture("register_throws") +
                      ": plugin 'fixture_throws' failed to register its types: boom (nothing was registered)");
     CHECK_FALSE(reg.schedules.contains("fixture_partial"));
@@ -157,7 +150,7 @@ TEST_CASE("a failed registration reports the plugin's message and leaves the reg
 TEST_CASE("two plugins registering the same name are refused, naming both files", "[plugin]") {
     Registry reg;
     load_plugin(reg, fixture("good_plugin"));
-    std::string msg = plugin_error([&] { load_plugin(reg, fixture("good_plugin_twin")); });
+    std::string msg = error_of<PluginError>([&] { load_plugin(reg, fixture("good_plugin_twin")); });
     CHECK(contains(msg, "duplicate bijector 'fixture_scale': registered by " + fixture("good_plugin") + " and by " +
                             fixture("good_plugin_twin")));
     CHECK(msg.rfind(fixture("good_plugin_twin") + ": cannot load plugin 'fixture_twin': ", 0) == 0);
@@ -187,7 +180,7 @@ TEST_CASE("plugin names resolve to files in the search directories", "[plugin]")
     // Paths are taken as they are.
     CHECK(resolve_plugin("./x/libfoo.so", dirs) == "./x/libfoo.so");
     CHECK(resolve_plugin("libfoo.so", dirs) == "libfoo.so");
-    std::string msg = plugin_error([&] { resolve_plugin("standrd", dirs); });
+    std::string msg = error_of<PluginError>([&] { resolve_plugin("standrd", dirs); });
     CHECK(msg.rfind("plugin 'standrd' not found: looked for libflowlab_standrd.so in /nonexistent/dir, ", 0) == 0);
     CHECK(contains(msg, "did you mean 'standard'?"));
     CHECK(contains(msg, "FLOWLAB_PLUGIN_PATH"));
@@ -209,7 +202,7 @@ TEST_CASE("loading a plugin by name also loads the plugins it requires", "[plugi
 
 TEST_CASE("a required plugin that cannot be found names the plugin that needs it", "[plugin]") {
     Registry reg;
-    std::string msg = plugin_error([&] { load_plugins(reg, {fixture("needs_missing")}, {FLOWLAB_TEST_FIXTURE_DIR}); });
+    std::string msg = error_of<PluginError>([&] { load_plugins(reg, {fixture("needs_missing")}, {FLOWLAB_TEST_FIXTURE_DIR}); });
     CHECK(msg.rfind(fixture("needs_missing") + ": plugin 'fixture_needs_missing' requires plugin 'no_such_plugin', "
                     "which is not available: plugin 'no_such_plugin' not found", 0) == 0);
 }

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include "test_support.hpp"
+
 #include <functional>
 
 #include <flowlab/errors.hpp>
@@ -7,6 +9,7 @@
 #include <flowlab/registry.hpp>
 
 using namespace flowlab;
+using namespace flowlab::test;
 
 namespace {
 
@@ -35,16 +38,6 @@ BijectorEntry dummy(const std::string& name, Schema schema = {}) {
             [](const Params&, const BuildContext&) { return std::make_unique<Dummy>(); }};
 }
 
-template <class E>
-std::string error_of(const std::function<void()>& fn) {
-    try {
-        fn();
-    } catch (const E& e) {
-        return e.what();
-    }
-    FAIL("expected an exception");
-    return "";
-}
 
 Params layer(const std::string& json) {
     return Params::parse(R"({"layers": [)" + json + "]}", "moons.json").get_object_list("layers")[0];
