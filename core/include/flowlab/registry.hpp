@@ -120,11 +120,13 @@ public:
     void add_conditioner(ConditionerEntry e) { conditioners.add(std::move(e), origin_); }
     void add_dataset(DatasetEntry e) { datasets.add(std::move(e), origin_); }
 
-    // Called by a plugin while it registers:
-    // - require_plugin("standard"): its types build another plugin's types by name (a coupling's
-    //   "mlp" conditioner), so the loader loads that plugin too, or says it is missing;
-    // - set_default(kDefaultBase, R"({"type": "standard_normal"})"): what an experiment that
-    //   leaves the slot out gets. The first loaded plugin that sets a slot provides it.
+    // Called by a plugin while it registers, e.g.
+    //   reg.require_plugin("my_nets");                            // we build its "resnet" by name
+    //   reg.set_default(kDefaultBase, R"({"type": "my_gaussian"})");
+    // - require_plugin: its types build another plugin's types by name, so the loader loads that
+    //   plugin too, or says it is missing (docs/WRITING_A_PLUGIN.md, "Requirements");
+    // - set_default: what an experiment that leaves the slot out gets. The first loaded plugin
+    //   that sets a slot provides it.
     void require_plugin(std::string name) { required_.push_back(std::move(name)); }
     void set_default(const std::string& slot, std::string json_object);
     // The default of `slot`, or nullptr when no loaded plugin provides one.
