@@ -34,12 +34,6 @@ ConfigError too_many_samples(std::int64_t n, std::int64_t d, const std::string& 
                        std::to_string(d) + " values " + why);
 }
 
-std::string gigabytes(double bytes) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.1f GB", bytes / 1e9);
-    return buf;
-}
-
 // Bounds n before the draw allocates. A draw's memory is measured on two small batches: the
 // growth from one to the other is the cost per sample (activations, conditioner hidden layers),
 // the rest a fixed cost (weights derived once per call). `format_bytes` per value is what
@@ -69,7 +63,7 @@ void check_sample_memory(Experiment& exp, std::int64_t n, double temperature, do
     const double avail = static_cast<double>(available_memory_bytes());
     if (avail > 0 && need > avail) {
         const auto fit = static_cast<long long>(std::max(0.0, (avail - fixed) / per_sample));
-        throw too_many_samples(n, d, "need about " + gigabytes(need) + ", " + gigabytes(avail) +
+        throw too_many_samples(n, d, "need about " + format_gigabytes(need) + ", " + format_gigabytes(avail) +
                                          " is available; draw at most about " + std::to_string(fit) +
                                          " per call (with a different --seed for each)");
     }

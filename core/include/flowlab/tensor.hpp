@@ -36,6 +36,8 @@ void reset_tensor_peak_bytes();
 // Memory this process can still get, in bytes: the system's available memory (Linux
 // MemAvailable), capped by a cgroup limit; 0 when unknown.
 std::uint64_t available_memory_bytes();
+// "3.8 GB": a byte count for messages about memory.
+std::string format_gigabytes(double bytes);
 
 // While one is alive on this thread, the storage of new tensors may add up to `bytes` at most;
 // the allocation that would pass it throws ShapeError with `what` and the sizes. The model

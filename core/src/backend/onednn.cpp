@@ -11,11 +11,6 @@ Context& Context::get() {
     return *c;
 }
 
-std::size_t Context::cache_size() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return cache_.size();
-}
-
 namespace {
 
 struct GemmPrimitive {

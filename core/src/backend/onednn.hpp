@@ -8,9 +8,12 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <unordered_map>
 
@@ -19,21 +22,27 @@
 namespace flowlab::backend {
 
 // A cache key: the op family's name, then the raw bytes of each field, so that one map serves
-// every kind of primitive without a hash per key type.
+// every kind of primitive without a hash per key type. Built on the stack: a lookup on the
+// training path allocates nothing.
 class CacheKey {
 public:
-    explicit CacheKey(const char* family) : bytes_(family) { bytes_.push_back('\0'); }
+    explicit CacheKey(const char* family) { append(family, std::strlen(family) + 1); }
     template <class T>
     CacheKey& add(const T& v) {
         static_assert(std::is_trivially_copyable_v<T>, "cache key fields are plain values");
-        const auto* p = reinterpret_cast<const char*>(&v);
-        bytes_.append(p, sizeof v);
+        append(reinterpret_cast<const char*>(&v), sizeof v);
         return *this;
     }
-    const std::string& bytes() const { return bytes_; }
+    std::string_view bytes() const { return {buf_, size_}; }
 
 private:
-    std::string bytes_;
+    void append(const char* p, std::size_t n) {
+        if (n > sizeof buf_ - size_) throw std::length_error("backend::CacheKey: key longer than 128 bytes");
+        std::memcpy(buf_ + size_, p, n);
+        size_ += n;
+    }
+    char buf_[128];
+    std::size_t size_ = 0;
 };
 
 class Context {
@@ -54,19 +63,21 @@ public:
         std::lock_guard<std::mutex> lock(mutex_);
         auto it = cache_.find(key.bytes());
         if (it == cache_.end())
-            it = cache_.emplace(key.bytes(), std::shared_ptr<void>(std::make_shared<Value>(make()))).first;
+            it = cache_.emplace(std::string(key.bytes()), std::shared_ptr<void>(std::make_shared<Value>(make()))).first;
         return *static_cast<Value*>(it->second.get());
     }
-
-    // Primitives built so far (for tests and the profile).
-    std::size_t cache_size();
 
 private:
     Context();
     dnnl::engine engine_;
     dnnl::stream stream_;
     std::mutex mutex_;
-    std::unordered_map<std::string, std::shared_ptr<void>> cache_;
+    // Transparent hash and equality: find() takes the key's bytes as a string_view.
+    struct BytesHash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view v) const { return std::hash<std::string_view>{}(v); }
+    };
+    std::unordered_map<std::string, std::shared_ptr<void>, BytesHash, std::equal_to<>> cache_;
 };
 
 // C[m, n] = alpha op(A) op(B) (+ bias[n]) (+ beta C) (then ReLU), row-major f32, op = transpose

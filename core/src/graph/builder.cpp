@@ -26,12 +26,6 @@ void build_list(const std::vector<Params>& items, std::size_t first, bool in_rep
                 const Shape& context_shape, const Registry& registry, Rng& rng,
                 std::vector<std::unique_ptr<Bijector>>& layers, std::vector<LayerInfo>& info);
 
-std::string gigabytes(double bytes) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.1f GB", bytes / 1e9);
-    return buf;
-}
-
 // A flow far beyond the machine fails here with its size, not after filling the memory. Training
 // holds each parameter four times (value, gradient, two Adam moments) in f32; per-layer objects
 // and activations come on top, so the bound is a floor of what the run would need.
@@ -46,9 +40,9 @@ void check_repeat_size(const Params& item, std::int64_t repeat, std::int64_t lay
     const std::uint64_t memory = available_memory_bytes();
     if (memory > 0 && bytes > static_cast<double>(memory))
         throw ConfigError(item.where("repeat") + ": repeat " + std::to_string(repeat) + " of " +
-                          std::to_string(params_per_rep) + " parameters each needs at least " + gigabytes(bytes) +
+                          std::to_string(params_per_rep) + " parameters each needs at least " + format_gigabytes(bytes) +
                           " to train (parameters, gradients, optimizer state), more than the " +
-                          gigabytes(static_cast<double>(memory)) + " available; lower the repeat count or the layer sizes");
+                          format_gigabytes(static_cast<double>(memory)) + " available; lower the repeat count or the layer sizes");
 }
 
 void build_layers(const Params& list_owner, const std::string& key, bool in_repeat, Shape& shape,
@@ -199,7 +193,7 @@ Experiment build_experiment(const Params& config_in, const Registry& registry) {
         const std::uint64_t avail = available_memory_bytes();
         AllocationBudget budget(avail > 0 ? static_cast<std::size_t>(avail / 4) : SIZE_MAX,
                                 "the model's parameters (training needs about 4x their size; a quarter of the " +
-                                    gigabytes(static_cast<double>(avail)) + " available)");
+                                    format_gigabytes(static_cast<double>(avail)) + " available)");
         exp.flow = build_flow(config.get_object("model"), exp.data.event_shape, exp.data.context_shape, registry,
                               init_rng);
     }

@@ -31,10 +31,9 @@ void check_memory(const std::string& where, std::int64_t count, std::int64_t byt
     std::int64_t bytes = 0;
     const bool overflow = count < 0 || bytes_each < 0 || __builtin_mul_overflow(count, bytes_each, &bytes);
     if (!overflow && (avail == 0 || static_cast<std::uint64_t>(bytes) <= avail)) return;
-    auto gb = [](double b) { return std::to_string(static_cast<long long>(std::ceil(b / 1e9))) + " GB"; };
     throw ConfigError(where + ": " + std::to_string(count) + " " + what + " need about " +
-                      gb(static_cast<double>(count) * static_cast<double>(bytes_each)) + " of memory, " +
-                      (avail ? gb(static_cast<double>(avail)) : std::string("an unknown amount")) + " is available; " +
+                      format_gigabytes(static_cast<double>(count) * static_cast<double>(bytes_each)) + " of memory, " +
+                      (avail ? format_gigabytes(static_cast<double>(avail)) : std::string("an unknown amount")) + " is available; " +
                       hint);
 }
 

@@ -148,13 +148,13 @@ std::int64_t numel(const Shape& s) {
 
 namespace {
 thread_local AllocationBudget* t_budget = nullptr;
+}  // namespace
 
-std::string gb(double bytes) {
+std::string format_gigabytes(double bytes) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.1f GB", bytes / 1e9);
     return buf;
 }
-}  // namespace
 
 AllocationBudget::AllocationBudget(std::size_t bytes, std::string what)
     : limit_(bytes), what_(std::move(what)), outer_(t_budget) {
@@ -165,9 +165,9 @@ AllocationBudget::~AllocationBudget() { t_budget = outer_; }
 
 void AllocationBudget::charge(std::size_t bytes) {
     if (bytes > limit_ - std::min(used_, limit_))
-        throw ShapeError(what_ + ": a tensor of " + gb(static_cast<double>(bytes)) + " would bring it to " +
-                         gb(static_cast<double>(used_) + static_cast<double>(bytes)) + ", over its budget of " +
-                         gb(static_cast<double>(limit_)));
+        throw ShapeError(what_ + ": a tensor of " + format_gigabytes(static_cast<double>(bytes)) + " would bring it to " +
+                         format_gigabytes(static_cast<double>(used_) + static_cast<double>(bytes)) + ", over its budget of " +
+                         format_gigabytes(static_cast<double>(limit_)));
     used_ += bytes;
 }
 
@@ -242,10 +242,9 @@ Tensor Tensor::empty(Shape shape, DType dt) {
     if (bytes >= kLargeTensorBytes) {
         const std::uint64_t avail = available_memory_bytes();
         if (avail > 0 && bytes > avail) {
-            char need[64];
-            std::snprintf(need, sizeof need, "%.1f GB, %.1f GB is available", static_cast<double>(bytes) / 1e9,
-                          static_cast<double>(avail) / 1e9);
-            throw ShapeError("Tensor::empty: " + shape_str(shape) + " " + dtype_name(dt) + " needs " + need);
+            throw ShapeError("Tensor::empty: " + shape_str(shape) + " " + dtype_name(dt) + " needs " +
+                             format_gigabytes(static_cast<double>(bytes)) + ", " +
+                             format_gigabytes(static_cast<double>(avail)) + " is available");
         }
     }
     t.shape_ = std::move(shape);
