@@ -79,8 +79,12 @@ public:
         }
         const std::size_t n = weights_.size();
         for (std::size_t l = 0; l < n; ++l) {
-            h = linear(h, weights_[l], biases_[l]);
-            if (l + 1 < n) h = activate(h);
+            const bool hidden = l + 1 < n;
+            if (hidden && act_ == Act::relu)
+                h = linear_relu(h, weights_[l], biases_[l]);  // the ReLU fused into the GEMM
+            else
+                h = linear(h, weights_[l], biases_[l]);
+            if (hidden && act_ != Act::relu) h = activate(h);
         }
         if (out_shape_.size() == 1) return h;
         Shape s = {B};

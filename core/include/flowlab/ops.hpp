@@ -60,6 +60,9 @@ Var transpose2d(const Var& a);
 Var matmul(const Var& a, const Var& b, bool trans_a = false, bool trans_b = false);
 // x [B, in], w [in, out], b [out] (optional) -> [B, out]. One GEMM with a fused bias.
 Var linear(const Var& x, const Var& w, const Var& b = Var());
+// relu(linear(x, w, b)) as one op: the ReLU runs in the GEMM's epilogue, and the backward
+// masks the gradient once. Same values as the two ops.
+Var linear_relu(const Var& x, const Var& w, const Var& b = Var());
 
 // ---------------------------------------------------------------- operators
 inline Var operator+(const Var& a, const Var& b) { return add(a, b); }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace flowlab {
 
@@ -13,6 +14,13 @@ namespace flowlab {
 // when only one thread is configured.
 void parallel_for(std::int64_t n, std::int64_t grain,
                   const std::function<void(std::int64_t, std::int64_t)>& fn);
+
+// Runs fn(part, begin, end) over [0, sizes[part]) for every part as one parallel loop, in
+// chunks of about `grain` elements: many small tensors (an optimizer's parameters) share the
+// threads, where one loop per tensor would leave each too small to split. Inline when the total
+// is small or one thread is configured.
+void parallel_for_parts(const std::vector<std::int64_t>& sizes, std::int64_t grain,
+                        const std::function<void(std::size_t, std::int64_t, std::int64_t)>& fn);
 
 // Runs fn(begin, end) over samples [0, n), one contiguous part per thread, on oneDNN's
 // OpenMP pool. For kernels that sit between oneDNN primitives (convolutions, GEMMs): a TBB

@@ -1,10 +1,42 @@
 #include "backend/onednn.hpp"
 
+#include <algorithm>
+#include <cstdlib>
+#include <new>
+
+#include <tbb/parallel_for.h>
+
 #include "flowlab/errors.hpp"
+#include "flowlab/parallel.hpp"
 
 namespace flowlab::backend {
 
 Context::Context() : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
+
+void* Context::scratchpad(std::size_t bytes) {
+    // oneDNN's own scratchpad is one global buffer (this build does not allow concurrent
+    // execution), so primitives that run on several threads at once get a per-thread one.
+    struct Buffer {
+        void* p = nullptr;
+        std::size_t size = 0;
+        ~Buffer() { std::free(p); }
+    };
+    thread_local Buffer buf;
+    if (bytes > buf.size) {
+        std::free(buf.p);
+        buf.size = std::max<std::size_t>(bytes, 2 * buf.size);
+        buf.p = std::aligned_alloc(64, (buf.size + 63) / 64 * 64);
+        if (!buf.p) throw std::bad_alloc();
+    }
+    return buf.p;
+}
+
+dnnl::stream& Context::stream() {
+    // oneDNN streams are not meant to be shared by threads that execute at once; a CPU stream
+    // is a handle, so each thread keeps its own.
+    thread_local dnnl::stream s(get().engine());
+    return s;
+}
 
 Context& Context::get() {
     static Context* c = new Context();
@@ -15,16 +47,18 @@ namespace {
 
 struct GemmPrimitive {
     dnnl::matmul prim;
-    dnnl::memory::desc a, b, c, bias;
+    dnnl::memory::desc a, b, c, bias, scratch;
 };
 
-GemmPrimitive make_gemm(const Gemm& g, const dnnl::engine& engine) {
+// One tile: C[m, n] with leading dimensions lda, ldb, ldc of the whole matrices.
+GemmPrimitive make_gemm(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc,
+                        const dnnl::engine& engine) {
     using dt = dnnl::memory::data_type;
     using dims = dnnl::memory::dims;
     GemmPrimitive p;
-    p.a = dnnl::memory::desc({g.m, g.k}, dt::f32, g.trans_a ? dims{1, g.m} : dims{g.k, 1});
-    p.b = dnnl::memory::desc({g.k, g.n}, dt::f32, g.trans_b ? dims{1, g.k} : dims{g.n, 1});
-    p.c = dnnl::memory::desc({g.m, g.n}, dt::f32, dims{g.n, 1});
+    p.a = dnnl::memory::desc({g.m, g.k}, dt::f32, g.trans_a ? dims{1, lda} : dims{lda, 1});
+    p.b = dnnl::memory::desc({g.k, g.n}, dt::f32, g.trans_b ? dims{1, ldb} : dims{ldb, 1});
+    p.c = dnnl::memory::desc({g.m, g.n}, dt::f32, dims{ldc, 1});
     if (g.bias) p.bias = dnnl::memory::desc({1, g.n}, dt::f32, dims{g.n, 1});
     dnnl::primitive_attr attr;
     if (g.alpha != 1.0f) attr.set_output_scales(0, {g.alpha});
@@ -32,9 +66,12 @@ GemmPrimitive make_gemm(const Gemm& g, const dnnl::engine& engine) {
     if (g.beta != 0.0f) po.append_sum(g.beta);
     if (g.relu) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
     attr.set_post_ops(po);
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     try {
         dnnl::matmul::desc d = g.bias ? dnnl::matmul::desc(p.a, p.b, p.bias, p.c) : dnnl::matmul::desc(p.a, p.b, p.c);
-        p.prim = dnnl::matmul(dnnl::matmul::primitive_desc(d, attr, engine));
+        const dnnl::matmul::primitive_desc pd(d, attr, engine);
+        p.scratch = pd.scratchpad_desc();
+        p.prim = dnnl::matmul(pd);
     } catch (const dnnl::error& e) {
         throw Error("oneDNN cannot build a " + std::to_string(g.m) + "x" + std::to_string(g.k) + "x" +
                     std::to_string(g.n) + " GEMM: " + e.what());
@@ -42,22 +79,81 @@ GemmPrimitive make_gemm(const Gemm& g, const dnnl::engine& engine) {
     return p;
 }
 
-}  // namespace
-
-void sgemm(const Gemm& g, const float* a, const float* b, float* c, const float* bias) {
+// One tile on the calling thread, through a primitive built for one thread.
+void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
+                float* c, const float* bias) {
     Context& ctx = Context::get();
     CacheKey key("gemm");
     key.add(g.m).add(g.n).add(g.k).add(g.trans_a).add(g.trans_b).add(g.bias).add(g.relu).add(g.alpha).add(g.beta);
-    const GemmPrimitive& p = ctx.cached<GemmPrimitive>(key, [&] { return make_gemm(g, ctx.engine()); });
+    key.add(lda).add(ldb).add(ldc);
+    const GemmPrimitive& p = ctx.cached<GemmPrimitive>(key, [&] { return make_gemm(g, lda, ldb, ldc, ctx.engine()); });
     const dnnl::engine& e = ctx.engine();
+    dnnl::stream& s = Context::stream();
     dnnl::memory am(p.a, e, const_cast<float*>(a)), bm(p.b, e, const_cast<float*>(b)), cm(p.c, e, c);
+    dnnl::memory sm(p.scratch, e, Context::scratchpad(p.scratch.get_size()));
     if (g.bias) {
         dnnl::memory biasm(p.bias, e, const_cast<float*>(bias));
-        p.prim.execute(ctx.stream(), {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_BIAS, biasm}, {DNNL_ARG_DST, cm}});
+        p.prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_BIAS, biasm}, {DNNL_ARG_DST, cm},
+                           {DNNL_ARG_SCRATCHPAD, sm}});
     } else {
-        p.prim.execute(ctx.stream(), {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+        p.prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}, {DNNL_ARG_SCRATCHPAD, sm}});
     }
-    ctx.stream().wait();
+    s.wait();
+}
+
+}  // namespace
+
+GemmTiling gemm_tiling(std::int64_t m, std::int64_t n, std::int64_t k) {
+    // Tiles depend on the shape only, never on the thread count, so that a result is the same
+    // bits with 1 thread or 8. Each tile carries at least kTileFlops (a TBB hand-off costs about
+    // a microsecond, a tile tens of them) and is a multiple of 16 rows or 64 columns, the
+    // shapes oneDNN's kernels are blocked for.
+    constexpr double kTileFlops = 4e6;
+    const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+    const auto want = static_cast<std::int64_t>(flops / kTileFlops);
+    GemmTiling t;
+    if (want < 2) return t;
+    const bool by_rows = m >= n;
+    const std::int64_t extent = by_rows ? m : n, unit = by_rows ? 16 : 64;
+    const std::int64_t units = (extent + unit - 1) / unit;
+    const std::int64_t tiles = std::min<std::int64_t>({want, units, 64});
+    if (tiles < 2) return t;
+    t.by_rows = by_rows;
+    t.step = ((units + tiles - 1) / tiles) * unit;
+    t.count = (extent + t.step - 1) / t.step;
+    return t;
+}
+
+void sgemm(const Gemm& g, const float* a, const float* b, float* c, const float* bias) {
+    const std::int64_t lda = g.trans_a ? g.m : g.k, ldb = g.trans_b ? g.k : g.n, ldc = g.n;
+    const GemmTiling t = gemm_tiling(g.m, g.n, g.k);
+    if (t.count <= 1) {
+        sgemm_tile(g, lda, ldb, ldc, a, b, c, bias);
+        return;
+    }
+    auto tile = [&](std::int64_t i) {
+        Gemm sub = g;
+        const std::int64_t lo = i * t.step;
+        if (t.by_rows) {
+            sub.m = std::min(t.step, g.m - lo);
+            // Row lo of op(A): row lo of A, or column lo when A is used transposed.
+            sgemm_tile(sub, lda, ldb, ldc, a + (g.trans_a ? lo : lo * lda), b, c + lo * ldc, bias);
+        } else {
+            sub.n = std::min(t.step, g.n - lo);
+            sgemm_tile(sub, lda, ldb, ldc, a, b + (g.trans_b ? lo * ldb : lo), c + lo, bias ? bias + lo : nullptr);
+        }
+    };
+    if (num_threads() == 1) {
+        for (std::int64_t i = 0; i < t.count; ++i) tile(i);
+        return;
+    }
+    // Work stealing: when another process holds one core, the threads left take every tile
+    // instead of waiting at a barrier for a thread that is not running.
+    tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, t.count, 1),
+                      [&](const tbb::blocked_range<std::int64_t>& r) {
+                          for (std::int64_t i = r.begin(); i < r.end(); ++i) tile(i);
+                      },
+                      tbb::simple_partitioner());
 }
 
 }  // namespace flowlab::backend

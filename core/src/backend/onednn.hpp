@@ -51,7 +51,11 @@ public:
     static Context& get();
 
     const dnnl::engine& engine() const { return engine_; }
-    dnnl::stream& stream() { return stream_; }
+    // The calling thread's stream.
+    static dnnl::stream& stream();
+    // The calling thread's scratchpad, at least `bytes` long (for primitives built with
+    // scratchpad_mode::user, which may then run on several threads at once).
+    static void* scratchpad(std::size_t bytes);
     // Held while a cached entry is changed after it was made (e.g. a convolution's backward
     // primitives, built on first use).
     std::mutex& mutex() { return mutex_; }
@@ -70,7 +74,7 @@ public:
 private:
     Context();
     dnnl::engine engine_;
-    dnnl::stream stream_;
+    dnnl::stream stream_;  // kept for the engine's lifetime; threads execute on their own
     std::mutex mutex_;
     // Transparent hash and equality: find() takes the key's bytes as a string_view.
     struct BytesHash {
@@ -89,5 +93,13 @@ struct Gemm {
     float alpha = 1.0f, beta = 0.0f;
 };
 void sgemm(const Gemm& g, const float* a, const float* b, float* c, const float* bias = nullptr);
+
+// How sgemm splits C into tiles run as TBB tasks: `count` tiles of `step` rows (by_rows) or
+// columns; count <= 1 runs as one call.
+struct GemmTiling {
+    bool by_rows = true;
+    std::int64_t step = 0, count = 1;
+};
+GemmTiling gemm_tiling(std::int64_t m, std::int64_t n, std::int64_t k);
 
 }  // namespace flowlab::backend

@@ -12,6 +12,7 @@
 #include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
+#include <tbb/task_scheduler_observer.h>
 
 namespace flowlab {
 
@@ -19,13 +20,32 @@ namespace {
 std::atomic<int> g_threads{0};  // 0 = not set yet: use TBB's default
 std::mutex g_mutex;
 std::unique_ptr<tbb::global_control> g_control;  // lives until exit, caps TBB's pool
+
+// oneDNN is built on OpenMP, whose threads spin after each parallel region and split work
+// statically: on a machine where another process holds a core, every region waits for a
+// thread that is not running (W1 on 2 threads fell from 185k to 62k samples/s beside one busy
+// process, well under its 154k on 1 thread). So oneDNN runs single-threaded inside each
+// thread that calls it, and the parallelism comes from TBB's work-stealing pool, which splits
+// GEMMs into tiles (backend/onednn.cpp). Every TBB worker sets its OpenMP thread count to one
+// as it joins the pool.
+class SingleThreadedOpenMP final : public tbb::task_scheduler_observer {
+public:
+    SingleThreadedOpenMP() { observe(true); }
+    void on_scheduler_entry(bool) override { omp_set_num_threads(1); }
+};
+
+// Installed when the library loads, on the loading (main) thread.
+const bool g_policy = [] {
+    static SingleThreadedOpenMP observer;
+    omp_set_num_threads(1);
+    return true;
+}();
 }  // namespace
 
 void set_num_threads(int n) {
     if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     std::lock_guard<std::mutex> lock(g_mutex);
-    // oneDNN's pool is OpenMP's: this sets it for parallel regions started from this thread.
-    omp_set_num_threads(n);
+    (void)g_policy;
     g_control.reset();
     g_control = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism,
                                                       static_cast<std::size_t>(n));
@@ -50,6 +70,29 @@ void parallel_for(std::int64_t n, std::int64_t grain,
                       [&](const tbb::blocked_range<std::int64_t>& r) { fn(r.begin(), r.end()); });
 }
 
+void parallel_for_parts(const std::vector<std::int64_t>& sizes, std::int64_t grain,
+                        const std::function<void(std::size_t, std::int64_t, std::int64_t)>& fn) {
+    grain = std::max<std::int64_t>(grain, 1);
+    std::int64_t total = 0;
+    for (std::int64_t n : sizes) total += std::max<std::int64_t>(n, 0);
+    if (total <= grain || num_threads() == 1) {
+        for (std::size_t p = 0; p < sizes.size(); ++p)
+            if (sizes[p] > 0) fn(p, 0, sizes[p]);
+        return;
+    }
+    struct Chunk {
+        std::size_t part;
+        std::int64_t begin, end;
+    };
+    std::vector<Chunk> chunks;
+    for (std::size_t p = 0; p < sizes.size(); ++p)
+        for (std::int64_t b = 0; b < sizes[p]; b += grain) chunks.push_back({p, b, std::min(sizes[p], b + grain)});
+    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, chunks.size(), 1),
+                      [&](const tbb::blocked_range<std::size_t>& r) {
+                          for (std::size_t i = r.begin(); i < r.end(); ++i) fn(chunks[i].part, chunks[i].begin, chunks[i].end);
+                      });
+}
+
 void parallel_samples(std::int64_t n, std::int64_t work_per_sample,
                       const std::function<void(std::int64_t, std::int64_t)>& fn) {
     if (n <= 0) return;
@@ -58,9 +101,14 @@ void parallel_samples(std::int64_t n, std::int64_t work_per_sample,
         fn(0, n);
         return;
     }
-    const int parts = static_cast<int>(std::min(threads, n));
-#pragma omp parallel for num_threads(parts) schedule(static, 1)
-    for (int t = 0; t < parts; ++t) fn(n * t / parts, n * (t + 1) / parts);
+    // Parts of at least kElementwiseGrain work each, more parts than threads so that a
+    // thread that is not running does not hold the others up.
+    const std::int64_t parts = std::min(n, std::max<std::int64_t>(1, n * work_per_sample / kElementwiseGrain));
+    tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, parts, 1),
+                      [&](const tbb::blocked_range<std::int64_t>& r) {
+                          for (std::int64_t t = r.begin(); t < r.end(); ++t) fn(n * t / parts, n * (t + 1) / parts);
+                      },
+                      tbb::simple_partitioner());
 }
 
 }  // namespace flowlab

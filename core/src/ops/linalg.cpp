@@ -11,9 +11,9 @@ namespace {
 
 // f32 through the shared oneDNN context's cached matmul primitives.
 void gemm_f32(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, std::int64_t m, std::int64_t n,
-              std::int64_t k, float alpha, float beta, const Tensor* bias) {
+              std::int64_t k, float alpha, float beta, const Tensor* bias, bool relu) {
     const backend::Gemm g{.m = m, .n = n, .k = k, .trans_a = ta, .trans_b = tb, .bias = bias != nullptr,
-                          .alpha = alpha, .beta = beta};
+                          .relu = relu, .alpha = alpha, .beta = beta};
     backend::sgemm(g, a.data<float>(), b.data<float>(), c.data<float>(), bias ? bias->data<float>() : nullptr);
 }
 
@@ -152,9 +152,16 @@ void gemm_skinny(const T* a, bool ta, const T* b, bool tb, T* c, std::int64_t m,
                      shape_str(b.shape()) + (tb ? "^T" : "") + " " + why);
 }
 
-// C = alpha * (op(A) op(B) + bias) + beta * C, with every check in one place.
+// x < 0 ? 0 : x over C, the ReLU of the unfused op (NaN stays NaN).
+template <class T>
+void relu_inplace(T* c, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) c[i] = c[i] < 0 ? T(0) : c[i];
+}
+
+// C = alpha * (op(A) op(B) + bias) + beta * C, then ReLU when `relu`, with every check in one
+// place.
 void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, double alpha,
-               double beta, const Tensor* bias) {
+               double beta, const Tensor* bias, bool relu = false) {
     detail::check_dtypes(op, a, b);
     detail::check_dtypes(op, a, c);
     if (a.dim() != 2 || b.dim() != 2) gemm_shape_error(op, a, ta, b, tb, "are not both 2-d");
@@ -171,6 +178,11 @@ void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool t
                              shape_str(c.shape()));
     }
     if (m == 0 || n == 0) return;
+    if (relu && (k == 0 || a.dtype() != DType::f32)) {  // the rare paths: unfused
+        gemm_impl(op, a, ta, b, tb, c, alpha, beta, bias, false);
+        detail::dispatch(c.dtype(), [&](auto tag) { relu_inplace(c.data<decltype(tag)>(), c.numel()); });
+        return;
+    }
     if (k == 0) {  // op(A) op(B) is all zeros
         if (beta == 0.0)
             c.fill(0.0);
@@ -193,8 +205,9 @@ void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool t
                 for (std::int64_t j = 0; j < n; ++j) row[j] += al * pb[j];
             }
         }
+        if (relu) relu_inplace(c.data<float>(), m * n);
     } else if (a.dtype() == DType::f32)
-        gemm_f32(a, ta, b, tb, c, m, n, k, static_cast<float>(alpha), static_cast<float>(beta), bias);
+        gemm_f32(a, ta, b, tb, c, m, n, k, static_cast<float>(alpha), static_cast<float>(beta), bias, relu);
     else
         gemm_f64(a, ta, b, tb, c, m, n, k, alpha, beta, bias);
 }
@@ -262,25 +275,52 @@ Var matmul(const Var& a, const Var& b, bool trans_a, bool trans_b) {
                    });
 }
 
-Var linear(const Var& x, const Var& w, const Var& b) {
+namespace {
+
+void check_linear(const char* op, const Var& x, const Var& w, const Var& b) {
     const Tensor& X = x.value();
     const Tensor& W = w.value();
-    detail::check_dtypes("linear", X, W);
+    detail::check_dtypes(op, X, W);
     if (X.dim() != 2 || W.dim() != 2 || X.size(1) != W.size(0))
-        detail::shape_error("linear", X.shape(), W.shape(), "incompatible (want x [batch, in] and w [in, out])");
-    const bool has_bias = b.defined();
-    if (has_bias && (b.value().dim() != 1 || b.value().size(0) != W.size(1)))
-        detail::shape_error("linear", W.shape(), b.value().shape(), "incompatible (want w [in, out] and b [out])");
-    Tensor y = Tensor::empty({X.size(0), W.size(1)}, X.dtype());
-    gemm_impl("linear", X, false, W, false, y, 1.0, 0.0, has_bias ? &b.value() : nullptr);
-    return make_op("linear", std::move(y), {x, w, b}, [x, w, b](const Tensor& gy, const Tensor&, GradSink& g) {
-        gemm_grad(g, 0, x, [&](Tensor& d, double beta) {
-            gemm_impl("linear backward", gy, false, w.value(), true, d, 1.0, beta, nullptr);
+        detail::shape_error(op, X.shape(), W.shape(), "incompatible (want x [batch, in] and w [in, out])");
+    if (b.defined() && (b.value().dim() != 1 || b.value().size(0) != W.size(1)))
+        detail::shape_error(op, W.shape(), b.value().shape(), "incompatible (want w [in, out] and b [out])");
+}
+
+// The gradients of y = x w + b from gy = dL/dy.
+void linear_backward(const Var& x, const Var& w, const Tensor& gy, GradSink& g) {
+    gemm_grad(g, 0, x, [&](Tensor& d, double beta) {
+        gemm_impl("linear backward", gy, false, w.value(), true, d, 1.0, beta, nullptr);
+    });
+    gemm_grad(g, 1, w, [&](Tensor& d, double beta) {
+        gemm_impl("linear backward", x.value(), true, gy, false, d, 1.0, beta, nullptr);
+    });
+    if (g.needs(2)) g.add(2, kern::sum(gy, 0));
+}
+
+}  // namespace
+
+Var linear(const Var& x, const Var& w, const Var& b) {
+    check_linear("linear", x, w, b);
+    Tensor y = Tensor::empty({x.size(0), w.size(1)}, x.dtype());
+    gemm_impl("linear", x.value(), false, w.value(), false, y, 1.0, 0.0, b.defined() ? &b.value() : nullptr);
+    return make_op("linear", std::move(y), {x, w, b},
+                   [x, w](const Tensor& gy, const Tensor&, GradSink& g) { linear_backward(x, w, gy, g); });
+}
+
+Var linear_relu(const Var& x, const Var& w, const Var& b) {
+    check_linear("linear_relu", x, w, b);
+    Tensor y = Tensor::empty({x.size(0), w.size(1)}, x.dtype());
+    // The ReLU runs in the GEMM's epilogue (a oneDNN post-op): no second pass over y.
+    gemm_impl("linear_relu", x.value(), false, w.value(), false, y, 1.0, 0.0, b.defined() ? &b.value() : nullptr,
+              true);
+    return make_op("linear_relu", std::move(y), {x, w, b}, [x, w](const Tensor& gy, const Tensor& y, GradSink& g) {
+        // y > 0 is where the ReLU passed its input through (and only there it has a gradient).
+        const Tensor gz = dispatch(gy.dtype(), [&](auto t) {
+            using T = decltype(t);
+            return detail::map2<T>(gy, y, [](T u, T v) { return v > 0 ? u : T(0); });
         });
-        gemm_grad(g, 1, w, [&](Tensor& d, double beta) {
-            gemm_impl("linear backward", x.value(), true, gy, false, d, 1.0, beta, nullptr);
-        });
-        if (g.needs(2)) g.add(2, kern::sum(gy, 0));
+        linear_backward(x, w, gz, g);
     });
 }
 
