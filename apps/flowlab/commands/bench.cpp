@@ -4,12 +4,21 @@
 #include <cstdio>
 #include <vector>
 
+#include <sys/resource.h>
+
 #include "../command.hpp"
 #include "../session.hpp"
 #include "flowlab/parallel.hpp"
 
 namespace flowlab::cli {
 namespace {
+
+// The process's peak resident memory (the reference scripts report the same figure).
+double peak_rss_mb() {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return static_cast<double>(u.ru_maxrss) / 1024.0;  // KiB on Linux
+}
 
 void declare(po::options_description& o) {
     o.add_options()  //
@@ -36,7 +45,7 @@ int run(const Args& a) {
         if (done >= warmup && (done - warmup) % timed == 0) marks.push_back(std::chrono::steady_clock::now());
     };
     if (warmup == 0) marks.push_back(std::chrono::steady_clock::now());
-    train(s.experiment(), opt);
+    const TrainSummary sum = train(s.experiment(), opt);
     const double batch = static_cast<double>(s.config().get_object("train").get_int("batch_size"));
     std::vector<double> rates;
     for (std::size_t i = 1; i < marks.size(); ++i)
@@ -49,7 +58,8 @@ int run(const Args& a) {
                 a.positional()[0].c_str(), num_threads(), batch, warmup, timed, repeats, median,
                 median > 0 ? 1e3 * batch / median : 0.0);
     for (std::size_t i = 0; i < rates.size(); ++i) std::printf("%s%.1f", i ? ", " : "", rates[i]);
-    std::printf("]}\n");
+    std::printf("], \"single_thread_share\": %.3f, \"thread_switches\": %d, \"peak_rss_mb\": %.1f}\n",
+                sum.single_thread_share, sum.thread_switches, peak_rss_mb());
     return kOk;
 }
 

@@ -1,7 +1,8 @@
-// Threading. oneDNN (GEMM, convolution) runs on its OpenMP pool; element-wise and fused
-// kernels run on TBB through parallel_for below. Two pools spinning on two cores fight, so
-// small ranges (under `grain` elements per chunk) run inline on the calling thread, and the
-// thread count is set once for both pools by set_num_threads().
+// Threading: one pool, TBB's. Element-wise and fused kernels run on it through the loops
+// below, and so do GEMMs, split into tiles (each tile one single-threaded oneDNN call); oneDNN's
+// own OpenMP threads are not used, because their static split and spin-waiting collapse when
+// another process holds a core. Work stealing lets the threads that are running take every
+// chunk. Small ranges (under `grain` elements) run inline on the calling thread.
 #pragma once
 
 #include <cstdint>
@@ -22,17 +23,20 @@ void parallel_for(std::int64_t n, std::int64_t grain,
 void parallel_for_parts(const std::vector<std::int64_t>& sizes, std::int64_t grain,
                         const std::function<void(std::size_t, std::int64_t, std::int64_t)>& fn);
 
-// Runs fn(begin, end) over samples [0, n), one contiguous part per thread, on oneDNN's
-// OpenMP pool. For kernels that sit between oneDNN primitives (convolutions, GEMMs): a TBB
-// loop there competes for the cores with OpenMP workers still spinning after the last
-// primitive (W3 on 2 threads lost ~20% to that); an OpenMP loop reuses them. Inline when
-// n * work_per_sample is small or one thread is configured.
+// Runs fn(begin, end) over samples [0, n) in contiguous parts of about kElementwiseGrain
+// work each (work_per_sample per sample). Inline when n * work_per_sample is small or one
+// thread is configured.
 void parallel_samples(std::int64_t n, std::int64_t work_per_sample,
                       const std::function<void(std::int64_t, std::int64_t)>& fn);
 
-// Sets the threads of both pools (oneDNN/OpenMP and TBB). 0 = all cores.
+// Sets the pool's size, and the threads in use, to n (0 = all cores).
 void set_num_threads(int n);
+// The threads parallel sections use now.
 int num_threads();
+// While on, every parallel section runs inline on the calling thread; the pool keeps its size
+// and its threads sleep. A cheap switch, which the training loop's thread governor flips when
+// one thread is measured faster (a busy machine).
+void set_single_threaded(bool on);
 
 // Elements per chunk below which element-wise kernels stay single-threaded.
 constexpr std::int64_t kElementwiseGrain = 1 << 15;

@@ -41,6 +41,10 @@ struct TrainSummary {
     bool early_stopped = false;
     double best_valid_nll = 0.0;
     std::int64_t best_step = -1;
+    // The thread governor (train.adaptive_threads): the share of this call's steps that ran on
+    // one thread, and how often the chosen setting changed.
+    double single_thread_share = 0.0;
+    int thread_switches = 0;
 };
 
 // The checkpoints of a run directory, newest first (run_dir/checkpoints/step-*.safetensors;

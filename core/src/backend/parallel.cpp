@@ -17,7 +17,8 @@
 namespace flowlab {
 
 namespace {
-std::atomic<int> g_threads{0};  // 0 = not set yet: use TBB's default
+std::atomic<int> g_threads{0};  // pool size; 0 = not set yet: TBB's default
+std::atomic<bool> g_single{false};
 std::mutex g_mutex;
 std::unique_ptr<tbb::global_control> g_control;  // lives until exit, caps TBB's pool
 
@@ -52,11 +53,16 @@ void set_num_threads(int n) {
     g_threads.store(n, std::memory_order_relaxed);
 }
 
-int num_threads() {
-    int n = g_threads.load(std::memory_order_relaxed);
-    if (n > 0) return n;
-    return std::max(1, tbb::this_task_arena::max_concurrency());
+namespace {
+int pool_size() {
+    const int n = g_threads.load(std::memory_order_relaxed);
+    return n > 0 ? n : std::max(1, tbb::this_task_arena::max_concurrency());
 }
+}  // namespace
+
+int num_threads() { return g_single.load(std::memory_order_relaxed) ? 1 : pool_size(); }
+
+void set_single_threaded(bool on) { g_single.store(on, std::memory_order_relaxed); }
 
 void parallel_for(std::int64_t n, std::int64_t grain,
                   const std::function<void(std::int64_t, std::int64_t)>& fn) {

@@ -54,6 +54,9 @@ Schema train_schema() {
         param_int("eval_every", 0, "evaluate on the test split every N steps (0 = at the end only)").min(0),
         param_int("log_every", 100, "log the training loss every N steps").min(1),
         param_int("threads", 0, "threads for GEMMs and element-wise kernels (0 = all cores)").range(0, 4096),
+        param_bool("adaptive_threads", true, "with more than one thread, measure now and then whether one thread is "
+                                             "faster (a busy machine) and use it while it is; results are the same "
+                                             "bits either way"),
         param_int("max_bad_steps", 20, "abort after this many consecutive non-finite steps").min(1),
         param_int("checkpoint_every", 1000, "write a checkpoint every N steps (and always at the end)").min(1),
         param_number("ema_decay", 0.0, "exponential moving average of the parameters (bias-corrected), used "

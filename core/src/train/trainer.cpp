@@ -29,6 +29,7 @@
 #include "flowlab/experiment.hpp"
 #include "flowlab/parallel.hpp"
 #include "graph/json_internal.hpp"
+#include "train/thread_governor.hpp"
 
 namespace flowlab {
 
@@ -726,7 +727,9 @@ TrainSummary Trainer::run() {
     log_every_ = tp_.get_int("log_every");
     max_bad_ = tp_.get_int("max_bad_steps");
     const std::int64_t ckpt_every = tp_.get_int("checkpoint_every");
-    if (tp_.get_int("threads") > 0) set_num_threads(static_cast<int>(tp_.get_int("threads")));
+    set_num_threads(static_cast<int>(tp_.get_int("threads")));  // 0 = all cores
+    const int num_threads_pool = num_threads();
+    ThreadGovernor governor(tp_.get_bool("adaptive_threads") ? num_threads_pool : 1);
     open_run_dir();
     if (opt_.resume)
         resume();
@@ -749,13 +752,21 @@ TrainSummary Trainer::run() {
     if (tr.context.defined()) cb = Tensor::empty(with_batch(batch_, exp_.data.context_shape), tr.context.dtype());
 
     double train_seconds = 0.0;
-    std::int64_t done_this_call = 0;
+    std::int64_t done_this_call = 0, single_steps = 0;
     window_ = {std::chrono::steady_clock::now(), step_, 0.0};
     while (step_ < steps_ && !finished) {
         const auto t0 = std::chrono::steady_clock::now();
         const StepStats st = train_step(xb, cb);
         ++done_this_call;
-        train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        train_seconds += dt;
+        const int chosen = governor.current();
+        if (governor.threads() == 1 && num_threads_pool > 1) ++single_steps;
+        if (governor.record(dt)) set_single_threaded(governor.threads() == 1);
+        if (governor.current() != chosen)
+            log("threads: " + std::to_string(governor.current()) + " of " + std::to_string(num_threads_pool) +
+                (governor.current() == 1 ? " from step " : " again from step ") + std::to_string(step_) +
+                (governor.current() == 1 ? " (measured faster: the machine is busy)" : " (measured faster)"));
         if (opt_.on_step) opt_.on_step(step_);
         report_progress(st, summary);
         if (periodic_eval(summary)) break;
@@ -770,6 +781,10 @@ TrainSummary Trainer::run() {
             break;
         }
     }
+    set_single_threaded(false);
+    summary.thread_switches = governor.switches();
+    if (num_threads_pool > 1 && done_this_call > 0)
+        summary.single_thread_share = static_cast<double>(single_steps) / static_cast<double>(done_this_call);
     finish(summary, finished, done_this_call, train_seconds);
     return summary;
 }

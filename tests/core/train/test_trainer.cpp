@@ -4,6 +4,8 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstring>
+#include <thread>
 
 #include <flowlab/config.hpp>
 #include <flowlab/trainer.hpp>
@@ -55,4 +57,34 @@ TEST_CASE("evaluating an empty split gives NaN, never a plausible zero", "[train
     CHECK(r.n == 0);
     CHECK(std::isnan(r.nll));
     CHECK(std::isnan(r.bpd));
+}
+
+TEST_CASE("the thread count does not change a bit of training", "[trainer][threads]") {
+    // GEMM tiles and reduction chunks depend on the shapes only, which is what lets the thread
+    // governor switch between one thread and all of them mid-run. The quickstart's sizes (a
+    // batch of 512, hidden 128) are large enough for the GEMMs to be split into tiles.
+    if (std::thread::hardware_concurrency() < 2) {
+        WARN("one hardware thread: nothing to compare");
+        return;
+    }
+    auto train_with = [](const std::string& threads) {
+        Params cfg = load_experiment(std::string(FLOWLAB_SOURCE_DIR) + "/configs/quickstart.json",
+                                     {"train.steps=40", "train.adaptive_threads=false", "train.threads=" + threads});
+        Experiment exp = build_experiment(cfg, flowlab::test::standard_and_image_registry());
+        TrainOptions opt;
+        opt.quiet = true;
+        opt.final_eval = false;
+        train(exp, opt);
+        return exp.flow->named_parameters();
+    };
+    const auto one = train_with("1");
+    const auto two = train_with("2");
+    REQUIRE(one.size() == two.size());
+    for (std::size_t i = 0; i < one.size(); ++i) {
+        INFO(one[i].name);
+        const Tensor& a = one[i].var.value();
+        const Tensor& b = two[i].var.value();
+        REQUIRE(a.numel() == b.numel());
+        CHECK(std::memcmp(a.data<float>(), b.data<float>(), static_cast<std::size_t>(a.numel()) * sizeof(float)) == 0);
+    }
 }

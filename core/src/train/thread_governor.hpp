@@ -1,0 +1,56 @@
+// The adaptive thread count of a training run. With more than one thread, a step is faster on
+// an idle machine and can be slower on a busy one: another process holding a core makes every
+// parallel section wait for a thread that is not running, and the serial parts run on a
+// shared core. The governor measures instead of guessing: now and then it runs a few steps on
+// the other setting (1 thread, or all of them) and keeps whichever has the lower median step
+// time. Results do not depend on the thread count (GEMM tiles and reductions are fixed by the
+// shapes), so a switch never changes a number, only the speed.
+//
+// Pure logic, fed with step times, so that its decisions are unit-tested without a clock.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace flowlab {
+
+class ThreadGovernor {
+public:
+    struct Options {
+        int window = 6;                   // steps measured per setting (after one settling step)
+        std::int64_t first_probe = 30;    // steps before the first probe
+        std::int64_t max_interval = 960;  // probes back off (doubling) up to this many steps apart
+        double margin = 0.05;             // switch only for a median this much lower
+    };
+    // max_threads <= 1 disables the governor (it always answers max_threads).
+    explicit ThreadGovernor(int max_threads);
+    ThreadGovernor(int max_threads, Options opt);
+
+    // The thread count to run the next step with.
+    int threads() const { return probing_ ? other() : current_; }
+    // Records the wall time of the step just run with threads(); returns true when the
+    // setting for the next step differs from the one just used.
+    bool record(double seconds);
+
+    int current() const { return current_; }  // the setting chosen so far
+    int switches() const { return switches_; }
+    std::int64_t probes() const { return probes_; }
+
+private:
+    int other() const { return current_ == 1 ? max_ : 1; }
+    static double median(std::vector<double> v);
+
+    int max_;
+    Options opt_;
+    int current_;
+    bool probing_ = false;
+    std::int64_t until_probe_;   // steps left before the next probe
+    std::int64_t interval_;      // steps between probes now
+    std::vector<double> recent_; // the current setting's last `window` step times
+    std::vector<double> probe_;  // the probe's step times (the first, settling step dropped)
+    int probe_seen_ = 0;
+    int switches_ = 0;
+    std::int64_t probes_ = 0;
+};
+
+}  // namespace flowlab

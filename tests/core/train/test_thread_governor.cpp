@@ -1,0 +1,80 @@
+// The training loop's thread governor: it keeps every thread while they are faster, falls back
+// to one when one is measured faster (a busy machine), returns when the machine is idle again,
+// and backs off its probes while nothing changes.
+#include <catch2/catch.hpp>
+
+#include <functional>
+
+#include "train/thread_governor.hpp"
+
+using flowlab::ThreadGovernor;
+
+namespace {
+
+// Runs `steps` steps, the time of each step given by the machine model for the thread count
+// the governor asks for; returns the thread counts used.
+std::vector<int> drive(ThreadGovernor& g, int steps, const std::function<double(int)>& step_time) {
+    std::vector<int> used;
+    for (int i = 0; i < steps; ++i) {
+        const int t = g.threads();
+        used.push_back(t);
+        g.record(step_time(t));
+    }
+    return used;
+}
+
+ThreadGovernor::Options quick() {
+    ThreadGovernor::Options o;
+    o.window = 4;
+    o.first_probe = 10;
+    o.max_interval = 80;
+    return o;
+}
+
+}  // namespace
+
+TEST_CASE("the governor keeps all threads while they are faster", "[train][threads]") {
+    ThreadGovernor g(2, quick());
+    const auto used = drive(g, 400, [](int t) { return t == 2 ? 1.0 : 1.6; });
+    CHECK(g.current() == 2);
+    CHECK(g.switches() == 0);
+    CHECK(g.probes() > 0);
+    // Probes back off: after the first few, one thread is tried rarely.
+    const auto ones = std::count(used.begin(), used.end(), 1);
+    CHECK(ones < 400 / 8);
+}
+
+TEST_CASE("the governor falls back to one thread on a busy machine and returns when it is idle", "[train][threads]") {
+    ThreadGovernor g(2, quick());
+    bool busy = true;
+    auto machine = [&](int t) { return busy ? (t == 2 ? 2.0 : 1.0) : (t == 2 ? 1.0 : 1.6); };
+    drive(g, 60, machine);
+    CHECK(g.current() == 1);
+    CHECK(g.switches() == 1);
+    busy = false;
+    drive(g, 200, machine);
+    CHECK(g.current() == 2);
+    CHECK(g.switches() == 2);
+}
+
+TEST_CASE("the governor ignores differences within its margin and the settling step", "[train][threads]") {
+    ThreadGovernor g(2, quick());
+    int n = 0;
+    // One thread is 2% faster, and the first step after every switch is very slow.
+    int last = 2;
+    drive(g, 300, [&](int t) {
+        const bool settling = t != last;
+        last = t;
+        ++n;
+        return (settling ? 50.0 : 1.0) * (t == 1 ? 0.98 : 1.0);
+    });
+    CHECK(g.current() == 2);
+    CHECK(g.switches() == 0);
+}
+
+TEST_CASE("one thread, or the governor off, never probes", "[train][threads]") {
+    ThreadGovernor g(1, quick());
+    const auto used = drive(g, 100, [](int) { return 1.0; });
+    CHECK(std::count(used.begin(), used.end(), 1) == 100);
+    CHECK(g.probes() == 0);
+}
