@@ -11,6 +11,7 @@
 //   6 numeric error (training diverged), 7 shape error, 8 check-plugin found failures,
 //   10 interrupted by SIGINT/SIGTERM (the current step finished and a checkpoint was written)
 #include <cstdio>
+#include <malloc.h>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -84,6 +85,12 @@ int dispatch(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // A training step frees and re-allocates the same large activations every step. glibc
+    // serves them with fresh mmap()s (or trims the heap back) and every step pays the page
+    // faults again; keeping freed memory in the process removes them (W3: about 4% faster;
+    // the peak resident memory is the same).
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
     try {
         return dispatch(argc, argv);
     } catch (const ConfigError& e) {

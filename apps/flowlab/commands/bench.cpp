@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include <sys/resource.h>
@@ -9,6 +10,8 @@
 #include "../command.hpp"
 #include "../session.hpp"
 #include "flowlab/parallel.hpp"
+#include "flowlab/profiler.hpp"
+#include "flowlab/trainer.hpp"
 
 namespace flowlab::cli {
 namespace {
@@ -24,10 +27,43 @@ void declare(po::options_description& o) {
     o.add_options()  //
         ("warmup", value_named("N"), "steps before timing (default 50)")  //
         ("timed", value_named("N"), "steps per timed window (default 500)")  //
-        ("repeats", value_named("N"), "timed windows (default 3)");
+        ("repeats", value_named("N"), "timed windows (default 3)")  //
+        ("profile", po::bool_switch(), "also time every op (forward and backward) and the step's other phases "
+                                       "over the timed steps, and print the table before the JSON line");
     add_set_option(o);
     add_plugin_options(o);
     add_quiet_option(o);
+}
+
+// The op table: per step, milliseconds forward and backward, by total; then the phases and
+// what no op or phase accounts for (graph bookkeeping, the loop itself).
+void print_profile(const OpProfile& prof, double wall_s, long steps) {
+    struct Row {
+        std::string name;
+        double calls, fwd, bwd;
+    };
+    std::vector<Row> rows;
+    double total = 0.0;
+    const double per = 1e3 / static_cast<double>(steps);
+    for (const auto& [name, t] : prof.ops) {
+        rows.push_back({name, static_cast<double>(t.calls) / static_cast<double>(steps), t.forward_s * per,
+                        t.backward_s * per});
+        total += t.forward_s + t.backward_s;
+    }
+    for (const auto& [name, secs] : prof.phases) {
+        rows.push_back({"[" + name + "]", 1.0, secs * per, 0.0});
+        total += secs;
+    }
+    std::sort(rows.begin(), rows.end(), [](const Row& x, const Row& y) { return x.fwd + x.bwd > y.fwd + y.bwd; });
+    const double step_ms = wall_s * per;
+    std::printf("| op or phase | calls/step | forward ms/step | backward ms/step | share of the step |\n");
+    std::printf("|---|---|---|---|---|\n");
+    for (const Row& r : rows)
+        std::printf("| %s | %.1f | %.3f | %.3f | %.1f%% |\n", r.name.c_str(), r.calls, r.fwd, r.bwd,
+                    100.0 * (r.fwd + r.bwd) / step_ms);
+    std::printf("| [unattributed: graph bookkeeping, loop] | | %.3f | | %.1f%% |\n", step_ms - total * per,
+                100.0 * (step_ms - total * per) / step_ms);
+    std::printf("| step | | %.3f | | 100%% |\n", step_ms);
 }
 
 int run(const Args& a) {
@@ -41,15 +77,24 @@ int run(const Args& a) {
     opt.quiet = true;
     opt.final_eval = false;
     opt.steps_override = warmup + timed * repeats;
+    OpProfile prof;
+    const bool profile = a.flag("profile");
     opt.on_step = [&](std::int64_t done) {
         if (done >= warmup && (done - warmup) % timed == 0) marks.push_back(std::chrono::steady_clock::now());
+        if (profile && done == warmup) set_op_profile(&prof);
     };
-    if (warmup == 0) marks.push_back(std::chrono::steady_clock::now());
+    if (warmup == 0) {
+        marks.push_back(std::chrono::steady_clock::now());
+        if (profile) set_op_profile(&prof);
+    }
     const TrainSummary sum = train(s.experiment(), opt);
+    set_op_profile(nullptr);
     const double batch = static_cast<double>(s.config().get_object("train").get_int("batch_size"));
     std::vector<double> rates;
     for (std::size_t i = 1; i < marks.size(); ++i)
         rates.push_back(static_cast<double>(timed) * batch / std::chrono::duration<double>(marks[i] - marks[i - 1]).count());
+    if (profile && marks.size() > 1)
+        print_profile(prof, std::chrono::duration<double>(marks.back() - marks.front()).count(), timed * repeats);
     std::vector<double> sorted = rates;
     std::sort(sorted.begin(), sorted.end());
     const double median = sorted.empty() ? 0.0 : sorted[sorted.size() / 2];

@@ -94,10 +94,10 @@ struct Gemm {
 };
 void sgemm(const Gemm& g, const float* a, const float* b, float* c, const float* bias = nullptr);
 
-// How sgemm splits C into tiles run as TBB tasks: `count` tiles of `step` rows (by_rows) or
-// columns; count <= 1 runs as one call.
+// How sgemm splits C into tiles run as TBB tasks: `count` tiles of `step` rows or columns;
+// count <= 1 runs as one call. Fixed by the shape alone.
 struct GemmTiling {
-    bool by_rows = true;
+    enum Mode { rows, columns } mode = rows;
     std::int64_t step = 0, count = 1;
 };
 GemmTiling gemm_tiling(std::int64_t m, std::int64_t n, std::int64_t k);

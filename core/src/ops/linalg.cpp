@@ -1,5 +1,6 @@
-// GEMM-based ops: kern::gemm (f32 through oneDNN's matmul primitive, f64 on a plain loop),
-// matmul and linear with their backward rules.
+// GEMM-based ops: kern::gemm (f32 through oneDNN's matmul primitive or, for skinny shapes,
+// vector loops; f64 on a plain loop) and matmul with its backward rule. linear.cpp builds the
+// linear layers on gemm_impl.
 #include <cstring>
 
 #include "backend/onednn.hpp"
@@ -158,10 +159,11 @@ void relu_inplace(T* c, std::int64_t n) {
     for (std::int64_t i = 0; i < n; ++i) c[i] = c[i] < 0 ? T(0) : c[i];
 }
 
-// C = alpha * (op(A) op(B) + bias) + beta * C, then ReLU when `relu`, with every check in one
-// place.
+}  // namespace
+
+namespace detail {
 void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, double alpha,
-               double beta, const Tensor* bias, bool relu = false) {
+               double beta, const Tensor* bias, bool relu) {
     detail::check_dtypes(op, a, b);
     detail::check_dtypes(op, a, c);
     if (a.dim() != 2 || b.dim() != 2) gemm_shape_error(op, a, ta, b, tb, "are not both 2-d");
@@ -211,23 +213,13 @@ void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool t
     else
         gemm_f64(a, ta, b, tb, c, m, n, k, alpha, beta, bias);
 }
+}  // namespace detail
+
+namespace {
+using detail::gemm_impl;
 
 std::int64_t out_rows(const Tensor& a, bool ta) { return a.dim() == 2 ? (ta ? a.size(1) : a.size(0)) : 0; }
 std::int64_t out_cols(const Tensor& b, bool tb) { return b.dim() == 2 ? (tb ? b.size(0) : b.size(1)) : 0; }
-
-// Writes a GEMM result into input i's gradient: straight into a fresh tensor the sink adopts,
-// or accumulated with beta = 1 when the input already has a gradient.
-template <class F>
-void gemm_grad(GradSink& g, std::size_t i, const Var& v, F compute) {
-    if (!g.needs(i)) return;
-    if (detail::has_grad(v)) {
-        compute(g.buffer(i), 1.0);
-    } else {
-        Tensor t = Tensor::empty(v.shape(), v.dtype());
-        compute(t, 0.0);
-        g.add(i, std::move(t));
-    }
-}
 
 }  // namespace
 
@@ -260,68 +252,19 @@ Var matmul(const Var& a, const Var& b, bool trans_a, bool trans_b) {
                        const Tensor& B = b.value();
                        // d op(A) = gC op(B)^T and d op(B) = op(A)^T gC, transposed back where the
                        // operand was used transposed.
-                       gemm_grad(g, 0, a, [&](Tensor& d, double beta) {
+                       detail::gemm_grad(g, 0, a, [&](Tensor& d, double beta) {
                            if (!ta)
                                gemm_impl("matmul backward", gy, false, B, !tb, d, 1.0, beta, nullptr);
                            else
                                gemm_impl("matmul backward", B, tb, gy, true, d, 1.0, beta, nullptr);
                        });
-                       gemm_grad(g, 1, b, [&](Tensor& d, double beta) {
+                       detail::gemm_grad(g, 1, b, [&](Tensor& d, double beta) {
                            if (!tb)
                                gemm_impl("matmul backward", A, !ta, gy, false, d, 1.0, beta, nullptr);
                            else
                                gemm_impl("matmul backward", gy, true, A, ta, d, 1.0, beta, nullptr);
                        });
                    });
-}
-
-namespace {
-
-void check_linear(const char* op, const Var& x, const Var& w, const Var& b) {
-    const Tensor& X = x.value();
-    const Tensor& W = w.value();
-    detail::check_dtypes(op, X, W);
-    if (X.dim() != 2 || W.dim() != 2 || X.size(1) != W.size(0))
-        detail::shape_error(op, X.shape(), W.shape(), "incompatible (want x [batch, in] and w [in, out])");
-    if (b.defined() && (b.value().dim() != 1 || b.value().size(0) != W.size(1)))
-        detail::shape_error(op, W.shape(), b.value().shape(), "incompatible (want w [in, out] and b [out])");
-}
-
-// The gradients of y = x w + b from gy = dL/dy.
-void linear_backward(const Var& x, const Var& w, const Tensor& gy, GradSink& g) {
-    gemm_grad(g, 0, x, [&](Tensor& d, double beta) {
-        gemm_impl("linear backward", gy, false, w.value(), true, d, 1.0, beta, nullptr);
-    });
-    gemm_grad(g, 1, w, [&](Tensor& d, double beta) {
-        gemm_impl("linear backward", x.value(), true, gy, false, d, 1.0, beta, nullptr);
-    });
-    if (g.needs(2)) g.add(2, kern::sum(gy, 0));
-}
-
-}  // namespace
-
-Var linear(const Var& x, const Var& w, const Var& b) {
-    check_linear("linear", x, w, b);
-    Tensor y = Tensor::empty({x.size(0), w.size(1)}, x.dtype());
-    gemm_impl("linear", x.value(), false, w.value(), false, y, 1.0, 0.0, b.defined() ? &b.value() : nullptr);
-    return make_op("linear", std::move(y), {x, w, b},
-                   [x, w](const Tensor& gy, const Tensor&, GradSink& g) { linear_backward(x, w, gy, g); });
-}
-
-Var linear_relu(const Var& x, const Var& w, const Var& b) {
-    check_linear("linear_relu", x, w, b);
-    Tensor y = Tensor::empty({x.size(0), w.size(1)}, x.dtype());
-    // The ReLU runs in the GEMM's epilogue (a oneDNN post-op): no second pass over y.
-    gemm_impl("linear_relu", x.value(), false, w.value(), false, y, 1.0, 0.0, b.defined() ? &b.value() : nullptr,
-              true);
-    return make_op("linear_relu", std::move(y), {x, w, b}, [x, w](const Tensor& gy, const Tensor& y, GradSink& g) {
-        // y > 0 is where the ReLU passed its input through (and only there it has a gradient).
-        const Tensor gz = dispatch(gy.dtype(), [&](auto t) {
-            using T = decltype(t);
-            return detail::map2<T>(gy, y, [](T u, T v) { return v > 0 ? u : T(0); });
-        });
-        linear_backward(x, w, gz, g);
-    });
 }
 
 }  // namespace flowlab

@@ -267,4 +267,23 @@ inline Tensor reduce_to(const Tensor& g, const Shape& s) {
 // writing a fresh tensor for the sink to adopt.
 inline bool has_grad(const Var& v) { return v.defined() && v.node()->grad.defined(); }
 
+// C = alpha * (op(A) op(B) + bias) + beta * C, then ReLU when `relu` (linalg.cpp), with every
+// check in one place.
+void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, double alpha,
+               double beta, const Tensor* bias, bool relu = false);
+
+// Writes a GEMM result into input i's gradient: straight into a fresh tensor the sink adopts,
+// or accumulated with beta = 1 when the input already has a gradient.
+template <class F>
+void gemm_grad(GradSink& g, std::size_t i, const Var& v, F compute) {
+    if (!g.needs(i)) return;
+    if (has_grad(v)) {
+        compute(g.buffer(i), 1.0);
+    } else {
+        Tensor t = Tensor::empty(v.shape(), v.dtype());
+        compute(t, 0.0);
+        g.add(i, std::move(t));
+    }
+}
+
 }  // namespace flowlab::detail

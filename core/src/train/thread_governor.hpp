@@ -18,8 +18,8 @@ class ThreadGovernor {
 public:
     struct Options {
         int window = 6;                   // steps measured per setting (after one settling step)
-        std::int64_t first_probe = 30;    // steps before the first probe
-        std::int64_t max_interval = 960;  // probes back off (doubling) up to this many steps apart
+        std::int64_t first_probe = 300;   // steps before the first probe (probes cost < 2% of steps)
+        std::int64_t max_interval = 4800; // probes back off (doubling) up to this many steps apart
         double margin = 0.05;             // switch only for a median this much lower
     };
     // max_threads <= 1 disables the governor (it always answers max_threads).

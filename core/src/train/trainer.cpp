@@ -28,6 +28,7 @@
 #include "flowlab/errors.hpp"
 #include "flowlab/experiment.hpp"
 #include "flowlab/parallel.hpp"
+#include "flowlab/profiler.hpp"
 #include "graph/json_internal.hpp"
 #include "train/thread_governor.hpp"
 
@@ -580,12 +581,15 @@ void Trainer::open_run_dir() {
 // and optimizer state stay exactly as they were) and too many in a row abort the run.
 Trainer::StepStats Trainer::train_step(Tensor& xb, Tensor& cb) {
     const DataSplit& tr = exp_.data.train;
-    const std::int64_t* idx = sampler_.next();
-    gather_rows(tr.x, idx, batch_, xb);
     Var ctx;
-    if (cb.defined()) {
-        gather_rows(tr.context, idx, batch_, cb);
-        ctx = Var(cb);
+    {
+        ProfilePhase phase("data");
+        const std::int64_t* idx = sampler_.next();
+        gather_rows(tr.x, idx, batch_, xb);
+        if (cb.defined()) {
+            gather_rows(tr.context, idx, batch_, cb);
+            ctx = Var(cb);
+        }
     }
     Var x(xb), log_w;
     if (Dequantizer* dq = exp_.flow->dequantizer()) {
@@ -597,9 +601,11 @@ Trainer::StepStats Trainer::train_step(Tensor& xb, Tensor& cb) {
     if (log_w.defined()) lp = lp + log_w;
     Var loss = -mean_all(lp);
     exp_.optimizer->zero_grad();
+    op_profile_mark();
     loss.backward();
     StepStats st;
     st.loss = loss.value().item();
+    ProfilePhase phase("gradient norm, clipping, optimizer");
     st.grad_norm = grad_norm(params_);
     st.lr = exp_.optimizer->base_lr() * exp_.schedule->factor(step_, steps_);
 
@@ -729,7 +735,8 @@ TrainSummary Trainer::run() {
     const std::int64_t ckpt_every = tp_.get_int("checkpoint_every");
     set_num_threads(static_cast<int>(tp_.get_int("threads")));  // 0 = all cores
     const int num_threads_pool = num_threads();
-    ThreadGovernor governor(tp_.get_bool("adaptive_threads") ? num_threads_pool : 1);
+    const bool adaptive = tp_.get_bool("adaptive_threads") && num_threads_pool > 1;
+    ThreadGovernor governor(adaptive ? num_threads_pool : 1);
     open_run_dir();
     if (opt_.resume)
         resume();
@@ -761,7 +768,7 @@ TrainSummary Trainer::run() {
         const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         train_seconds += dt;
         const int chosen = governor.current();
-        if (governor.threads() == 1 && num_threads_pool > 1) ++single_steps;
+        if (adaptive && governor.threads() == 1) ++single_steps;
         if (governor.record(dt)) set_single_threaded(governor.threads() == 1);
         if (governor.current() != chosen)
             log("threads: " + std::to_string(governor.current()) + " of " + std::to_string(num_threads_pool) +
@@ -783,7 +790,7 @@ TrainSummary Trainer::run() {
     }
     set_single_threaded(false);
     summary.thread_switches = governor.switches();
-    if (num_threads_pool > 1 && done_this_call > 0)
+    if (adaptive && done_this_call > 0)
         summary.single_thread_share = static_cast<double>(single_steps) / static_cast<double>(done_this_call);
     finish(summary, finished, done_this_call, train_seconds);
     return summary;
