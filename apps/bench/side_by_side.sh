@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Training throughput of flowlab against a PyTorch reference of the same workload, measured
 # side by side on one machine: the two alternate, round after round, so that drifts in the
-# machine's speed hit both alike. Prints each run's JSON line and the ratio of the medians.
+# machine's speed hit both alike. Prints each run's JSON line, then the ratio of the medians
+# and both systems' median peak resident memory.
 #
-#   [THREADS=1|2] apps/bench/side_by_side.sh REFERENCE_DIR w1|w2|w3 [ROUNDS]
+#   [THREADS=1|2] [BUSY=1] apps/bench/side_by_side.sh REFERENCE_DIR w1|w2|w3 [ROUNDS]
+#
+# BUSY=1 is the busy-machine variant: one other process (sha256sum /dev/zero) keeps a core busy
+# for the whole run, and each round also runs flowlab on 1 thread, so the summary shows whether
+# flowlab's THREADS threads are at least as fast as its 1 thread under the same load.
 #
 # REFERENCE_DIR holds the reference scripts (w1_moons_realnvp.py, w2_fmnist_maf.py, ...).
 # Both systems get THREADS threads (default 2): flowlab's oneDNN/TBB pools; for PyTorch with 2,
@@ -32,20 +37,39 @@ elif [ "$threads" != 2 ]; then
   echo "THREADS must be 1 or 2" >&2; exit 2
 fi
 out=$(mktemp -d)
+load=
+if [ "${BUSY:-0}" = 1 ]; then
+  sha256sum /dev/zero > /dev/null &
+  load=$!
+  trap 'kill $load 2> /dev/null' EXIT
+fi
 for r in $(seq 1 "$rounds"); do
+  if [ -n "$load" ]; then
+    "$flowlab" bench "$here/$cfg" --set train.threads=1 --warmup $warm --timed $timed --repeats 3 \
+      | tee -a "$out/flowlab1.jsonl"
+  fi
   OMP_NUM_THREADS=$threads "$flowlab" bench "$here/$cfg" --set train.threads=$threads --warmup $warm --timed $timed --repeats 3 \
     | tee -a "$out/flowlab.jsonl"
   (cd "$ref" && env "${torch_env[@]}" /usr/bin/python3 "$script" "${torch_args[@]}" --warmup $warm --timed $timed \
     --repeats 3) | tail -n 1 | tee -a "$out/torch.jsonl"
 done
-/usr/bin/python3 - "$out" <<'PY'
-import json, statistics, sys
+/usr/bin/python3 - "$out" "${BUSY:-0}" <<'PY'
+import json, os, statistics, sys
 d = sys.argv[1]
-def med(f):
-    vals = [json.loads(l)["samples_per_s"] for l in open(f"{d}/{f}") if l.strip()]
-    return statistics.median(vals), vals
+def rows(f):
+    return [json.loads(l) for l in open(f"{d}/{f}") if l.strip()]
+def med(f, key="samples_per_s"):
+    vals = [r[key] for r in rows(f) if key in r]
+    return (statistics.median(vals) if vals else float("nan")), vals
 f, fv = med("flowlab.jsonl")
 t, tv = med("torch.jsonl")
-print(json.dumps({"flowlab_samples_per_s": round(f, 1), "torch_samples_per_s": round(t, 1),
-                  "ratio": round(f / t, 2), "flowlab_runs": fv, "torch_runs": tv}))
+summary = {"flowlab_samples_per_s": round(f, 1), "torch_samples_per_s": round(t, 1), "ratio": round(f / t, 2),
+           "flowlab_runs": fv, "torch_runs": tv,
+           "flowlab_peak_rss_mb": med("flowlab.jsonl", "peak_rss_mb")[0],
+           "torch_peak_rss_mb": med("torch.jsonl", "peak_rss_mb")[0]}
+if sys.argv[2] == "1":
+    f1, f1v = med("flowlab1.jsonl")
+    summary.update({"busy": True, "flowlab_1_thread_samples_per_s": round(f1, 1), "flowlab_1_thread_runs": f1v,
+                    "threads_vs_1_thread": round(f / f1, 2)})
+print(json.dumps(summary))
 PY

@@ -74,6 +74,11 @@ private:
 // The parameters every MADE-based type shares (hidden, order, seed, activation).
 Schema made_schema(std::vector<std::int64_t> hidden_default);
 
+// One level's unit degrees, shared between the network and its masked-weight ops (made.cpp) and
+// the solvers (made_solver.cpp).
+using DegreeVec = std::vector<std::int32_t>;
+using DegreePtr = std::shared_ptr<const DegreeVec>;
+
 // W * M from the degree vectors of its input and output units, as one op whose backward masks
 // the gradient. strict: keep deg_out > deg_in (output layer), else deg_out >= deg_in.
 Var masked_weight(const Var& w, const std::shared_ptr<const std::vector<std::int32_t>>& deg_in,

@@ -18,6 +18,7 @@
 
 #include <flowlab/checkpoint.hpp>
 #include <flowlab/experiment.hpp>
+#include <flowlab/run_dir.hpp>
 
 namespace fs = std::filesystem;
 using nlohmann::json;

@@ -16,6 +16,7 @@
 #include "flowlab/errors.hpp"
 #include "flowlab/experiment.hpp"
 #include "flowlab/model.hpp"
+#include "flowlab/run_dir.hpp"
 
 using namespace flowlab;
 namespace fs = std::filesystem;

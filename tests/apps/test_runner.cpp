@@ -24,6 +24,7 @@
 
 #include "flowlab/checkpoint.hpp"
 #include "flowlab/experiment.hpp"
+#include "flowlab/run_dir.hpp"
 
 using namespace flowlab;
 namespace fs = std::filesystem;

@@ -22,6 +22,8 @@
 
 namespace flowlab {
 
+struct Experiment;  // builder.hpp
+
 struct Checkpoint {
     std::vector<NamedTensor> tensors;
     std::map<std::string, std::string> metadata;
@@ -83,6 +85,10 @@ void put_train_state(const TrainState& state, std::map<std::string, std::string>
 // parse_checkpoint.
 TrainState parse_train_state(const std::map<std::string, std::string>& metadata, const std::string& path,
                              const RunShape& run = {});
+
+// Loads parameters and buffers of a checkpoint into the experiment's flow (the EMA copy when
+// `prefer_ema` and the checkpoint has one). Throws IoError on a mismatch.
+void load_weights(Experiment& exp, const std::string& checkpoint_path, bool prefer_ema = true);
 
 // Removes the temporary files a writer killed mid-write left in `dir` (".NAME.tmp-PID", the
 // writer's naming; nothing else), except those of a live process other than this one, which

@@ -1,6 +1,9 @@
-// The MLE trainer and evaluation: the training loop (gradient clipping, schedules, EMA,
-// non-finite-step policy, early stopping), checkpoints and exact resume, bits/dim.
-// Implemented in core/src/train/trainer.cpp.
+// The MLE trainer: the training loop (gradient clipping, schedules, EMA, non-finite-step
+// policy, early stopping), checkpoints and exact resume. Implemented in
+// core/src/train/trainer.cpp (the loop) and train/trainer_checkpoints.cpp (its checkpoints).
+// What a trainer's callers use with it comes along: evaluate() (evaluate.hpp) and
+// load_weights() (checkpoint.hpp); a run directory's files, run_checkpoints() among them, are
+// in run_dir.hpp.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +12,8 @@
 #include <vector>
 
 #include "flowlab/builder.hpp"
+#include "flowlab/checkpoint.hpp"
+#include "flowlab/evaluate.hpp"
 
 namespace flowlab {
 
@@ -47,31 +52,11 @@ struct TrainSummary {
     int thread_switches = 0;
 };
 
-// The checkpoints of a run directory, newest first (run_dir/checkpoints/step-*.safetensors;
-// the `latest` pointer's target first when it is valid).
-std::vector<std::string> run_checkpoints(const std::string& run_dir);
-// Loads parameters and buffers of a checkpoint into the experiment's flow (the EMA copy when
-// `prefer_ema` and the checkpoint has one). Throws IoError on a mismatch.
-void load_weights(Experiment& exp, const std::string& checkpoint_path, bool prefer_ema = true);
-
 TrainSummary train(Experiment& exp, const TrainOptions& opt);
 
 // Whether `run_dir` holds a finished run: its summary.json is written and the checkpoint a
 // resume would load is at train.steps (or early-stopped). `run --resume` then changes nothing.
 // Read-only.
 bool run_finished(Experiment& exp, const std::string& run_dir);
-
-// Mean NLL (nats) and bits/dim of `split` ("test", "valid", "train") under the flow. With a
-// stochastic dequantizer (uniform, variational) and importance_samples K > 1 the bound is the
-// importance-weighted one: log (1/K) sum_k exp(log p(x + u_k) - log q(u_k | x)).
-// nll: nats per example of the data as given (for integer data: the dequantization bound,
-// an importance-weighted one with K > 1 samples); bpd = nll / (D ln 2); dequantized_nll:
-// -log p(x') of the dequantized values (equal to nll without a dequantizer).
-struct EvalResult {
-    double nll = 0.0, bpd = 0.0, dequantized_nll = 0.0;
-    std::int64_t n = 0;
-};
-EvalResult evaluate(Experiment& exp, const std::string& split, std::int64_t batch_size,
-                    int importance_samples = 1);
 
 }  // namespace flowlab

@@ -3,6 +3,7 @@
 // nlohmann/json; only core .cpp files include this.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -40,5 +41,9 @@ Params load_experiment_json(nlohmann::json root, const std::string& file, const 
 
 // A short description of a value for error messages: `string "abc"`, `integer 3`, `null`.
 std::string describe_json(const nlohmann::json& v);
+
+// Reads an integer parameter, accepting an integral float (1e3 is 1000); false for anything
+// else. Params' accessors and schema validation share it.
+bool as_integer(const nlohmann::json& v, std::int64_t& out);
 
 }  // namespace flowlab

@@ -10,6 +10,7 @@
 #include "flowlab/errors.hpp"
 #include "flowlab/experiment.hpp"
 #include "flowlab/plugin.hpp"
+#include "flowlab/run_dir.hpp"
 #include "graph/json_internal.hpp"
 
 namespace fs = std::filesystem;

@@ -17,7 +17,9 @@
 #include <nlohmann/json.hpp>
 #include <zlib.h>
 
+#include "flowlab/builder.hpp"
 #include "flowlab/errors.hpp"
+#include "train/trainer_internal.hpp"
 
 namespace flowlab {
 
@@ -471,6 +473,17 @@ TrainState parse_train_state(const std::map<std::string, std::string>& m, const 
     }
     if (r.has("early_stopped")) st.early_stopped = r.flag("early_stopped");
     return st;
+}
+
+void load_weights(Experiment& exp, const std::string& path, bool prefer_ema) {
+    using train_detail::require;
+    using train_detail::restore_into;
+    Checkpoint ck = read_checkpoint(path);
+    bool ema = prefer_ema && ck.metadata.count("ema") && ck.metadata.at("ema") == "1";
+    for (const auto& p : exp.flow->named_parameters())
+        restore_into(p.var.value(), require(ck, (ema ? "ema/" : "param/") + p.name, path), p.name, path);
+    for (const auto& b : exp.flow->named_buffers())
+        restore_into(b.tensor, require(ck, "buffer/" + b.name, path), b.name, path);
 }
 
 }  // namespace flowlab

@@ -1,6 +1,9 @@
 #include "flowlab/run_dir.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 
 #include "flowlab/checkpoint.hpp"
 #include "flowlab/version.hpp"
@@ -9,6 +12,7 @@
 namespace flowlab {
 
 using nlohmann::json;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -35,6 +39,26 @@ void write_run_summary(const std::string& run_dir, const std::string& name, cons
                 {"skipped_steps", s.skipped_steps},
                 {"early_stopped", s.early_stopped}};
     write_file_atomic(run_dir + "/summary.json", doc.dump(2) + "\n");
+}
+
+std::vector<std::string> run_checkpoints(const std::string& run_dir) {
+    fs::path dir = fs::path(run_dir) / "checkpoints";
+    std::vector<std::string> files;
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) return files;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+        std::string fn = e.path().filename().string();
+        if (fn.rfind("step-", 0) == 0 && e.path().extension() == ".safetensors") files.push_back(e.path().string());
+    }
+    std::sort(files.rbegin(), files.rend());  // zero-padded step numbers: newest first
+    std::ifstream latest(dir / "latest");
+    std::string name;
+    if (latest && std::getline(latest, name)) {
+        std::string p = (dir / name).string();
+        auto it = std::find(files.begin(), files.end(), p);
+        if (it != files.end()) std::rotate(files.begin(), it, it + 1);
+    }
+    return files;
 }
 
 }  // namespace flowlab

@@ -15,14 +15,35 @@ double ThreadGovernor::median(std::vector<double> v) {
     return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-bool ThreadGovernor::record(double seconds) {
+bool ThreadGovernor::record(double seconds, double waited) {
     if (max_ <= 1) return false;
-    const auto window = static_cast<std::size_t>(std::max(1, opt_.window));
+    // Steps per window: at least opt_.window, and enough to span window_seconds at the speed
+    // measured so far.
+    if (!recent_.empty() && opt_.window_seconds > 0.0) {
+        const double typical = median(recent_);
+        if (typical > 0.0)
+            window_ = std::max<std::size_t>(static_cast<std::size_t>(std::max(1, opt_.window)),
+                                            std::min<std::size_t>(200, static_cast<std::size_t>(
+                                                                           opt_.window_seconds / typical) + 1));
+    }
+    const std::size_t window = std::max<std::size_t>(window_, static_cast<std::size_t>(std::max(1, opt_.window)));
     if (!probing_) {
         recent_.push_back(seconds);
         if (recent_.size() > window) recent_.erase(recent_.begin());
+        ++since_probe_;
+        // Contention: most of a window's steps waited for a CPU. Probe now, unless a probe
+        // under contention kept the current setting recently (then wait twice as long).
+        contended_ = waited > opt_.contention * seconds ? contended_ + 1 : std::max(0, contended_ - 1);
+        if (recent_.size() >= window && contended_ >= static_cast<int>(window / 2) &&
+            since_probe_ >= std::max<std::int64_t>(contention_gap_, 2 * static_cast<std::int64_t>(window)))
+            until_probe_ = std::min<std::int64_t>(until_probe_, 1);
         if (--until_probe_ > 0 || recent_.size() < window) return false;
+        contention_gap_ = contended_ >= static_cast<int>(window / 2)
+                              ? std::max<std::int64_t>(4 * static_cast<std::int64_t>(window), 2 * contention_gap_)
+                              : 0;
         probing_ = true;
+        since_probe_ = 0;
+        contended_ = 0;
         probe_.clear();
         probe_seen_ = 0;
         ++probes_;
@@ -37,6 +58,7 @@ bool ThreadGovernor::record(double seconds) {
         current_ = other();
         ++switches_;
         interval_ = opt_.first_probe;  // the machine changed: look again soon
+        contention_gap_ = 0;
         recent_ = probe_;
         until_probe_ = interval_;
         return false;  // the probe's setting is now the current one

@@ -3,7 +3,9 @@
 // parallel section wait for a thread that is not running, and the serial parts run on a
 // shared core. The governor measures instead of guessing: now and then it runs a few steps on
 // the other setting (1 thread, or all of them) and keeps whichever has the lower median step
-// time. Results do not depend on the thread count (GEMM tiles and reductions are fixed by the
+// time. Probes are rare on an idle machine (backing off to thousands of steps apart) and come
+// at once when the kernel reports the training thread waiting for a CPU (its run delay), the
+// sign that another process competes for the cores. Results do not depend on the thread count (GEMM tiles and reductions are fixed by the
 // shapes), so a switch never changes a number, only the speed.
 //
 // Pure logic, fed with step times, so that its decisions are unit-tested without a clock.
@@ -17,10 +19,12 @@ namespace flowlab {
 class ThreadGovernor {
 public:
     struct Options {
-        int window = 6;                   // steps measured per setting (after one settling step)
+        int window = 6;                   // steps measured per setting (after one settling step),
+        double window_seconds = 0.05;     // and at least this long: short steps are noisy one by one
         std::int64_t first_probe = 300;   // steps before the first probe (probes cost < 2% of steps)
         std::int64_t max_interval = 4800; // probes back off (doubling) up to this many steps apart
-        double margin = 0.05;             // switch only for a median this much lower
+        double margin = 0.03;             // switch only for a median this much lower
+        double contention = 0.05;         // a step that waited this share of its time for a CPU is contended
     };
     // max_threads <= 1 disables the governor (it always answers max_threads).
     explicit ThreadGovernor(int max_threads);
@@ -28,9 +32,10 @@ public:
 
     // The thread count to run the next step with.
     int threads() const { return probing_ ? other() : current_; }
-    // Records the wall time of the step just run with threads(); returns true when the
-    // setting for the next step differs from the one just used.
-    bool record(double seconds);
+    // Records the wall time of the step just run with threads(), and how long the training
+    // thread waited for a CPU during it (0 when unknown); returns true when the setting for the
+    // next step differs from the one just used.
+    bool record(double seconds, double waited = 0.0);
 
     int current() const { return current_; }  // the setting chosen so far
     int switches() const { return switches_; }
@@ -49,6 +54,9 @@ private:
     std::vector<double> recent_; // the current setting's last `window` step times
     std::vector<double> probe_;  // the probe's step times (the first, settling step dropped)
     int probe_seen_ = 0;
+    std::size_t window_ = 0;     // steps per window now (from window and window_seconds)
+    int contended_ = 0;          // contended steps among the last window's
+    std::int64_t since_probe_ = 0, contention_gap_ = 0;
     int switches_ = 0;
     std::int64_t probes_ = 0;
 };

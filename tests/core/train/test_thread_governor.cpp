@@ -3,6 +3,7 @@
 // and backs off its probes while nothing changes.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <functional>
 
 #include "train/thread_governor.hpp"
@@ -26,6 +27,7 @@ std::vector<int> drive(ThreadGovernor& g, int steps, const std::function<double(
 ThreadGovernor::Options quick() {
     ThreadGovernor::Options o;
     o.window = 4;
+    o.window_seconds = 0.0;
     o.first_probe = 10;
     o.max_interval = 80;
     return o;
@@ -70,6 +72,37 @@ TEST_CASE("the governor ignores differences within its margin and the settling s
     });
     CHECK(g.current() == 2);
     CHECK(g.switches() == 0);
+}
+
+TEST_CASE("short steps are measured over longer windows", "[train][threads]") {
+    ThreadGovernor::Options o = quick();
+    o.window_seconds = 0.05;  // 1 ms steps: windows of about 50 steps
+    ThreadGovernor g(2, o);
+    const auto used = drive(g, 400, [](int t) { return t == 2 ? 0.001 : 0.0009; });
+    CHECK(g.current() == 1);  // 10% faster on one thread, seen through the longer window
+    // The probe ran on one thread for a whole window, not for 4 steps.
+    const auto first_one = std::find(used.begin(), used.end(), 1) - used.begin();
+    CHECK(std::count(used.begin() + first_one, used.begin() + first_one + 40, 1) == 40);
+}
+
+TEST_CASE("waiting for a CPU brings the probe forward", "[train][threads]") {
+    ThreadGovernor::Options o = quick();
+    o.first_probe = 1000;  // no scheduled probe within the test
+    ThreadGovernor idle(2, o), busy(2, o);
+    for (int i = 0; i < 100; ++i) {
+        idle.record(1.0, 0.0);
+        busy.record(1.0, 0.5);  // half of each step spent waiting for a CPU
+    }
+    CHECK(idle.probes() == 0);
+    CHECK(busy.probes() >= 1);
+    // Under lasting contention where all threads stay faster, probes back off.
+    ThreadGovernor steady(2, o);
+    for (int i = 0; i < 2000; ++i) {
+        const int t = steady.threads();
+        steady.record(t == 2 ? 1.0 : 1.5, 0.5);
+    }
+    CHECK(steady.current() == 2);
+    CHECK(steady.probes() < 40);
 }
 
 TEST_CASE("one thread, or the governor off, never probes", "[train][threads]") {

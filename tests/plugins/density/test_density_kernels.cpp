@@ -10,6 +10,7 @@
 #include <flowlab/ops.hpp>
 
 #include "../../../plugins/density/made.cpp"
+#include "../../../plugins/density/made_solver.cpp"
 #include "../../../plugins/density/spline_op.cpp"
 
 using namespace flowlab;
