@@ -54,23 +54,13 @@ FlowResult affine_fast(const Var& a, const Var& u) {
     if (uv.shape() != Shape{B, 2 * D})
         throw ShapeError("maf: MADE output " + shape_str(uv.shape()) + ", expected " + shape_str({B, 2 * D}));
     check_same_dtype(av, uv, "maf");
-    Tensor out = Tensor::empty(av.shape(), av.dtype());
-    Tensor ld = Tensor::empty({B}, av.dtype());
-    dispatch(av.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        const T* ap = av.data<T>();
-        const T* up = uv.data<T>();
-        T* op = out.data<T>();
-        T* lp = ld.data<T>();
-        parallel_for(B, row_grain(D), [&](std::int64_t r0, std::int64_t r1) { affine_rows<T>(ap, up, op, lp, r0, r1, D); });
-    });
-    Var out_v = make_op("maf_affine", std::move(out), {a, u}, [uv, D](const Tensor& gy, const Tensor& y, GradSink& sink) {
-        const bool need_a = sink.needs(0), need_u = sink.needs(1);
-        if (!need_a && !need_u) return;
-        dispatch(y.dtype(), [&](auto tag) {
+    OutAndLogDet fwd = rows_with_log_det(
+        av, uv, row_grain(D), [&](const auto* ap, const auto* up, auto* op, auto* lp, std::int64_t r0, std::int64_t r1) {
+            affine_rows(ap, up, op, lp, r0, r1, D);
+        });
+    Var out_v = make_op("maf_affine", std::move(fwd.out), {a, u}, [uv, D](const Tensor& gy, const Tensor& y, GradSink& sink) {
+        with_grad_buffers(sink, y.dtype(), [&](auto tag, auto* ga, auto* gu) {
             using T = decltype(tag);
-            T* ga = need_a ? sink.buffer(0).template data<T>() : nullptr;
-            T* gu = need_u ? sink.buffer(1).template data<T>() : nullptr;
             const T* gp = gy.data<T>();
             const T* yp = y.data<T>();
             const T* up = uv.data<T>();
@@ -88,7 +78,7 @@ FlowResult affine_fast(const Var& a, const Var& u) {
             });
         });
     });
-    Var ld_v = make_op("maf_log_det", std::move(ld), {u}, [D](const Tensor& gld, const Tensor&, GradSink& sink) {
+    Var ld_v = make_op("maf_log_det", std::move(fwd.log_det), {u}, [D](const Tensor& gld, const Tensor&, GradSink& sink) {
         if (!sink.needs(0)) return;
         dispatch(gld.dtype(), [&](auto tag) {
             using T = decltype(tag);

@@ -238,6 +238,30 @@ inline T solve_theta(const Bin<T>& b, T y) {
     return clamp01(T(2) * qc / den);
 }
 
+// An element inside [-B, B]: its bin, its position theta in the bin and the bin's partials there.
+template <class T>
+struct Located {
+    Bin<T> b;
+    T theta;
+    Partials<T> p;
+};
+
+// Located from the x side (the forward direction's input).
+template <class T>
+inline Located<T> locate_x(const Knots<T>& kn, T x) {
+    const Bin<T> b = kn.bin_of_x(x);
+    const T theta = clamp01((x - b.X) / b.W);
+    return {b, theta, bin_partials(b, theta)};
+}
+
+// Located from the y side (the inverse direction's input): theta solves the bin's quadratic.
+template <class T>
+inline Located<T> locate_y(const Knots<T>& kn, T y) {
+    const Bin<T> b = kn.bin_of_y(y);
+    const T theta = solve_theta(b, y);
+    return {b, theta, bin_partials(b, theta)};
+}
+
 // Forward y = f(x) and log dy/dx of one element.
 template <class T>
 inline void forward(const Knots<T>& kn, T x, T& y, T& logdet) {
@@ -246,11 +270,9 @@ inline void forward(const Knots<T>& kn, T x, T& y, T& logdet) {
         logdet = T(0);
         return;
     }
-    const Bin<T> b = kn.bin_of_x(x);
-    const T theta = clamp01((x - b.X) / b.W);
-    const Partials<T> p = bin_partials(b, theta);
-    y = p.y;
-    logdet = p.L;
+    const Located<T> at = locate_x(kn, x);
+    y = at.p.y;
+    logdet = at.p.L;
 }
 
 // Inverse x = f^-1(y) and log dx/dy (= -log f'(x)) of one element.
@@ -261,11 +283,9 @@ inline void inverse(const Knots<T>& kn, T y, T& x, T& logdet) {
         logdet = T(0);
         return;
     }
-    const Bin<T> b = kn.bin_of_y(y);
-    const T theta = solve_theta(b, y);
-    x = b.X + theta * b.W;
-    const Partials<T> p = bin_partials(b, theta);
-    logdet = -p.L;
+    const Located<T> at = locate_y(kn, y);
+    x = at.b.X + at.theta * at.b.W;
+    logdet = -at.p.L;
 }
 
 // Backward of forward(): gradients gy (of y) and gl (of logdet) to gx (returned, to add) and
@@ -273,12 +293,11 @@ inline void inverse(const Knots<T>& kn, T y, T& x, T& logdet) {
 template <class T>
 inline T forward_backward(const Knots<T>& kn, T x, T gy, T gl, T* graw, std::int64_t stride) {
     if (!kn.inside(x)) return gy;
-    const Bin<T> b = kn.bin_of_x(x);
-    const T theta = clamp01((x - b.X) / b.W);
-    const Partials<T> p = bin_partials(b, theta);
+    const Located<T> at = locate_x(kn, x);
+    const Partials<T>& p = at.p;
     T gq[7];
     for (int i = 0; i < 7; ++i) gq[i] = gy * p.gy[i] + gl * p.gL[i];
-    kn.chain(b, gq, graw, stride);
+    kn.chain(at.b, gq, graw, stride);
     return gq[0];
 }
 
@@ -288,15 +307,14 @@ inline T forward_backward(const Knots<T>& kn, T x, T gy, T gl, T* graw, std::int
 template <class T>
 inline T inverse_backward(const Knots<T>& kn, T y, T gx, T gl, T* graw, std::int64_t stride) {
     if (!kn.inside(y)) return gx;
-    const Bin<T> b = kn.bin_of_y(y);
-    const T theta = solve_theta(b, y);
-    const Partials<T> p = bin_partials(b, theta);
+    const Located<T> at = locate_y(kn, y);
+    const Partials<T>& p = at.p;
     const T G = gx - gl * p.gL[0];
     const T inv_f = T(1) / p.dydx;
     T gq[7];
     gq[0] = G * inv_f;
     for (int i = 1; i < 7; ++i) gq[i] = -G * p.gy[i] * inv_f - gl * p.gL[i];
-    kn.chain(b, gq, graw, stride);
+    kn.chain(at.b, gq, graw, stride);
     return gq[0];
 }
 

@@ -8,7 +8,6 @@
 // spline (spline.hpp), so the layer starts as the identity.
 #include <memory>
 #include <string>
-#include <vector>
 
 #include <flowlab/ops.hpp>
 
@@ -50,17 +49,12 @@ public:
         dim_ = numel(c.event_shape);
         if (c.event_shape.empty() || dim_ < 2)
             throw ShapeError("spline_coupling: needs at least 2 features to split, got " + shape_str(c.event_shape));
-        CouplingSplit split = coupling_split(p.get_string("mask"), p.get_int("parity"), dim_, "spline_coupling");
-        cond_ = std::move(split.cond);
-        cond_contiguous_ = split.cond_contiguous;
+        split_ = coupling_split(p.get_string("mask"), p.get_int("parity"), dim_, "spline_coupling");
         layout_ = std::make_shared<const SplineLayout>(SplineLayout::per_feature(
-            split.slot, static_cast<std::int32_t>(split.trans.size()), cfg_.num_params()));
+            split_.slot, static_cast<std::int32_t>(split_.trans.size()), cfg_.num_params()));
         if (!c.registry) throw PluginError("spline_coupling: built without a registry (needed for its conditioner)");
-        ConditionerSpec spec;
-        spec.in_shape = {static_cast<std::int64_t>(cond_.size())};
-        spec.out_shape = {layout_->raw_cols};
-        spec.context_shape = c.context_shape;
-        spec.zero_init_last = true;
+        const ConditionerSpec spec{
+            {static_cast<std::int64_t>(split_.cond.size())}, {layout_->raw_cols}, c.context_shape, true};
         Rng rng = init_rng(c);
         net_ = c.registry->make_conditioner(p.get_object("conditioner"), spec, rng);
         add_child("conditioner", net_.get());
@@ -74,12 +68,7 @@ private:
     FlowResult apply(const Var& in, const Var& context, bool spline_forward) {
         const std::int64_t B = in.size(0);
         Var x = in.value().dim() == 2 ? in : reshape(in, {B, dim_});
-        const auto n_cond = static_cast<std::int64_t>(cond_.size());
-        Var xc = cond_contiguous_ ? slice(x, 1, cond_.front(), n_cond) : gather(x, cond_, 1);
-        Var raw = (*net_)(xc, context);
-        if (raw.shape() != Shape{B, layout_->raw_cols})
-            throw ShapeError("spline_coupling: the conditioner returned " + shape_str(raw.shape()) + ", expected " +
-                             shape_str({B, layout_->raw_cols}));
+        Var raw = coupling_conditioner(*net_, x, context, split_, layout_->raw_cols, "spline_coupling");
         FlowResult r = spline_transform(x, raw, layout_, cfg_, spline_forward);
         if (in.value().dim() != 2) r.out = reshape(r.out, in.shape());
         return r;
@@ -87,8 +76,7 @@ private:
 
     rqs::SplineConfig cfg_;
     std::int64_t dim_ = 0;
-    std::vector<std::int64_t> cond_;
-    bool cond_contiguous_ = false;
+    CouplingSplit split_;
     std::shared_ptr<const SplineLayout> layout_;
     std::unique_ptr<Conditioner> net_;
 };
@@ -96,16 +84,10 @@ private:
 }  // namespace
 
 void register_splines(Registry& reg) {
-    Schema s = {
-        param_string("mask", "alternate",
-                     "feature split: 'alternate' (even/odd flat index) or 'half' (first ceil(D/2) / rest)")
-            .choices({"alternate", "half"}),
-        param_int("parity", 0, "which set is transformed: 0 = even indices / first half, 1 = odd / second half")
-            .range(0, 1),
-        param_object("conditioner", R"({"type": "mlp"})",
-                     "network from the conditioning features (and context) to 3K-1 raw parameters per "
-                     "transformed feature"),
-    };
+    Schema s = coupling_split_params();
+    s.push_back(param_object("conditioner", R"({"type": "mlp"})",
+                             "network from the conditioning features (and context) to 3K-1 raw parameters per "
+                             "transformed feature"));
     for (auto& ps : spline_schema_params()) s.push_back(ps);
     ConformanceHints h;
     h.shapes = {{2}, {5}};

@@ -111,30 +111,19 @@ FlowResult spline_transform(const Var& in, const Var& raw, const std::shared_ptr
                          shape_str({B, L.raw_cols}));
     check_same_dtype(xv, rv, "spline");
     if (cfg.bins < 1 || cfg.bins > rqs::kMaxBins) throw ConfigError("spline: bins must lie in [1, 64]");
-    Tensor out = Tensor::empty(xv.shape(), xv.dtype());
-    Tensor ld = Tensor::empty({B}, xv.dtype());
-    dispatch(xv.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        const T* xp = xv.data<T>();
-        const T* rp = rv.data<T>();
-        T* op = out.data<T>();
-        T* lp = ld.data<T>();
-        parallel_for(B, row_grain(L.raw_cols * 8), [&](std::int64_t r0, std::int64_t r1) {
-            spline_fwd_rows<T>(xp, rp, op, lp, r0, r1, L, cfg, forward_dir);
+    OutAndLogDet fwd = rows_with_log_det(
+        xv, rv, row_grain(L.raw_cols * 8),
+        [&](const auto* xp, const auto* rp, auto* op, auto* lp, std::int64_t r0, std::int64_t r1) {
+            spline_fwd_rows(xp, rp, op, lp, r0, r1, L, cfg, forward_dir);
         });
-    });
     auto parked = std::make_shared<Parked>();
     Var out_v = make_op(
-        forward_dir ? "spline_forward" : "spline_inverse", std::move(out), {in, raw},
+        forward_dir ? "spline_forward" : "spline_inverse", std::move(fwd.out), {in, raw},
         [xv, rv, layout, cfg, forward_dir, parked](const Tensor& gy, const Tensor&, GradSink& sink) {
             Tensor gld = std::move(parked->g_log_det);
             parked->g_log_det = Tensor();
-            const bool need_in = sink.needs(0), need_raw = sink.needs(1);
-            if (!need_in && !need_raw) return;
-            dispatch(xv.dtype(), [&](auto tag) {
+            with_grad_buffers(sink, xv.dtype(), [&](auto tag, auto* gin, auto* gr) {
                 using T = decltype(tag);
-                T* gin = need_in ? sink.buffer(0).template data<T>() : nullptr;
-                T* gr = need_raw ? sink.buffer(1).template data<T>() : nullptr;
                 const T* gyp = gy.data<T>();
                 const T* glp = gld.defined() ? gld.data<T>() : nullptr;
                 const T* xp = xv.data<T>();
@@ -144,7 +133,7 @@ FlowResult spline_transform(const Var& in, const Var& raw, const std::shared_ptr
                 });
             });
         });
-    Var ld_v = make_op(forward_dir ? "spline_forward_log_det" : "spline_inverse_log_det", std::move(ld), {out_v},
+    Var ld_v = make_op(forward_dir ? "spline_forward_log_det" : "spline_inverse_log_det", std::move(fwd.log_det), {out_v},
                        [parked](const Tensor& gld, const Tensor&, GradSink& sink) {
                            parked->g_log_det = gld.clone();
                            // The output node's rule does the work; it runs only if its gradient

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <flowlab/ops.hpp>
@@ -128,30 +129,17 @@ void affine_logdet_bwd_kernel(const T* gld, const T* raw, T* graw, std::int64_t 
 
 FlowResult affine_update(const Var& x, const Var& raw, const std::shared_ptr<const Mask>& mask, double clamp,
                          bool inverse) {
-    const Tensor& xv = x.value();
     const Tensor& rv = raw.value();
-    const std::int64_t B = xv.size(0);
-    Tensor out = Tensor::empty(xv.shape(), xv.dtype());
-    Tensor ld = Tensor::empty({B}, xv.dtype());
-    dispatch(xv.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        const T* xp = xv.data<T>();
-        const T* rp = rv.data<T>();
-        T* op = out.data<T>();
-        T* lp = ld.data<T>();
-        SoftClamp<T> sc{static_cast<T>(clamp)};
-        parallel_for(B, row_grain(mask->dim), [&](std::int64_t r0, std::int64_t r1) {
-            affine_fwd_kernel<T>(xp, rp, op, lp, r0, r1, *mask, sc, inverse);
+    OutAndLogDet fwd = rows_with_log_det(
+        x.value(), rv, row_grain(mask->dim),
+        [&](const auto* xp, const auto* rp, auto* op, auto* lp, std::int64_t r0, std::int64_t r1) {
+            using T = std::remove_pointer_t<decltype(op)>;
+            affine_fwd_kernel<T>(xp, rp, op, lp, r0, r1, *mask, SoftClamp<T>{static_cast<T>(clamp)}, inverse);
         });
-    });
-    Var out_v = make_op(inverse ? "affine_coupling_inverse" : "affine_coupling_forward", std::move(out), {x, raw},
+    Var out_v = make_op(inverse ? "affine_coupling_inverse" : "affine_coupling_forward", std::move(fwd.out), {x, raw},
                         [rv, mask, clamp, inverse](const Tensor& gy, const Tensor& y, GradSink& sink) {
-                            const bool need_x = sink.needs(0), need_raw = sink.needs(1);
-                            if (!need_x && !need_raw) return;
-                            dispatch(y.dtype(), [&](auto tag) {
+                            with_grad_buffers(sink, y.dtype(), [&](auto tag, auto* gx, auto* gr) {
                                 using T = decltype(tag);
-                                T* gx = need_x ? sink.buffer(0).template data<T>() : nullptr;
-                                T* gr = need_raw ? sink.buffer(1).template data<T>() : nullptr;
                                 const T* gp = gy.data<T>();
                                 const T* yp = y.data<T>();
                                 const T* rp = rv.data<T>();
@@ -161,7 +149,7 @@ FlowResult affine_update(const Var& x, const Var& raw, const std::shared_ptr<con
                                 });
                             });
                         });
-    Var ld_v = make_op("affine_coupling_log_det", std::move(ld), {raw},
+    Var ld_v = make_op("affine_coupling_log_det", std::move(fwd.log_det), {raw},
                        [rv, dt = mask->d_trans(), clamp, inverse](const Tensor& gld, const Tensor&, GradSink& sink) {
                            if (!sink.needs(0)) return;
                            dispatch(rv.dtype(), [&](auto tag) {
@@ -228,12 +216,8 @@ Var additive_update(const Var& x, const Var& raw, const std::shared_ptr<const Ma
     });
     return make_op(inverse ? "additive_coupling_inverse" : "additive_coupling_forward", std::move(out), {x, raw},
                    [mask, inverse](const Tensor& gy, const Tensor&, GradSink& sink) {
-                       const bool need_x = sink.needs(0), need_raw = sink.needs(1);
-                       if (!need_x && !need_raw) return;
-                       dispatch(gy.dtype(), [&](auto tag) {
+                       with_grad_buffers(sink, gy.dtype(), [&](auto tag, auto* gx, auto* gr) {
                            using T = decltype(tag);
-                           T* gx = need_x ? sink.buffer(0).template data<T>() : nullptr;
-                           T* gr = need_raw ? sink.buffer(1).template data<T>() : nullptr;
                            const T* gp = gy.data<T>();
                            parallel_for(gy.size(0), row_grain(mask->dim), [&](std::int64_t r0, std::int64_t r1) {
                                additive_bwd_kernel<T>(gp, gx, gr, r0, r1, *mask, inverse ? T(1) : T(-1));
@@ -253,11 +237,8 @@ public:
         flat_ = c.event_shape.size() != 1;
         mask_ = make_mask(p.get_string("mask"), p.get_int("parity"), dim, name);
         if (!c.registry) throw PluginError(std::string(name) + ": built without a registry (needed for its conditioner)");
-        ConditionerSpec spec;
-        spec.in_shape = {static_cast<std::int64_t>(mask_->cond.size())};
-        spec.out_shape = {(affine ? 2 : 1) * mask_->d_trans()};
-        spec.context_shape = c.context_shape;
-        spec.zero_init_last = true;
+        const ConditionerSpec spec{
+            {static_cast<std::int64_t>(mask_->cond.size())}, {(affine ? 2 : 1) * mask_->d_trans()}, c.context_shape, true};
         Rng fallback(0);
         net_ = c.registry->make_conditioner(p.get_object("conditioner"), spec, c.rng ? *c.rng : fallback);
         add_child("conditioner", net_.get());
@@ -271,14 +252,7 @@ private:
     FlowResult apply(const Var& in, const Var& context, bool inverse) {
         const std::int64_t B = in.size(0);
         Var x = flat_ ? reshape(in, {B, mask_->dim}) : in;
-        const Mask& m = *mask_;
-        const auto n_cond = static_cast<std::int64_t>(m.cond.size());
-        Var xc = m.cond_contiguous ? slice(x, 1, m.cond.front(), n_cond) : gather(x, m.cond, 1);
-        Var raw = (*net_)(xc, context);
-        const std::int64_t width = (affine_ ? 2 : 1) * m.d_trans();
-        if (raw.shape() != Shape{B, width})
-            throw ShapeError(name_ + ": the conditioner returned " + shape_str(raw.shape()) + ", expected " +
-                             shape_str({B, width}));
+        Var raw = coupling_conditioner(*net_, x, context, *mask_, (affine_ ? 2 : 1) * mask_->d_trans(), name_);
         check_same_dtype(x.value(), raw.value(), name_.c_str());
         FlowResult r;
         if (affine_) {
@@ -300,16 +274,10 @@ private:
 };
 
 Schema coupling_schema(bool affine) {
-    Schema s = {
-        param_string("mask", "alternate",
-                     "feature split: 'alternate' (even/odd flat index) or 'half' (first ceil(D/2) / rest)")
-            .choices({"alternate", "half"}),
-        param_int("parity", 0, "which set is transformed: 0 = even indices / first half, 1 = odd / second half")
-            .range(0, 1),
-        param_object("conditioner", R"({"type": "mlp"})",
-                     std::string("network from the conditioning features (and context) to ") +
-                         (affine ? "(s_raw, t), d_t columns each" : "the shift t")),
-    };
+    Schema s = coupling_split_params();
+    s.push_back(param_object("conditioner", R"({"type": "mlp"})",
+                             std::string("network from the conditioning features (and context) to ") +
+                                 (affine ? "(s_raw, t), d_t columns each" : "the shift t")));
     if (affine)
         s.push_back(param_number("scale_clamp", 1.0, "soft clamp c of the log-scale: s = c*tanh(s_raw/c); 0 = none")
                         .min(0.0));

@@ -49,6 +49,12 @@ std::string latest_checkpoint(const fs::path& run) {
     return all.front();
 }
 
+// `flowlab run` of the tiny experiment with the nan_injector fixture plugin loaded, then `options`.
+CliResult run_with_nan_injector(const std::string& options) {
+    const std::string plugin = std::string(FLOWLAB_TEST_FIXTURE_DIR) + "/nan_injector.so";
+    return run_cli("run " + kTiny + " --quiet --plugin " + plugin + options);
+}
+
 // Every tensor whose name starts with one of the prefixes, equal to the bit.
 void require_same_tensors(const Checkpoint& a, const Checkpoint& b, std::vector<std::string> prefixes) {
     int compared = 0;
@@ -173,13 +179,12 @@ TEST_CASE("SIGKILL at random moments never leaves a run without a loadable check
 
 TEST_CASE("a non-finite gradient skips the step and leaves parameters and optimizer state untouched", "[runner]") {
     fs::path run = fresh_dir("nan");
-    std::string plugin = std::string(FLOWLAB_TEST_FIXTURE_DIR) + "/nan_injector.so";
     // Layer 0 poisons the gradient on step 3 only; a checkpoint follows every step.
-    CliResult r = run_cli("run " + kTiny + " --quiet --plugin " + plugin +
-                  " --set 'model.layers=[{\"type\":\"nan_injector\",\"from\":3,\"until\":4},"
-                  "{\"type\":\"affine_coupling\",\"mask\":\"alternate\",\"parity\":0},"
-                  "{\"type\":\"affine_coupling\",\"mask\":\"alternate\",\"parity\":1}]'"
-                  " --set train.steps=4 --set train.checkpoint_every=1 --stop-after 3 --output " + run.string());
+    CliResult r = run_with_nan_injector(
+        " --set 'model.layers=[{\"type\":\"nan_injector\",\"from\":3,\"until\":4},"
+        "{\"type\":\"affine_coupling\",\"mask\":\"alternate\",\"parity\":0},"
+        "{\"type\":\"affine_coupling\",\"mask\":\"alternate\",\"parity\":1}]'"
+        " --set train.steps=4 --set train.checkpoint_every=1 --stop-after 3 --output " + run.string());
     INFO(r.out);
     REQUIRE(r.code == 0);
     // Steps 2 and 3 are the two generations kept; step 3 was skipped, so they hold the same state.
@@ -198,12 +203,11 @@ TEST_CASE("a non-finite gradient skips the step and leaves parameters and optimi
 
 TEST_CASE("K consecutive non-finite steps abort with exit code 6 and keep the last good checkpoint", "[runner]") {
     fs::path run = fresh_dir("diverge");
-    std::string plugin = std::string(FLOWLAB_TEST_FIXTURE_DIR) + "/nan_injector.so";
-    CliResult r = run_cli("run " + kTiny + " --quiet --plugin " + plugin +
-                  " --set 'model.layers=[{\"type\":\"nan_injector\",\"from\":4,\"until\":1000},"
-                  "{\"type\":\"affine_coupling\",\"mask\":\"alternate\",\"parity\":0}]'"
-                  " --set train.steps=50 --set train.checkpoint_every=1 --set train.max_bad_steps=5 --output " +
-                  run.string());
+    CliResult r = run_with_nan_injector(
+        " --set 'model.layers=[{\"type\":\"nan_injector\",\"from\":4,\"until\":1000},"
+        "{\"type\":\"affine_coupling\",\"mask\":\"alternate\",\"parity\":0}]'"
+        " --set train.steps=50 --set train.checkpoint_every=1 --set train.max_bad_steps=5 --output " +
+        run.string());
     INFO(r.out);
     CHECK(r.code == 6);
     CHECK(r.out.find("5 consecutive non-finite steps") != std::string::npos);

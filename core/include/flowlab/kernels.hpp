@@ -1,7 +1,8 @@
 // The kernel toolkit: what a fused op needs around its loops, shared by the core and every
 // plugin - one dispatch on the dtype, batch shapes, dtype checks, chunk sizes for the parallel
-// loops of parallel.hpp, the feature split of coupling layers, and a memory check for sizes
-// that come from a config.
+// loops of parallel.hpp, the forward and backward plumbing of a fused row-wise flow op, the
+// feature split of coupling layers and their conditioner call, and a memory check for sizes that
+// come from a config.
 //
 // Example: a fused element-wise op in a plugin, y = x * exp(a) over [batch, D]:
 //
@@ -28,11 +29,15 @@
 #include <type_traits>
 #include <vector>
 
+#include "flowlab/autodiff.hpp"
 #include "flowlab/errors.hpp"
 #include "flowlab/parallel.hpp"
+#include "flowlab/params.hpp"
 #include "flowlab/tensor.hpp"
 
 namespace flowlab {
+
+class Conditioner;
 
 // The DType of a C++ element type (float or double).
 template <class T>
@@ -67,6 +72,42 @@ inline std::int64_t row_grain(std::int64_t cols) {
     return std::max<std::int64_t>(1, kElementwiseGrain / std::max<std::int64_t>(1, cols));
 }
 
+// The value and per-sample log-det of a fused flow op that maps x [B, ...] row by row with raw
+// parameters: allocates out (x's shape) and log_det ([B]) and runs
+// kernel(x, raw, out, log_det, r0, r1) on typed pointers over parallel chunks of `grain` rows.
+struct OutAndLogDet {
+    Tensor out, log_det;
+};
+template <class Kernel>
+OutAndLogDet rows_with_log_det(const Tensor& x, const Tensor& raw, std::int64_t grain, Kernel&& kernel) {
+    const std::int64_t B = x.size(0);
+    OutAndLogDet r{Tensor::empty(x.shape(), x.dtype()), Tensor::empty({B}, x.dtype())};
+    dispatch(x.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        const T* xp = x.data<T>();
+        const T* rp = raw.data<T>();
+        T* op = r.out.data<T>();
+        T* lp = r.log_det.data<T>();
+        parallel_for(B, grain, [&](std::int64_t r0, std::int64_t r1) { kernel(xp, rp, op, lp, r0, r1); });
+    });
+    return r;
+}
+
+// For the backward rule of a two-input op whose kernel accumulates into the gradient buffers in
+// place: calls fn(T{}, g0, g1) with T after `dt` and gi input i's buffer, or null when input i
+// needs no gradient; does nothing when neither does.
+template <class Fn>
+void with_grad_buffers(GradSink& sink, DType dt, Fn&& fn) {
+    const bool need0 = sink.needs(0), need1 = sink.needs(1);
+    if (!need0 && !need1) return;
+    dispatch(dt, [&](auto tag) {
+        using T = decltype(tag);
+        T* g0 = need0 ? sink.buffer(0).template data<T>() : nullptr;
+        T* g1 = need1 ? sink.buffer(1).template data<T>() : nullptr;
+        fn(tag, g0, g1);
+    });
+}
+
 // The two feature sets of a coupling layer over `dim` flat features. kind "alternate" puts
 // even indices in set 0 and odd ones in set 1; "half" puts the first ceil(dim/2) in set 0.
 // `parity` names the transformed set; the other conditions the transform and passes through.
@@ -79,6 +120,13 @@ struct CouplingSplit {
 };
 // Throws ShapeError naming `layer` for fewer than 2 features, ConfigError for an unknown kind.
 CouplingSplit coupling_split(const std::string& kind, std::int64_t parity, std::int64_t dim, const std::string& layer);
+// The schema entries "mask" (the kind) and "parity" of a layer built on coupling_split.
+Schema coupling_split_params();
+// A flat coupling layer's conditioner output for x [B, dim]: net on the conditioning features (one
+// slice when they are contiguous, else a gather) and the context, checked to be [B, width];
+// ShapeError naming `layer` otherwise.
+Var coupling_conditioner(Conditioner& net, const Var& x, const Var& context, const CouplingSplit& s,
+                         std::int64_t width, const std::string& layer);
 
 // Throws ConfigError "WHERE: N WHAT need about X GB of memory, Y GB is available; hint" when
 // count * bytes_each overflows or exceeds the available memory: for sizes a config chooses

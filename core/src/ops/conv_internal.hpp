@@ -44,6 +44,24 @@ struct ConvCall {
 // Checks shapes, layouts and options; the ShapeError names both shapes.
 ConvCall check_conv(const Tensor& x, const Tensor& w, const Tensor* b, const Conv2dOptions& opt);
 
+// Calls fn(xi, wi) for each tap of output pixel (i, j) of image n and output channel o that
+// lands inside the input (padding adds nothing): xi indexes x, wi the [o, c, kh, kw] weights.
+// Input channel, then kernel row, then column: the loops below sum in this order.
+template <class Fn>
+void for_each_tap(const Geometry& gi, ConvLayout li, std::int64_t n, std::int64_t o, std::int64_t i, std::int64_t j,
+                  std::int64_t kh, std::int64_t kw, std::int64_t s, std::int64_t p, Fn&& fn) {
+    for (std::int64_t c = 0; c < gi.c; ++c)
+        for (std::int64_t a = 0; a < kh; ++a) {
+            const std::int64_t yy = i * s - p + a;
+            if (yy < 0 || yy >= gi.h) continue;
+            for (std::int64_t e = 0; e < kw; ++e) {
+                const std::int64_t xx = j * s - p + e;
+                if (xx < 0 || xx >= gi.w) continue;
+                fn(offset(li, gi, n, c, yy, xx), ((o * gi.c + c) * kh + a) * kw + e);
+            }
+        }
+}
+
 // y = conv(x, w) + b, optionally relu'd, for any layout pair; T = double (checks) or float.
 template <class T>
 void conv_fwd_loop(const T* x, const T* w, const T* bias, T* y, const Geometry& gi, ConvLayout li,
@@ -54,16 +72,8 @@ void conv_fwd_loop(const T* x, const T* w, const T* bias, T* y, const Geometry& 
             for (std::int64_t i = 0; i < go.h; ++i)
                 for (std::int64_t j = 0; j < go.w; ++j) {
                     T acc = bias ? bias[o] : T(0);
-                    for (std::int64_t c = 0; c < gi.c; ++c)
-                        for (std::int64_t a = 0; a < kh; ++a) {
-                            const std::int64_t yy = i * s - p + a;
-                            if (yy < 0 || yy >= gi.h) continue;
-                            for (std::int64_t e = 0; e < kw; ++e) {
-                                const std::int64_t xx = j * s - p + e;
-                                if (xx < 0 || xx >= gi.w) continue;
-                                acc += x[offset(li, gi, n, c, yy, xx)] * w[((o * gi.c + c) * kh + a) * kw + e];
-                            }
-                        }
+                    for_each_tap(gi, li, n, o, i, j, kh, kw, s, p,
+                                 [&](std::int64_t xi, std::int64_t wi) { acc += x[xi] * w[wi]; });
                     y[offset(lo, go, n, o, i, j)] = relu && acc < T(0) ? T(0) : acc;
                 }
 }
@@ -79,19 +89,10 @@ void conv_bwd_loop(const T* x, const T* w, const T* g, T* gx, T* gw, T* gb, cons
                 for (std::int64_t j = 0; j < go.w; ++j) {
                     const T gv = g[offset(lo, go, n, o, i, j)];
                     if (gb) gb[o] += gv;
-                    for (std::int64_t c = 0; c < gi.c; ++c)
-                        for (std::int64_t a = 0; a < kh; ++a) {
-                            const std::int64_t yy = i * s - p + a;
-                            if (yy < 0 || yy >= gi.h) continue;
-                            for (std::int64_t e = 0; e < kw; ++e) {
-                                const std::int64_t xx = j * s - p + e;
-                                if (xx < 0 || xx >= gi.w) continue;
-                                const std::int64_t wi = ((o * gi.c + c) * kh + a) * kw + e;
-                                const std::int64_t xi = offset(li, gi, n, c, yy, xx);
-                                if (gx) gx[xi] += gv * w[wi];
-                                if (gw) gw[wi] += gv * x[xi];
-                            }
-                        }
+                    for_each_tap(gi, li, n, o, i, j, kh, kw, s, p, [&](std::int64_t xi, std::int64_t wi) {
+                        if (gx) gx[xi] += gv * w[wi];
+                        if (gw) gw[wi] += gv * x[xi];
+                    });
                 }
 }
 

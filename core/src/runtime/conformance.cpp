@@ -12,6 +12,8 @@
 #include <functional>
 #include <limits>
 #include <set>
+#include <tuple>
+#include <utility>
 
 #include "flowlab/errors.hpp"
 #include "flowlab/gradcheck.hpp"
@@ -404,17 +406,24 @@ private:
         return r.to(mode_.dtype);
     }
 
+    // The input of a gradient check in one direction (the data, or for forward its latent) and
+    // the random weights r that objective() puts on the layer's output.
+    std::pair<Tensor, Tensor> grad_probe(bool forward_dir) {
+        Tensor in;
+        {
+            NoGradGuard ng;
+            in = forward_dir ? layer_->inverse(Var(x_)).out.value().clone() : x_.clone();
+        }
+        Shape out_shape{opt_.batch};
+        for (auto s : forward_dir ? shape_ : layer_->output_shape(shape_)) out_shape.push_back(s);
+        return {in, random_like(out_shape)};
+    }
+
     Outcome grad_inputs() {
         Outcome o;
         for (bool forward_dir : {false, true}) {
-            Tensor in;
-            {
-                NoGradGuard ng;
-                in = forward_dir ? layer_->inverse(Var(x_)).out.value().clone() : x_.clone();
-            }
-            Shape out_shape{opt_.batch};
-            for (auto s : forward_dir ? shape_ : layer_->output_shape(shape_)) out_shape.push_back(s);
-            Tensor r = random_like(out_shape);
+            Tensor in, r;  // not a structured binding: the lambdas below capture r
+            std::tie(in, r) = grad_probe(forward_dir);
             Tensor analytic;
             {
                 Var xv(in.clone(), true);
@@ -434,14 +443,8 @@ private:
         if (params.empty()) return {0.0, "the layer has no parameters", true};
         Outcome o;
         for (bool forward_dir : {false, true}) {
-            Tensor in;
-            {
-                NoGradGuard ng;
-                in = forward_dir ? layer_->inverse(Var(x_)).out.value().clone() : x_.clone();
-            }
-            Shape out_shape{opt_.batch};
-            for (auto s : forward_dir ? shape_ : layer_->output_shape(shape_)) out_shape.push_back(s);
-            Tensor r = random_like(out_shape);
+            Tensor in, r;  // not a structured binding: the lambdas below capture r
+            std::tie(in, r) = grad_probe(forward_dir);
             std::vector<Tensor> analytic;
             {
                 for (auto& p : params) p.var.zero_grad();

@@ -2,6 +2,9 @@
 
 #include <cmath>
 
+#include "flowlab/conditioner.hpp"
+#include "flowlab/ops.hpp"
+
 namespace flowlab {
 
 CouplingSplit coupling_split(const std::string& kind, std::int64_t parity, std::int64_t dim, const std::string& layer) {
@@ -23,6 +26,27 @@ CouplingSplit coupling_split(const std::string& kind, std::int64_t parity, std::
     }
     s.cond_contiguous = !s.cond.empty() && s.cond.back() - s.cond.front() + 1 == static_cast<std::int64_t>(s.cond.size());
     return s;
+}
+
+Schema coupling_split_params() {
+    return {
+        param_string("mask", "alternate",
+                     "feature split: 'alternate' (even/odd flat index) or 'half' (first ceil(D/2) / rest)")
+            .choices({"alternate", "half"}),
+        param_int("parity", 0, "which set is transformed: 0 = even indices / first half, 1 = odd / second half")
+            .range(0, 1),
+    };
+}
+
+Var coupling_conditioner(Conditioner& net, const Var& x, const Var& context, const CouplingSplit& s,
+                         std::int64_t width, const std::string& layer) {
+    const auto n_cond = static_cast<std::int64_t>(s.cond.size());
+    Var raw = net(s.cond_contiguous ? slice(x, 1, s.cond.front(), n_cond) : gather(x, s.cond, 1), context);
+    const Shape expected{x.size(0), width};
+    if (raw.shape() != expected)
+        throw ShapeError(layer + ": the conditioner returned " + shape_str(raw.shape()) + ", expected " +
+                         shape_str(expected));
+    return raw;
 }
 
 void check_memory(const std::string& where, std::int64_t count, std::int64_t bytes_each, const std::string& what,

@@ -180,6 +180,10 @@ Checkpoint read_checkpoint(const std::string& path) {
     return parse_checkpoint(bytes, path);
 }
 
+// One pass of checks over untrusted bytes, in the order of the format (header length, JSON
+// header, each tensor's dtype, shape and byte range, the CRC); each check names what it
+// rejects. It stays one function of about 120 lines so that the checks read in the order of
+// the file they check.
 Checkpoint parse_checkpoint(std::string_view bytes, const std::string& path) {
     const std::uint64_t size = bytes.size();
     if (size < 8) throw IoError(path + ": truncated checkpoint (" + std::to_string(size) + " bytes, no header length)");
