@@ -6,17 +6,12 @@
 #include "flowlab/errors.hpp"
 #include "flowlab/ops.hpp"
 #include "flowlab/profiler.hpp"
+#include "autodiff/profiler_internal.hpp"
 
 namespace flowlab {
 
 namespace {
 thread_local bool t_grad_enabled = true;
-
-using Clock = std::chrono::steady_clock;
-OpProfile* g_profile = nullptr;
-Clock::time_point g_mark;
-
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // The visited set of the topological sort: open addressing over node addresses, cheaper
 // than std::unordered_set for the few hundred to few hundred thousand nodes of a graph.
@@ -207,10 +202,10 @@ void Var::backward(const Tensor& grad_out) const {
         Node* n = *it;
         if (!n->backward || !n->grad.defined()) continue;
         GradSink sink(*n);
-        if (g_profile) {
-            const auto t0 = Clock::now();
+        if (OpProfile* prof = op_profile()) {
+            const auto t0 = std::chrono::steady_clock::now();
             n->backward(n->grad, n->value, sink);
-            g_profile->ops[n->op].backward_s += seconds_since(t0);
+            profile_detail::add_backward(*prof, n->op, t0);
         } else {
             n->backward(n->grad, n->value, sink);
         }
@@ -225,30 +220,8 @@ bool grad_enabled() { return t_grad_enabled; }
 NoGradGuard::NoGradGuard() : prev_(t_grad_enabled) { t_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { t_grad_enabled = prev_; }
 
-void set_op_profile(OpProfile* p) {
-    g_profile = p;
-    g_mark = Clock::now();
-}
-OpProfile* op_profile() { return g_profile; }
-void op_profile_mark() {
-    if (g_profile) g_mark = Clock::now();
-}
-
-ProfilePhase::ProfilePhase(const char* name) : name_(name), start_(g_profile ? Clock::now() : Clock::time_point{}) {}
-ProfilePhase::~ProfilePhase() {
-    if (!g_profile) return;
-    g_profile->phases[name_] += seconds_since(start_);
-    g_mark = Clock::now();
-}
-
 Var make_op(const char* name, Tensor value, std::vector<Var> inputs, BackwardFn backward) {
-    if (g_profile) {
-        const auto now = Clock::now();
-        OpTimes& t = g_profile->ops[name];
-        ++t.calls;
-        t.forward_s += std::chrono::duration<double>(now - g_mark).count();
-        g_mark = now;
-    }
+    if (OpProfile* prof = op_profile()) profile_detail::add_forward(*prof, name);
     bool record = false;
     if (t_grad_enabled)
         for (const auto& v : inputs) record = record || v.requires_grad();
