@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <new>
-#include <vector>
 
 #include <tbb/parallel_for.h>
 
@@ -12,7 +11,7 @@
 
 namespace flowlab::backend {
 
-Context::Context() : engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {}
+Context::Context() : engine_(dnnl::engine::kind::cpu, 0) {}
 
 void* Context::scratchpad(std::size_t bytes) {
     // oneDNN's own scratchpad is one global buffer (this build does not allow concurrent
@@ -24,9 +23,10 @@ void* Context::scratchpad(std::size_t bytes) {
     };
     thread_local Buffer buf;
     if (bytes > buf.size) {
+        const std::size_t size = (std::max<std::size_t>(bytes, 2 * buf.size) + 63) / 64 * 64;
         std::free(buf.p);
-        buf.size = std::max<std::size_t>(bytes, 2 * buf.size);
-        buf.p = std::aligned_alloc(64, (buf.size + 63) / 64 * 64);
+        buf.p = std::aligned_alloc(64, size);
+        buf.size = buf.p ? size : 0;
         if (!buf.p) throw std::bad_alloc();
     }
     return buf.p;

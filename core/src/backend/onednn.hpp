@@ -1,6 +1,7 @@
-// The process's one oneDNN context: the engine, the stream, and the primitive cache that every
-// op family (GEMM, convolution, reorders) shares. Creating a primitive costs about 0.2 ms
-// against a few microseconds to run a small one, so each is built once per key and kept.
+// The process's one oneDNN context: the engine, each thread's stream and scratchpad, and the
+// primitive cache that every op family (GEMM, convolution, reorders) shares. Creating a primitive
+// costs about 0.2 ms against a few microseconds to run a small one, so each is built once per key
+// and kept.
 //
 // Internal to the core: this is the one header that includes dnnl.hpp, and only the op sources
 // that call oneDNN include it.
@@ -74,7 +75,6 @@ public:
 private:
     Context();
     dnnl::engine engine_;
-    dnnl::stream stream_;  // kept for the engine's lifetime; threads execute on their own
     std::mutex mutex_;
     // Transparent hash and equality: find() takes the key's bytes as a string_view.
     struct BytesHash {

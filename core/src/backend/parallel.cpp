@@ -36,7 +36,7 @@ public:
 };
 
 // Installed when the library loads, on the loading (main) thread.
-const bool g_policy = [] {
+[[maybe_unused]] const bool g_policy = [] {
     static SingleThreadedOpenMP observer;
     omp_set_num_threads(1);
     return true;
@@ -46,7 +46,6 @@ const bool g_policy = [] {
 void set_num_threads(int n) {
     if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     std::lock_guard<std::mutex> lock(g_mutex);
-    (void)g_policy;
     g_control.reset();
     g_control = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism,
                                                       static_cast<std::size_t>(n));
