@@ -89,7 +89,10 @@ void parallel_for_parts(const std::vector<std::int64_t>& sizes, std::int64_t gra
         std::size_t part;
         std::int64_t begin, end;
     };
-    std::vector<Chunk> chunks;
+    // Reused across calls: the optimizer calls this every step.
+    thread_local std::vector<Chunk> reused;
+    std::vector<Chunk>& chunks = reused;  // the caller's, also inside the workers' lambda
+    chunks.clear();
     for (std::size_t p = 0; p < sizes.size(); ++p)
         for (std::int64_t b = 0; b < sizes[p]; b += grain) chunks.push_back({p, b, std::min(sizes[p], b + grain)});
     tbb::parallel_for(tbb::blocked_range<std::size_t>(0, chunks.size(), 1),
