@@ -56,15 +56,21 @@ std::string error_of(F f) {
     return "";
 }
 
+// The message of the E that f() throws, or `if_none` when it throws none.
+template <class E, class F>
+std::string message_of(F f, const std::string& if_none = "") {
+    try {
+        f();
+    } catch (const E& e) {
+        return e.what();
+    }
+    return if_none;
+}
+
 // The message of the ShapeError f() throws, or "" when it throws none.
 template <class F>
 std::string shape_error_of(F f) {
-    try {
-        f();
-    } catch (const ShapeError& e) {
-        return e.what();
-    }
-    return "";
+    return message_of<ShapeError>(f);
 }
 
 inline Registry* registry_of(std::initializer_list<const char*> plugins) {

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <sstream>
 #include <string>
 #include <sys/wait.h>
@@ -34,6 +35,23 @@ const std::string kTinyConfig = std::string(FLOWLAB_SOURCE_DIR) + "/tests/config
 
 void write(const fs::path& p, const std::string& text) { std::ofstream(p) << text; }
 
+// dir/name: the tiny config with the first `from` in its text replaced by `to`.
+fs::path edited_config(const fs::path& dir, const std::string& name, const std::string& from, const std::string& to) {
+    std::string cfg = read_text(kTinyConfig);
+    cfg.replace(cfg.find(from), from.size(), to);
+    write(dir / name, cfg);
+    return dir / name;
+}
+
+// `flowlab validate` of the tiny config with `options` after it.
+CliResult validate_tiny(const std::string& options) { return run_cli("validate " + kTinyConfig + " " + options); }
+
+// The run ended with exit code `code` and its output says each of `says`.
+void check_exit(const CliResult& r, int code, std::initializer_list<std::string> says) {
+    INFO(r.out);
+    CHECK(r.code == code);
+    for (const auto& part : says) CHECK(contains(r.out, part));
+}
 
 }  // namespace
 
@@ -41,94 +59,58 @@ TEST_CASE("a config nested 70000 levels deep is a config error, not a stack over
     fs::path dir = fresh_temp_dir("deep");
     std::string deep = "{\"flowlab\": 1, \"x\": " + std::string(70000, '[') + std::string(70000, ']') + "}";
     write(dir / "deep.json", deep);
-    CliResult r = run_cli("validate " + (dir / "deep.json").string());
-    INFO(r.out);
-    CHECK(r.code == 3);
-    CHECK(contains(r.out, "deep.json:/x/0/0/0"));
-    CHECK(contains(r.out, "nested deeper than 256 levels"));
+    check_exit(run_cli("validate " + (dir / "deep.json").string()), 3,
+               {"deep.json:/x/0/0/0", "nested deeper than 256 levels"});
     fs::remove_all(dir);
 }
 
 TEST_CASE("a duplicate key in a config is an error naming both the pointer and the key", "[cli]") {
     fs::path dir = fresh_temp_dir("dup");
-    std::string cfg = read_text(kTinyConfig);
-    cfg.replace(cfg.find("\"seed\": 3"), 9, "\"seed\": 3, \"seed\": 4");
-    write(dir / "dup.json", cfg);
-    CliResult r = run_cli("validate " + (dir / "dup.json").string());
-    INFO(r.out);
-    CHECK(r.code == 3);
-    CHECK(contains(r.out, "dup.json:/seed: duplicate key 'seed'"));
+    const fs::path cfg = edited_config(dir, "dup.json", "\"seed\": 3", "\"seed\": 3, \"seed\": 4");
+    check_exit(run_cli("validate " + cfg.string()), 3, {"dup.json:/seed: duplicate key 'seed'"});
     fs::remove_all(dir);
 }
 
 TEST_CASE("a number beyond the range of a double is a config error in a file and in --set", "[cli]") {
     fs::path dir = fresh_temp_dir("huge");
-    std::string cfg = read_text(kTinyConfig);
-    cfg.replace(cfg.find("\"steps\": 40"), 11, "\"steps\": 1e400");
-    write(dir / "huge.json", cfg);
-    CliResult file = run_cli("validate " + (dir / "huge.json").string());
-    INFO(file.out);
-    CHECK(file.code == 3);
-    CHECK(contains(file.out, "huge.json:/train/steps: number out of range"));
-    CliResult set = run_cli("validate " + kTinyConfig + " --set train.optimizer.lr=1e400");
-    INFO(set.out);
-    CHECK(set.code == 3);
-    CHECK(contains(set.out, "--set train.optimizer.lr:/: number out of range"));
+    const fs::path cfg = edited_config(dir, "huge.json", "\"steps\": 40", "\"steps\": 1e400");
+    check_exit(run_cli("validate " + cfg.string()), 3, {"huge.json:/train/steps: number out of range"});
+    check_exit(validate_tiny("--set train.optimizer.lr=1e400"), 3, {"--set train.optimizer.lr:/: number out of range"});
     fs::remove_all(dir);
 }
 
 TEST_CASE("a directory, a device or a huge file given as the config is an i/o error naming it", "[cli]") {
     fs::path dir = fresh_temp_dir("notafile");
-    CliResult d = run_cli("validate " + dir.string());
-    INFO(d.out);
-    CHECK(d.code == 5);
-    CHECK(contains(d.out, dir.string() + ": is a directory, not a config file"));
-    CliResult z = run_cli("validate /dev/zero");
-    INFO(z.out);
-    CHECK(z.code == 5);
-    CHECK(contains(z.out, "/dev/zero: larger than 16 MB"));
+    check_exit(run_cli("validate " + dir.string()), 5, {dir.string() + ": is a directory, not a config file"});
+    check_exit(run_cli("validate /dev/zero"), 5, {"/dev/zero: larger than 16 MB"});
     fs::remove_all(dir);
 }
 
 TEST_CASE("an empty flow is refused by validate, before any training", "[cli]") {
-    CliResult r = run_cli("validate " + kTinyConfig + " --set 'model.layers=[]'");
-    INFO(r.out);
-    CHECK(r.code == 3);
-    CHECK(contains(r.out, "tiny_moons.json:/model: the model has no trainable parameters"));
+    check_exit(validate_tiny("--set 'model.layers=[]'"), 3,
+               {"tiny_moons.json:/model: the model has no trainable parameters"});
 }
 
 TEST_CASE("a thread count beyond the machine's hardware threads is a config error", "[cli]") {
-    for (const char* n : {"10000", "2147483648"}) {
-        CliResult r = run_cli("validate " + kTinyConfig + " --set train.threads=" + n);
-        INFO(r.out);
-        CHECK(r.code == 3);
-        CHECK(contains(r.out, "tiny_moons.json:/train/threads"));
-    }
+    for (const char* n : {"10000", "2147483648"})
+        check_exit(validate_tiny(std::string("--set train.threads=") + n), 3, {"tiny_moons.json:/train/threads"});
 }
 
 TEST_CASE("a repeat count far beyond memory fails before building, with the size it would need", "[cli]") {
-    CliResult r = run_cli("validate " + kTinyConfig + " --set model.layers.0.repeat=1000000000");
-    INFO(r.out);
-    CHECK(r.code == 3);
-    CHECK(contains(r.out, "tiny_moons.json:/model/layers/0/repeat: repeat 1000000000"));
+    check_exit(validate_tiny("--set model.layers.0.repeat=1000000000"), 3,
+               {"tiny_moons.json:/model/layers/0/repeat: repeat 1000000000"});
     // 16.8 M parameters a coupling, 2,000 of them: about 540 GB to train.
-    CliResult mem = run_cli("validate " + kTinyConfig + " --set 'model.layers.0.layers.0.conditioner.hidden=[4096,4096]'"
-                                " --set model.layers.0.repeat=1000");
-    INFO(mem.out);
-    CHECK(mem.code == 3);
-    CHECK(contains(mem.out, "GB to train"));
+    check_exit(validate_tiny("--set 'model.layers.0.layers.0.conditioner.hidden=[4096,4096]'"
+                             " --set model.layers.0.repeat=1000"),
+               3, {"GB to train"});
 }
 
 TEST_CASE("a layer too large to train fails while building, naming the layer and the sizes", "[cli]") {
     // hidden [1e11]: the first weight alone is 400 GB, past a quarter of any test machine's
     // memory, and refused before it is allocated.
-    CliResult r = run_cli("validate " + kTinyConfig +
-                              " --set 'model.layers.0.layers.0.conditioner.hidden=[100000000000]'");
-    INFO(r.out);
-    CHECK(r.code == 3);
-    CHECK(contains(r.out, "tiny_moons.json:/model/layers/0/layers/0: cannot build layer 'affine_coupling'"));
-    CHECK(contains(r.out, "the model's parameters"));
-    CHECK(contains(r.out, "over its budget of"));
+    check_exit(validate_tiny("--set 'model.layers.0.layers.0.conditioner.hidden=[100000000000]'"), 3,
+               {"tiny_moons.json:/model/layers/0/layers/0: cannot build layer 'affine_coupling'",
+                "the model's parameters", "over its budget of"});
 }
 
 TEST_CASE("summary.json and config.json stay valid JSON whatever the run's name", "[cli]") {
@@ -188,12 +170,9 @@ TEST_CASE("a relative plugin path in a config is found relative to the config fi
     fs::path dir = fresh_temp_dir("relplugin");
     fs::create_directories(dir / "exp" / "lib");
     fs::copy_file(std::string(FLOWLAB_TEST_FIXTURE_DIR) + "/good_plugin.so", dir / "exp" / "lib" / "good_plugin.so");
-    std::string cfg = read_text(kTinyConfig);
-    cfg.replace(cfg.find("\"seed\": 3"), 9, "\"seed\": 3, \"plugins\": [\"standard\", \"lib/good_plugin.so\"]");
-    write(dir / "exp" / "rel.json", cfg);
+    const fs::path cfg = edited_config(dir / "exp", "rel.json", "\"seed\": 3",
+                                       "\"seed\": 3, \"plugins\": [\"standard\", \"lib/good_plugin.so\"]");
     // Started from elsewhere: the path must not resolve against the working directory.
-    CliResult r = run_cli("validate " + (dir / "exp" / "rel.json").string());
-    INFO(r.out);
-    CHECK(r.code == 0);
+    check_exit(run_cli("validate " + cfg.string()), 0, {});
     fs::remove_all(dir);
 }

@@ -36,6 +36,25 @@ const std::map<std::string, std::vector<std::string>> kOptions = {
     {"version", {}},
 };
 
+// A command line that must be a usage error: exit code 2, with each of `says` on stderr.
+struct UsageError {
+    std::string args;
+    std::vector<std::string> says;
+};
+
+// Runs each row, checks it, and returns the results in row order for checks of their own.
+std::vector<CliResult> check_usage_errors(const std::vector<UsageError>& rows) {
+    std::vector<CliResult> results;
+    for (const auto& row : rows) {
+        const CliResult r = run_cli(row.args, true);
+        INFO("flowlab " << row.args << "\n" << r.err);
+        CHECK(r.code == 2);
+        for (const auto& part : row.says) CHECK(contains(r.err, part));
+        results.push_back(r);
+    }
+    return results;
+}
+
 }  // namespace
 
 TEST_CASE("flowlab --help lists every command with a one-line summary and exits 0", "[cli]") {
@@ -77,44 +96,26 @@ TEST_CASE("flowlab COMMAND --help shows the command's usage and its own options"
 }
 
 TEST_CASE("an option another command owns, or a misspelt one, is a usage error with a suggestion", "[cli]") {
-    CliResult r = run_cli("eval some/run --warmup 3", true);
-    CHECK(r.code == 2);
-    CHECK(contains(r.err, "flowlab: unknown option '--warmup'"));
-    CHECK(contains(r.err, "usage: flowlab eval RUN_DIR|CHECKPOINT"));
-    r = run_cli("sample some/run --temprature 0.5", true);
-    CHECK(r.code == 2);
-    CHECK(contains(r.err, "did you mean '--temperature'?"));
-    r = run_cli("sample some/run --temp 0.5", true);  // no guessing from prefixes
-    CHECK(r.code == 2);
-    r = run_cli("run --output", true);
-    CHECK(r.code == 2);
-    CHECK(contains(r.err, "flowlab: --output needs a value"));
-    r = run_cli("sample some/run -n", true);
-    CHECK(r.code == 2);
-    CHECK(contains(r.err, "flowlab: -n needs a value"));
-    r = run_cli("sample some/run -n 0", true);
-    CHECK(r.code == 2);
-    CHECK(contains(r.err, "-n needs a non-negative integer, got '0'"));
-    r = run_cli("bench x.json --timed 0", true);
-    CHECK(r.code == 2);
-    CHECK(contains(r.err, "--timed needs a positive integer, got '0'"));
-    r = run_cli("validate", true);
-    CHECK(r.code == 2);
-    CHECK(contains(r.err, "validate takes one CONFIG"));
-    CHECK(r.out.empty());
+    const auto results = check_usage_errors({
+        {"eval some/run --warmup 3", {"flowlab: unknown option '--warmup'", "usage: flowlab eval RUN_DIR|CHECKPOINT"}},
+        {"sample some/run --temprature 0.5", {"did you mean '--temperature'?"}},
+        {"sample some/run --temp 0.5", {}},  // no guessing from prefixes
+        {"run --output", {"flowlab: --output needs a value"}},
+        {"sample some/run -n", {"flowlab: -n needs a value"}},
+        {"sample some/run -n 0", {"-n needs a non-negative integer, got '0'"}},
+        {"bench x.json --timed 0", {"--timed needs a positive integer, got '0'"}},
+        {"validate", {"validate takes one CONFIG"}},
+    });
+    CHECK(results.back().out.empty());  // validate's error: nothing on stdout
 }
 
 TEST_CASE("an unknown command is a usage error that suggests the closest command", "[cli]") {
-    CliResult r = run_cli("evl runs/x", true);
-    CHECK(r.code == 2);
-    CHECK(contains(r.err, "flowlab: unknown command 'evl'; did you mean 'eval'?"));
-    CHECK(contains(r.err, "usage: flowlab <command>"));
-    r = run_cli("", true);
-    CHECK(r.code == 2);
-    CHECK(contains(r.err, "no command given"));
-    r = run_cli("help frobnicate", true);
-    CHECK(r.code == 2);
-    r = run_cli("--version", true);
+    check_usage_errors({
+        {"evl runs/x", {"flowlab: unknown command 'evl'; did you mean 'eval'?", "usage: flowlab <command>"}},
+        {"", {"no command given"}},
+        {"help frobnicate", {}},
+    });
+    const CliResult r = run_cli("--version", true);
     CHECK(r.code == 0);
     CHECK(r.out.rfind("flowlab ", 0) == 0);
     CHECK(run_cli("version", true).out == r.out);

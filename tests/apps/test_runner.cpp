@@ -19,6 +19,7 @@
 #include <string>
 #include <sys/wait.h>
 #include <thread>
+#include <vector>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -49,10 +50,50 @@ std::string latest_checkpoint(const fs::path& run) {
     return all.front();
 }
 
-// `flowlab run` of the tiny experiment with the nan_injector fixture plugin loaded, then `options`.
-CliResult run_with_nan_injector(const std::string& options) {
+// A run of the tiny experiment into a fresh directory, with the nan_injector fixture plugin loaded
+// and a checkpoint after every step.
+struct NanRun {
+    fs::path dir;
+    CliResult result;
+};
+
+// The run's model is a nan_injector that poisons the gradient on steps [from, until), followed by
+// `couplings` affine couplings of alternating parity; `options` come last.
+NanRun run_with_nan_injector(const std::string& name, int from, int until, int couplings, const std::string& options) {
+    const fs::path dir = fresh_dir(name);
     const std::string plugin = std::string(FLOWLAB_TEST_FIXTURE_DIR) + "/nan_injector.so";
-    return run_cli("run " + kTiny + " --quiet --plugin " + plugin + options);
+    std::string layers = "{\"type\":\"nan_injector\",\"from\":" + std::to_string(from) +
+                         ",\"until\":" + std::to_string(until) + "}";
+    for (int i = 0; i < couplings; ++i)
+        layers += ",{\"type\":\"affine_coupling\",\"mask\":\"alternate\",\"parity\":" + std::to_string(i % 2) + "}";
+    return {dir, run_cli("run " + kTiny + " --quiet --plugin " + plugin + " --set 'model.layers=[" + layers +
+                         "]' --set train.checkpoint_every=1 --output " + dir.string() + options)};
+}
+
+// Starts `flowlab ARGS...` in a child process whose output goes to /dev/null; returns its pid.
+pid_t spawn_flowlab(const std::vector<std::string>& args) {
+    // argv is built before the fork: the child only redirects and execs.
+    std::vector<char*> argv{const_cast<char*>(FLOWLAB_BINARY)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        int devnull = ::open("/dev/null", O_WRONLY);
+        ::dup2(devnull, 1);
+        ::dup2(devnull, 2);
+        ::execv(FLOWLAB_BINARY, argv.data());
+        ::_exit(127);
+    }
+    return pid;
+}
+
+// Sends `sig` to the child `pid` and reaps it; returns its wait status.
+int signal_and_reap(pid_t pid, int sig) {
+    ::kill(pid, sig);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return status;
 }
 
 // Every tensor whose name starts with one of the prefixes, equal to the bit.
@@ -72,6 +113,14 @@ void require_same_tensors(const Checkpoint& a, const Checkpoint& b, std::vector<
     CHECK(compared > 0);
 }
 
+// The newest checkpoint of `run` is at the last step, 46, with bitwise the parameters and
+// optimizer state of `want` (a straight run's).
+void require_ends_as(const Checkpoint& want, const fs::path& run) {
+    Checkpoint got = read_checkpoint(latest_checkpoint(run));
+    CHECK(got.metadata.at("step") == "46");
+    require_same_tensors(want, got, {"param/", "optim/"});
+}
+
 }  // namespace
 
 TEST_CASE("N steps, resume, N steps give bitwise the parameters of 2N steps straight", "[runner]") {
@@ -85,10 +134,9 @@ TEST_CASE("N steps, resume, N steps give bitwise the parameters of 2N steps stra
     CliResult second = run_cli("run --resume " + split.string() + " --quiet");
     INFO(second.out);
     REQUIRE(second.code == 0);
-    Checkpoint a = read_checkpoint(latest_checkpoint(straight)), b = read_checkpoint(latest_checkpoint(split));
+    Checkpoint a = read_checkpoint(latest_checkpoint(straight));
     CHECK(a.metadata.at("step") == "46");
-    CHECK(b.metadata.at("step") == "46");
-    require_same_tensors(a, b, {"param/", "optim/"});
+    require_ends_as(a, split);
     fs::remove_all(straight);
     fs::remove_all(split);
 }
@@ -131,27 +179,15 @@ TEST_CASE("SIGKILL at random moments never leaves a run without a loadable check
     std::mt19937 gen(7);
     int trials = 0, resumed = 0;
     for (int t = 0; t < 50; ++t) {
-        pid_t pid = fork();
-        REQUIRE(pid >= 0);
-        if (pid == 0) {
-            int devnull = ::open("/dev/null", O_WRONLY);
-            ::dup2(devnull, 1);
-            ::dup2(devnull, 2);
-            std::string out = run.string();
-            if (t == 0 || !fs::exists(run / "checkpoints"))
-                ::execl(FLOWLAB_BINARY, FLOWLAB_BINARY, "run", kTiny.c_str(), "--set", "train.steps=100000",
-                        "--set", "train.checkpoint_every=1", "--set", "train.threads=1", "--output", out.c_str(),
-                        "--quiet", static_cast<char*>(nullptr));
-            else
-                ::execl(FLOWLAB_BINARY, FLOWLAB_BINARY, "run", "--resume", out.c_str(), "--quiet",
-                        static_cast<char*>(nullptr));
-            ::_exit(127);
-        }
+        const std::string out = run.string();
+        const pid_t pid = t == 0 || !fs::exists(run / "checkpoints")
+                              ? spawn_flowlab({"run", kTiny, "--set", "train.steps=100000", "--set",
+                                               "train.checkpoint_every=1", "--set", "train.threads=1", "--output", out,
+                                               "--quiet"})
+                              : spawn_flowlab({"run", "--resume", out, "--quiet"});
         // Every step writes a checkpoint, so most kills land inside a write.
         std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(150, 600)(gen)));
-        ::kill(pid, SIGKILL);
-        int status = 0;
-        ::waitpid(pid, &status, 0);
+        signal_and_reap(pid, SIGKILL);
         ++trials;
         if (!fs::exists(run / "checkpoints")) continue;  // killed before the first checkpoint
         // The newest checkpoint (or its fallback) loads, and resuming works.
@@ -178,13 +214,8 @@ TEST_CASE("SIGKILL at random moments never leaves a run without a loadable check
 }
 
 TEST_CASE("a non-finite gradient skips the step and leaves parameters and optimizer state untouched", "[runner]") {
-    fs::path run = fresh_dir("nan");
     // Layer 0 poisons the gradient on step 3 only; a checkpoint follows every step.
-    CliResult r = run_with_nan_injector(
-        " --set 'model.layers=[{\"type\":\"nan_injector\",\"from\":3,\"until\":4},"
-        "{\"type\":\"affine_coupling\",\"mask\":\"alternate\",\"parity\":0},"
-        "{\"type\":\"affine_coupling\",\"mask\":\"alternate\",\"parity\":1}]'"
-        " --set train.steps=4 --set train.checkpoint_every=1 --stop-after 3 --output " + run.string());
+    const auto [run, r] = run_with_nan_injector("nan", 3, 4, 2, " --set train.steps=4 --stop-after 3");
     INFO(r.out);
     REQUIRE(r.code == 0);
     // Steps 2 and 3 are the two generations kept; step 3 was skipped, so they hold the same state.
@@ -202,12 +233,7 @@ TEST_CASE("a non-finite gradient skips the step and leaves parameters and optimi
 }
 
 TEST_CASE("K consecutive non-finite steps abort with exit code 6 and keep the last good checkpoint", "[runner]") {
-    fs::path run = fresh_dir("diverge");
-    CliResult r = run_with_nan_injector(
-        " --set 'model.layers=[{\"type\":\"nan_injector\",\"from\":4,\"until\":1000},"
-        "{\"type\":\"affine_coupling\",\"mask\":\"alternate\",\"parity\":0}]'"
-        " --set train.steps=50 --set train.checkpoint_every=1 --set train.max_bad_steps=5 --output " +
-        run.string());
+    const auto [run, r] = run_with_nan_injector("diverge", 4, 1000, 1, " --set train.steps=50 --set train.max_bad_steps=5");
     INFO(r.out);
     CHECK(r.code == 6);
     CHECK(r.out.find("5 consecutive non-finite steps") != std::string::npos);
@@ -218,24 +244,13 @@ TEST_CASE("K consecutive non-finite steps abort with exit code 6 and keep the la
 
 TEST_CASE("SIGTERM finishes the step, writes a checkpoint and exits with code 10", "[runner]") {
     fs::path run = fresh_dir("term");
-    pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        int devnull = ::open("/dev/null", O_WRONLY);
-        ::dup2(devnull, 1);
-        ::dup2(devnull, 2);
-        std::string out = run.string();
-        ::execl(FLOWLAB_BINARY, FLOWLAB_BINARY, "run", kTiny.c_str(), "--set", "train.steps=1000000", "--set",
-                "train.checkpoint_every=100000", "--output", out.c_str(), static_cast<char*>(nullptr));
-        ::_exit(127);
-    }
+    const pid_t pid = spawn_flowlab(
+        {"run", kTiny, "--set", "train.steps=1000000", "--set", "train.checkpoint_every=100000", "--output", run.string()});
     // Wait until training is under way (the metrics file appears), then ask it to stop.
     for (int i = 0; i < 200 && !fs::exists(run / "metrics.jsonl"); ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    ::kill(pid, SIGTERM);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
+    const int status = signal_and_reap(pid, SIGTERM);
     REQUIRE(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 10);
     Checkpoint c = read_checkpoint(latest_checkpoint(run));
@@ -350,9 +365,7 @@ TEST_CASE("a resume falls back past a checkpoint with invalid metadata and names
         CHECK(r.out.find("warning: " + newest) != std::string::npos);
         CHECK(r.out.find(std::string("'") + field + "'") != std::string::npos);
         // Step 20 was loaded instead, so the run still ends bitwise where the straight one did.
-        Checkpoint got = read_checkpoint(latest_checkpoint(run));
-        CHECK(got.metadata.at("step") == "46");
-        require_same_tensors(want, got, {"param/", "optim/"});
+        require_ends_as(want, run);
         for (const auto& e : fs::directory_iterator(run / "checkpoints"))
             CHECK(e.path().filename().string().find("step--") == std::string::npos);
         fs::remove_all(run);
@@ -385,9 +398,7 @@ TEST_CASE("flipped data bits in the newest checkpoint make a resume fall back to
     REQUIRE(r.code == 0);
     CHECK(r.out.find(ckpt(run, 23).string() + ": CRC-32") != std::string::npos);
     CHECK(r.out.find("resumed") == std::string::npos);  // --quiet: only the warnings
-    Checkpoint a = read_checkpoint(latest_checkpoint(ref)), b = read_checkpoint(latest_checkpoint(run));
-    CHECK(b.metadata.at("step") == "46");
-    require_same_tensors(a, b, {"param/", "optim/"});
+    require_ends_as(read_checkpoint(latest_checkpoint(ref)), run);
     fs::remove_all(ref);
     fs::remove_all(run);
 }

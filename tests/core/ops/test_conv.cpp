@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,61 @@ const std::vector<Case> kCases = {
     {2, 2, 5, 7, 3, 3, 1, 0, true},     // "valid" padding
 };
 
+// What a layout case is for.
+enum class Use {
+    gradcheck,  // small enough for the finite-difference check, which perturbs every input element in turn
+    fast_path,  // a fast f32 path, whose backward the f64 gradcheck does not reach
+};
+
+// A case run with given input and output layouts, and with or without the fused relu.
+struct LayoutCase {
+    Use use;
+    Case c;
+    ConvLayout li, lo;
+    bool relu;
+};
+
+const std::vector<LayoutCase> kLayoutCases = {
+    {Use::gradcheck, {2, 3, 5, 4, 2, 3, 1, 1, true}, ConvLayout::nchw, ConvLayout::nchw, false},
+    {Use::gradcheck, {1, 2, 5, 5, 3, 3, 2, 1, true}, ConvLayout::nchw, ConvLayout::nchw, false},
+    {Use::gradcheck, {2, 2, 4, 3, 2, 1, 1, 0, false}, ConvLayout::nchw, ConvLayout::nchw, false},
+    {Use::gradcheck, {1, 3, 4, 4, 2, 3, 1, 1, true}, ConvLayout::nhwc, ConvLayout::nchw, true},
+    {Use::gradcheck, {1, 8, 3, 3, 8, 3, 1, 1, true}, ConvLayout::blocked8, ConvLayout::nhwc, false},
+    // In order: (thin in, nchw -> nhwc), (1x1, nhwc), (thin out, nhwc -> nchw),
+    // (oneDNN, nhwc 3x3 wide), (oneDNN, strided nchw).
+    {Use::fast_path, {3, 2, 6, 6, 32, 3, 1, 1, true}, ConvLayout::nchw, ConvLayout::nhwc, true},
+    {Use::fast_path, {3, 32, 6, 6, 32, 1, 1, 0, true}, ConvLayout::nhwc, ConvLayout::nhwc, true},
+    {Use::fast_path, {3, 32, 6, 6, 4, 3, 1, 1, true}, ConvLayout::nhwc, ConvLayout::nchw, false},
+    {Use::fast_path, {2, 24, 5, 5, 24, 3, 1, 1, true}, ConvLayout::nhwc, ConvLayout::nhwc, true},
+    {Use::fast_path, {2, 3, 7, 7, 5, 3, 2, 1, true}, ConvLayout::nchw, ConvLayout::nchw, false},
+};
+
+std::vector<LayoutCase> cases_for(Use use) {
+    std::vector<LayoutCase> out;
+    for (const LayoutCase& g : kLayoutCases)
+        if (g.use == use) out.push_back(g);
+    return out;
+}
+
+std::string describe(const LayoutCase& g) {
+    std::ostringstream os;
+    os << describe(g.c) << " relu " << g.relu;
+    return os.str();
+}
+
+Conv2dOptions options_of(const LayoutCase& g) {
+    Conv2dOptions o;
+    o.stride = g.c.stride;
+    o.padding = g.c.pad;
+    o.in_layout = g.li;
+    o.out_layout = g.lo;
+    o.relu = g.relu;
+    return o;
+}
+
+// The case's input shape in its input layout.
+Shape input_shape(const LayoutCase& g) { return layout_shape({g.c.b, g.c.c, g.c.h, g.c.w}, g.li); }
+
 }  // namespace
 
 TEST_CASE("conv2d in f32 matches a naive loop for every shape, stride and padding", "[conv]") {
@@ -105,28 +161,10 @@ TEST_CASE("conv2d gives the same values in every pair of layouts, with and witho
 }
 
 TEST_CASE("conv2d gradients pass a finite-difference check in f64 for inputs, weights and bias", "[conv]") {
-    struct G {
-        Case c;
-        ConvLayout li, lo;
-        bool relu;
-    };
-    const G cases[] = {
-        {{2, 3, 5, 4, 2, 3, 1, 1, true}, ConvLayout::nchw, ConvLayout::nchw, false},
-        {{1, 2, 5, 5, 3, 3, 2, 1, true}, ConvLayout::nchw, ConvLayout::nchw, false},
-        {{2, 2, 4, 3, 2, 1, 1, 0, false}, ConvLayout::nchw, ConvLayout::nchw, false},
-        {{1, 3, 4, 4, 2, 3, 1, 1, true}, ConvLayout::nhwc, ConvLayout::nchw, true},
-        {{1, 8, 3, 3, 8, 3, 1, 1, true}, ConvLayout::blocked8, ConvLayout::nhwc, false},
-    };
-    for (const G& g : cases) {
-        INFO(describe(g.c) << " relu " << g.relu);
-        Conv2dOptions o;
-        o.stride = g.c.stride;
-        o.padding = g.c.pad;
-        o.in_layout = g.li;
-        o.out_layout = g.lo;
-        o.relu = g.relu;
-        const Shape xs = layout_shape({g.c.b, g.c.c, g.c.h, g.c.w}, g.li);
-        std::vector<Tensor> in = {randn(xs, 7, DType::f64), randn({g.c.o, g.c.c, g.c.k, g.c.k}, 8, DType::f64, 0.5)};
+    for (const LayoutCase& g : cases_for(Use::gradcheck)) {
+        INFO(describe(g));
+        const Conv2dOptions o = options_of(g);
+        std::vector<Tensor> in = {randn(input_shape(g), 7, DType::f64), randn({g.c.o, g.c.c, g.c.k, g.c.k}, 8, DType::f64, 0.5)};
         if (g.c.bias) in.push_back(randn({g.c.o}, 9, DType::f64));
         auto res = gradcheck(
             [&](const std::vector<Var>& v) { return conv2d(v[0], v[1], v.size() > 2 ? v[2] : Var(), o); }, in);
@@ -136,30 +174,10 @@ TEST_CASE("conv2d gradients pass a finite-difference check in f64 for inputs, we
 }
 
 TEST_CASE("the f32 backward of each conv2d path matches the f64 loop's gradients", "[conv]") {
-    // (thin in, nchw -> nhwc), (1x1, nhwc), (thin out, nhwc -> nchw), (oneDNN, nhwc 3x3 wide),
-    // (oneDNN, strided nchw): the fast paths whose backward is not covered by gradcheck.
-    struct P {
-        Case c;
-        ConvLayout li, lo;
-        bool relu;
-    };
-    const P cases[] = {
-        {{3, 2, 6, 6, 32, 3, 1, 1, true}, ConvLayout::nchw, ConvLayout::nhwc, true},
-        {{3, 32, 6, 6, 32, 1, 1, 0, true}, ConvLayout::nhwc, ConvLayout::nhwc, true},
-        {{3, 32, 6, 6, 4, 3, 1, 1, true}, ConvLayout::nhwc, ConvLayout::nchw, false},
-        {{2, 24, 5, 5, 24, 3, 1, 1, true}, ConvLayout::nhwc, ConvLayout::nhwc, true},
-        {{2, 3, 7, 7, 5, 3, 2, 1, true}, ConvLayout::nchw, ConvLayout::nchw, false},
-    };
-    for (const P& p : cases) {
-        INFO(describe(p.c) << " relu " << p.relu);
-        Conv2dOptions o;
-        o.stride = p.c.stride;
-        o.padding = p.c.pad;
-        o.in_layout = p.li;
-        o.out_layout = p.lo;
-        o.relu = p.relu;
-        const Shape xs = layout_shape({p.c.b, p.c.c, p.c.h, p.c.w}, p.li);
-        Tensor x = randn(xs, 10), w = randn({p.c.o, p.c.c, p.c.k, p.c.k}, 11, DType::f32, 0.3), b = randn({p.c.o}, 12);
+    for (const LayoutCase& p : cases_for(Use::fast_path)) {
+        INFO(describe(p));
+        const Conv2dOptions o = options_of(p);
+        Tensor x = randn(input_shape(p), 10), w = randn({p.c.o, p.c.c, p.c.k, p.c.k}, 11, DType::f32, 0.3), b = randn({p.c.o}, 12);
         std::vector<Tensor> grads[2];
         for (DType dt : {DType::f32, DType::f64}) {
             Var xv(x.to(dt), true), wv(w.to(dt), true), bv(b.to(dt), true);

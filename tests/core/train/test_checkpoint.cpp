@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include "cli_support.hpp"
+#include "test_support.hpp"
 
 #include <cmath>
 #include <cstdint>
@@ -47,12 +48,7 @@ std::string file_with_header(const std::string& h, const std::string& data) {
 }
 
 std::string error_of(const std::string& path) {
-    try {
-        read_checkpoint(path);
-    } catch (const IoError& e) {
-        return e.what();
-    }
-    return "no error";
+    return flowlab::test::message_of<IoError>([&] { read_checkpoint(path); }, "no error");
 }
 
 }  // namespace
@@ -170,12 +166,7 @@ std::map<std::string, std::string> state_at(std::int64_t step) {
 const RunShape kRun{46, 2000, 64};
 
 std::string state_error(const std::map<std::string, std::string>& m) {
-    try {
-        parse_train_state(m, "ck.safetensors", kRun);
-    } catch (const IoError& e) {
-        return e.what();
-    }
-    return "no error";
+    return flowlab::test::message_of<IoError>([&] { parse_train_state(m, "ck.safetensors", kRun); }, "no error");
 }
 
 

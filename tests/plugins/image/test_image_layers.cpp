@@ -33,6 +33,19 @@ std::unique_ptr<Bijector> make(const std::string& json, const Shape& event, Rng&
     return registry().make_bijector(Params::parse(json), BuildContext{event, {}, &rng, &registry()});
 }
 
+// Adds N(0, sd^2) noise to every parameter of `m`, leaving it in f64: at init the layers are
+// the identity (or a rotation), whose log-det a numerical Jacobian would confirm too easily.
+void perturb_in_f64(Module& m, std::uint64_t seed, double sd) {
+    Rng noise(seed);
+    for (auto& p : m.named_parameters()) {
+        Tensor v = p.var.value().to(DType::f64).clone();
+        Tensor n = Tensor::empty(v.shape(), DType::f64);
+        noise.fill_normal(n, 0.0, sd);
+        kern::add_inplace(v, n);
+        p.var.mutable_value() = v;
+    }
+}
+
 void require_all_pass(const std::vector<ConformanceCheck>& rows) {
     REQUIRE_FALSE(rows.empty());
     for (const auto& r : rows) {
@@ -142,14 +155,7 @@ TEST_CASE("a split's log-det matches a numerical Jacobian of the whole multi-sca
     })";
     Rng rng(8);
     auto flow = build_flow(Params::parse(model), {1, 4, 4}, {}, registry(), rng);
-    Rng noise(9);
-    for (auto& p : flow->named_parameters()) {
-        Tensor v = p.var.value().to(DType::f64).clone();
-        Tensor n = Tensor::empty(v.shape(), DType::f64);
-        noise.fill_normal(n, 0.0, 0.3);
-        kern::add_inplace(v, n);
-        p.var.mutable_value() = v;
-    }
+    perturb_in_f64(*flow, 9, 0.3);
     NoGradGuard ng;
     Tensor x = randn({1, 1, 4, 4}, 10, DType::f64);
     const double analytic = flow->inverse(Var(x)).log_det.value().item(0);
@@ -202,14 +208,7 @@ TEST_CASE("invconv1x1 starts as a rotation and its log-det matches the numerical
     CHECK(std::fabs(r.log_det.value().item(0)) < 1e-5);
     CHECK(std::sqrt(kern::sq_norm(r.out.value())) == Approx(std::sqrt(kern::sq_norm(x))).epsilon(1e-5));
     // Perturbed, in f64: log-det = H W sum(log_s) against a numerical Jacobian.
-    Rng noise(16);
-    for (auto& p : ic->named_parameters()) {
-        Tensor v = p.var.value().to(DType::f64).clone();
-        Tensor n = Tensor::empty(v.shape(), DType::f64);
-        noise.fill_normal(n, 0.0, 0.4);
-        kern::add_inplace(v, n);
-        p.var.mutable_value() = v;
-    }
+    perturb_in_f64(*ic, 16, 0.4);
     Tensor xd = randn({1, 4, 3, 2}, 17, DType::f64);
     const double analytic = ic->inverse(Var(xd)).log_det.value().item(0);
     const double numeric = numerical_log_abs_det(
