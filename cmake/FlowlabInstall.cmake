@@ -2,7 +2,7 @@
 #   P/bin/flowlab                             (RPATH $ORIGIN/../lib: finds libflowlab.so)
 #   P/lib/libflowlab.so*                      (target flowlab::core)
 #   P/lib/flowlab/plugins/libflowlab_*.so     (the plugins flowlab ships)
-#   P/include/flowlab/*.hpp                   (public headers, version.hpp included)
+#   P/include/flowlab/*.hpp, ops/*.hpp         (public headers, version.hpp included)
 #   P/lib/cmake/flowlab/                      (flowlabConfig.cmake, its version file, the
 #                                              exported targets and FlowlabPlugin.cmake)
 # so that a plugin project needs only find_package(flowlab CONFIG REQUIRED) and
@@ -27,6 +27,8 @@ file(GLOB FLOWLAB_PUBLIC_HEADERS ${PROJECT_SOURCE_DIR}/core/include/flowlab/*.hp
 get_target_property(_flowlab_core_bin flowlab_core BINARY_DIR)
 install(FILES ${FLOWLAB_PUBLIC_HEADERS} ${_flowlab_core_bin}/include/flowlab/version.hpp
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/flowlab)
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/core/include/flowlab/ops
+        DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/flowlab FILES_MATCHING PATTERN "*.hpp")
 unset(_flowlab_core_bin)
 
 install(EXPORT flowlabTargets NAMESPACE flowlab:: FILE flowlabTargets.cmake

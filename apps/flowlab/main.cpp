@@ -82,6 +82,36 @@ int dispatch(int argc, char** argv) {
     }
 }
 
+template <class E>
+bool is_a(const std::exception& e) {
+    return dynamic_cast<const E*>(&e) != nullptr;
+}
+
+// Prints "flowlab: <kind>: <what>" and returns the kind's exit code. The first row that matches
+// wins, so a kind stands before the kinds it derives from.
+int report_error(const std::exception& e) {
+    struct Kind {
+        const char* label;
+        Exit code;
+        bool (*matches)(const std::exception&);
+    };
+    static const Kind kinds[] = {
+        {"config error", kConfig, is_a<ConfigError>},
+        {"plugin error", kPlugin, is_a<PluginError>},
+        {"i/o error", kIo, is_a<IoError>},
+        {"numeric error", kNumeric, is_a<NumericError>},
+        {"shape error", kShape, is_a<ShapeError>},
+        {"i/o error", kIo, is_a<std::filesystem::filesystem_error>},
+    };
+    for (const Kind& k : kinds)
+        if (k.matches(e)) {
+            std::fprintf(stderr, "flowlab: %s: %s\n", k.label, e.what());
+            return k.code;
+        }
+    std::fprintf(stderr, "flowlab: internal error: %s\n", e.what());
+    return kInternal;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -93,26 +123,7 @@ int main(int argc, char** argv) {
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
     try {
         return dispatch(argc, argv);
-    } catch (const ConfigError& e) {
-        std::fprintf(stderr, "flowlab: config error: %s\n", e.what());
-        return kConfig;
-    } catch (const PluginError& e) {
-        std::fprintf(stderr, "flowlab: plugin error: %s\n", e.what());
-        return kPlugin;
-    } catch (const IoError& e) {
-        std::fprintf(stderr, "flowlab: i/o error: %s\n", e.what());
-        return kIo;
-    } catch (const NumericError& e) {
-        std::fprintf(stderr, "flowlab: numeric error: %s\n", e.what());
-        return kNumeric;
-    } catch (const ShapeError& e) {
-        std::fprintf(stderr, "flowlab: shape error: %s\n", e.what());
-        return kShape;
-    } catch (const std::filesystem::filesystem_error& e) {
-        std::fprintf(stderr, "flowlab: i/o error: %s\n", e.what());
-        return kIo;
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "flowlab: internal error: %s\n", e.what());
-        return kInternal;
+        return report_error(e);
     }
 }

@@ -79,10 +79,8 @@ FlowResult affine_fast(const Var& a, const Var& u) {
         });
     });
     Var ld_v = make_op("maf_log_det", std::move(fwd.log_det), {u}, [D](const Tensor& gld, const Tensor&, GradSink& sink) {
-        if (!sink.needs(0)) return;
-        dispatch(gld.dtype(), [&](auto tag) {
+        with_grad_buffer(sink, gld.dtype(), [&](auto tag, auto* gu) {
             using T = decltype(tag);
-            T* gu = sink.buffer(0).template data<T>();
             const T* gp = gld.data<T>();
             const std::int64_t B = gld.size(0);
             for (std::int64_t r = 0; r < B; ++r)
@@ -156,7 +154,7 @@ private:
             const rqs::SplineConfig cfg = cfg_;
             tr.invert = [cfg](T b, const T* u, std::int64_t stride, T& a) {
                 T ld;
-                rqs::inverse(rqs::Knots<T>(cfg, u, stride), b, a, ld);
+                rqs::transform(rqs::Knots<T>(cfg, u, stride), false, b, a, ld);
                 return ld;
             };
             tr.partials = [cfg](T a, const T* u, std::int64_t stride, T* du, std::int64_t dstride) {

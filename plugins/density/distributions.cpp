@@ -180,9 +180,7 @@ void register_distributions(Registry& reg) {
                           "diagonal Gaussian with learnable mean and log-std (starts at N(0, I)); temperature "
                           "scales the std",
                           {},
-                          [](const Params&, const BuildContext& c) -> std::unique_ptr<BaseDistribution> {
-                              return std::make_unique<DiagGaussian>(c.event_shape);
-                          }});
+                          from_event_shape<BaseDistribution, DiagGaussian>()});
     reg.add_distribution(
         {"gaussian_mixture",
          "mixture of K diagonal Gaussians, weights, means and log-stds learnable; temperature scales each std",
@@ -196,9 +194,7 @@ void register_distributions(Registry& reg) {
          }});
     reg.add_distribution({"logistic", "standard logistic per value, log p = -z - 2 softplus(-z); temperature scales it",
                           {},
-                          [](const Params&, const BuildContext& c) -> std::unique_ptr<BaseDistribution> {
-                              return std::make_unique<Logistic>(c.event_shape);
-                          }});
+                          from_event_shape<BaseDistribution, Logistic>()});
     reg.add_distribution(
         {"conditional_diag_gaussian",
          "diagonal Gaussian whose mean and log-std come from a network on the context (starts at N(0, I))",

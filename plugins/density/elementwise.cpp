@@ -38,7 +38,7 @@ inline ElementValue<T> logit_map(T x, T lam) {
 template <class T>
 inline ElementValue<T> sigmoid_map(T z, T lam) {
     const T c = T(1) - T(2) * lam;
-    const T s = rqs::sigmoid(z);
+    const T s = stable_sigmoid(z);
     // log s + log(1 - s) = -softplus(-z) - softplus(z), stable for large |z|
     const T ld = -rqs::softplus(-z) - rqs::softplus(z) - std::log(c);
     return {(s - lam) / c, ld, s * (T(1) - s) / c, T(1) - T(2) * s};
@@ -74,10 +74,8 @@ FlowResult apply_map(const Var& in, double lam, bool logit, const char* name, co
         });
     });
     Var out_v = make_op(name, std::move(out), {in}, [xv, element, D](const Tensor& gy, const Tensor&, GradSink& sink) {
-        if (!sink.needs(0)) return;
-        dispatch(xv.dtype(), [&](auto tag) {
+        with_grad_buffer(sink, xv.dtype(), [&](auto tag, auto* gx) {
             using T = decltype(tag);
-            T* gx = sink.buffer(0).template data<T>();
             const T* xp = xv.data<T>();
             const T* gp = gy.data<T>();
             parallel_for(xv.numel(), kElementwiseGrain, [&](std::int64_t i0, std::int64_t i1) {
@@ -87,10 +85,8 @@ FlowResult apply_map(const Var& in, double lam, bool logit, const char* name, co
         (void)D;
     });
     Var ld_v = make_op(ld_name, std::move(ld), {in}, [xv, element, D](const Tensor& gld, const Tensor&, GradSink& sink) {
-        if (!sink.needs(0)) return;
-        dispatch(xv.dtype(), [&](auto tag) {
+        with_grad_buffer(sink, xv.dtype(), [&](auto tag, auto* gx) {
             using T = decltype(tag);
-            T* gx = sink.buffer(0).template data<T>();
             const T* xp = xv.data<T>();
             const T* gp = gld.data<T>();
             for (std::int64_t b = 0; b < xv.size(0); ++b)
@@ -148,32 +144,33 @@ void register_elementwise(Registry& reg) {
         return param_number("lambda", 1e-6, "squeezes the input into [l, 1-l] first, so 0 and 1 stay finite")
             .range(0.0, 0.49);
     };
-    ConformanceHints unit;
-    unit.shapes = {{5}, {2, 3}};
-    unit.unit_interval = true;
-    reg.add_bijector({"logit",
-                      "z = logit(l + (1-2l) x) for data in (0, 1) (e.g. dequantised pixels), log-det included",
-                      {lambda_param()},
-                      [](const Params& p, const BuildContext& c) -> std::unique_ptr<Bijector> {
-                          return std::make_unique<Logit>(p, c, false);
-                      },
-                      unit});
-    ConformanceHints real;
-    real.shapes = {{5}, {2, 3}};
-    reg.add_bijector({"sigmoid",
-                      "z = (sigmoid(x) - l)/(1-2l): maps the reals into (0, 1); the inverse of logit",
-                      {lambda_param()},
-                      [](const Params& p, const BuildContext& c) -> std::unique_ptr<Bijector> {
-                          return std::make_unique<Logit>(p, c, true);
-                      },
-                      real});
+    // logit and its mirror image, sigmoid: one layer class, the direction swapped.
+    struct Mapping {
+        const char* name;
+        const char* doc;
+        bool mirrored, unit_interval_input;
+    };
+    for (const Mapping& m :
+         {Mapping{"logit", "z = logit(l + (1-2l) x) for data in (0, 1) (e.g. dequantised pixels), log-det included",
+                  false, true},
+          Mapping{"sigmoid", "z = (sigmoid(x) - l)/(1-2l): maps the reals into (0, 1); the inverse of logit", true,
+                  false}}) {
+        ConformanceHints hints;
+        hints.shapes = {{5}, {2, 3}};
+        hints.unit_interval = m.unit_interval_input;
+        reg.add_bijector({m.name, m.doc, {lambda_param()},
+                          [mirrored = m.mirrored](const Params& p, const BuildContext& c) -> std::unique_ptr<Bijector> {
+                              return std::make_unique<Logit>(p, c, mirrored);
+                          },
+                          hints});
+    }
     reg.add_bijector({"affine",
                       "learnable scale and shift per feature: x = z * exp(log_scale) + shift (starts as the identity)",
                       {},
                       [](const Params&, const BuildContext& c) -> std::unique_ptr<Bijector> {
                           return std::make_unique<Affine>(c);
                       },
-                      real});
+                      ConformanceHints{{{5}, {2, 3}}}});
 }
 
 }  // namespace flowlab::density

@@ -22,6 +22,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include <flowlab/kernels.hpp>
+
 namespace flowlab::density::rqs {
 
 constexpr int kMaxBins = 64;
@@ -39,12 +41,6 @@ struct SplineConfig {
 template <class T>
 inline T softplus(T v) {
     return v > T(20) ? v : (v < T(-20) ? std::exp(v) : std::log1p(std::exp(v)));
-}
-template <class T>
-inline T sigmoid(T v) {
-    if (v >= T(0)) return T(1) / (T(1) + std::exp(-v));
-    const T e = std::exp(v);
-    return e / (T(1) + e);
 }
 
 // The six quantities of one bin and the point in it.
@@ -138,7 +134,7 @@ struct Knots {
         for (int k = 1; k < K; ++k) {
             const T v = raw[(2 * K + k - 1) * stride] + c0;
             d[k] = md + softplus(v);
-            sig[k - 1] = sigmoid(v);
+            sig[k - 1] = stable_sigmoid(v);
         }
     }
 
@@ -262,30 +258,22 @@ inline Located<T> locate_y(const Knots<T>& kn, T y) {
     return {b, theta, bin_partials(b, theta)};
 }
 
-// Forward y = f(x) and log dy/dx of one element.
+// One element in either direction: forward y = f(x) with log dy/dx, or (forward_dir false) the
+// inverse x = f^-1(y) with log dx/dy = -log f'(x). Outside the knots' interval, the identity.
 template <class T>
-inline void forward(const Knots<T>& kn, T x, T& y, T& logdet) {
-    if (!kn.inside(x)) {
-        y = x;
+inline void transform(const Knots<T>& kn, bool forward_dir, T v, T& out, T& logdet) {
+    if (!kn.inside(v)) {
+        out = v;
         logdet = T(0);
-        return;
+    } else if (forward_dir) {
+        const Located<T> at = locate_x(kn, v);
+        out = at.p.y;
+        logdet = at.p.L;
+    } else {
+        const Located<T> at = locate_y(kn, v);
+        out = at.b.X + at.theta * at.b.W;
+        logdet = -at.p.L;
     }
-    const Located<T> at = locate_x(kn, x);
-    y = at.p.y;
-    logdet = at.p.L;
-}
-
-// Inverse x = f^-1(y) and log dx/dy (= -log f'(x)) of one element.
-template <class T>
-inline void inverse(const Knots<T>& kn, T y, T& x, T& logdet) {
-    if (!kn.inside(y)) {
-        x = y;
-        logdet = T(0);
-        return;
-    }
-    const Located<T> at = locate_y(kn, y);
-    x = at.b.X + at.theta * at.b.W;
-    logdet = -at.p.L;
 }
 
 // Backward of forward(): gradients gy (of y) and gl (of logdet) to gx (returned, to add) and

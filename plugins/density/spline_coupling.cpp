@@ -52,11 +52,8 @@ public:
         split_ = coupling_split(p.get_string("mask"), p.get_int("parity"), dim_, "spline_coupling");
         layout_ = std::make_shared<const SplineLayout>(SplineLayout::per_feature(
             split_.slot, static_cast<std::int32_t>(split_.trans.size()), cfg_.num_params()));
-        if (!c.registry) throw PluginError("spline_coupling: built without a registry (needed for its conditioner)");
-        const ConditionerSpec spec{
-            {static_cast<std::int64_t>(split_.cond.size())}, {layout_->raw_cols}, c.context_shape, true};
         Rng rng = init_rng(c);
-        net_ = c.registry->make_conditioner(p.get_object("conditioner"), spec, rng);
+        net_ = make_coupling_conditioner(p, c, split_, layout_->raw_cols, rng, "spline_coupling");
         add_child("conditioner", net_.get());
     }
 

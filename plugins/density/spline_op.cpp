@@ -56,10 +56,7 @@ void spline_fwd_rows(const T* in, const T* raw, T* out, T* ld, std::int64_t r0, 
             }
             const rqs::Knots<T> kn(cfg, rr + k * L.stride_dim, L.stride_param);
             T y, l;
-            if (forward_dir)
-                rqs::forward(kn, xr[j], y, l);
-            else
-                rqs::inverse(kn, xr[j], y, l);
+            rqs::transform(kn, forward_dir, xr[j], y, l);
             orow[j] = y;
             acc += l;
         }

@@ -153,14 +153,11 @@ private:
 }  // namespace
 
 void register_actnorm(Registry& reg) {
-    BijectorEntry e{"actnorm2d",
-                    "per-channel z = (x + b) exp(logs) with data-dependent init (zero mean, unit variance per channel)",
-                    {},
-                    [](const Params&, const BuildContext& c) -> std::unique_ptr<Bijector> {
-                        return std::make_unique<ActNorm2d>(c.event_shape);
-                    }};
-    e.hints.shapes = {{4, 4, 4}, {2, 3, 2}};
-    reg.add_bijector(std::move(e));
+    reg.add_bijector({"actnorm2d",
+                      "per-channel z = (x + b) exp(logs) with data-dependent init (zero mean, unit variance per channel)",
+                      {},
+                      from_event_shape<Bijector, ActNorm2d>(),
+                      ConformanceHints{{{4, 4, 4}, {2, 3, 2}}}});
 }
 
 }  // namespace flowlab::image

@@ -108,14 +108,8 @@ private:
 }  // namespace
 
 void register_reshaping(Registry& reg) {
-    BijectorEntry sq{"squeeze",
-                     "space-to-depth 2x2: [C, H, W] -> [4C, H/2, W/2], channel 4c + 2dy + dx (log-det 0)",
-                     {},
-                     [](const Params&, const BuildContext& c) -> std::unique_ptr<Bijector> {
-                         return std::make_unique<Squeeze>(c.event_shape);
-                     }};
-    sq.hints.shapes = {{1, 4, 4}, {3, 2, 4}};
-    reg.add_bijector(std::move(sq));
+    reg.add_bijector({"squeeze", "space-to-depth 2x2: [C, H, W] -> [4C, H/2, W/2], channel 4c + 2dy + dx (log-det 0)",
+                      {}, from_event_shape<Bijector, Squeeze>(), ConformanceHints{{{1, 4, 4}, {3, 2, 4}}}});
 
     BijectorEntry sh{"shift",
                      "constant offset z = x + offset (data -> latent), log-det 0; e.g. -0.5 centres pixels in [0, 1]",

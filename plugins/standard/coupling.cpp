@@ -151,10 +151,8 @@ FlowResult affine_update(const Var& x, const Var& raw, const std::shared_ptr<con
                         });
     Var ld_v = make_op("affine_coupling_log_det", std::move(fwd.log_det), {raw},
                        [rv, dt = mask->d_trans(), clamp, inverse](const Tensor& gld, const Tensor&, GradSink& sink) {
-                           if (!sink.needs(0)) return;
-                           dispatch(rv.dtype(), [&](auto tag) {
+                           with_grad_buffer(sink, rv.dtype(), [&](auto tag, auto* gr) {
                                using T = decltype(tag);
-                               T* gr = sink.buffer(0).template data<T>();
                                const T* gp = gld.data<T>();
                                const T* rp = rv.data<T>();
                                SoftClamp<T> sc{static_cast<T>(clamp)};
@@ -236,11 +234,9 @@ public:
         const std::int64_t dim = numel(c.event_shape);
         flat_ = c.event_shape.size() != 1;
         mask_ = make_mask(p.get_string("mask"), p.get_int("parity"), dim, name);
-        if (!c.registry) throw PluginError(std::string(name) + ": built without a registry (needed for its conditioner)");
-        const ConditionerSpec spec{
-            {static_cast<std::int64_t>(mask_->cond.size())}, {(affine ? 2 : 1) * mask_->d_trans()}, c.context_shape, true};
         Rng fallback(0);
-        net_ = c.registry->make_conditioner(p.get_object("conditioner"), spec, c.rng ? *c.rng : fallback);
+        net_ = make_coupling_conditioner(p, c, *mask_, (affine ? 2 : 1) * mask_->d_trans(), c.rng ? *c.rng : fallback,
+                                         name);
         add_child("conditioner", net_.get());
     }
 

@@ -39,10 +39,8 @@ protected:
         });
         return make_op("standard_normal_log_prob", std::move(lp), {z},
                        [zv, D, grain](const Tensor& glp, const Tensor&, GradSink& sink) {
-                           if (!sink.needs(0)) return;
-                           dispatch(zv.dtype(), [&](auto tag) {
+                           with_grad_buffer(sink, zv.dtype(), [&](auto tag, auto* gz) {
                                using T = decltype(tag);
-                               T* gz = sink.buffer(0).template data<T>();
                                const T* zp = zv.data<T>();
                                const T* gp = glp.data<T>();
                                parallel_for(zv.size(0), grain, [&](std::int64_t r0, std::int64_t r1) {
@@ -66,9 +64,7 @@ protected:
 
 void register_distributions(Registry& reg) {
     reg.add_distribution({"standard_normal", "isotropic unit Gaussian N(0, I) over the whole event", {},
-                          [](const Params&, const BuildContext& c) -> std::unique_ptr<BaseDistribution> {
-                              return std::make_unique<StandardNormal>(c.event_shape);
-                          }});
+                          from_event_shape<BaseDistribution, StandardNormal>()});
 }
 
 }  // namespace flowlab::standard

@@ -29,10 +29,8 @@ Var elu(const Var& a) {
         });
     });
     return make_op("elu", std::move(out), {a}, [](const Tensor& gy, const Tensor& y, GradSink& sink) {
-        if (!sink.needs(0)) return;
-        dispatch(y.dtype(), [&](auto tag) {
+        with_grad_buffer(sink, y.dtype(), [&](auto tag, auto* gx) {
             using T = decltype(tag);
-            T* gx = sink.buffer(0).template data<T>();
             const T* gp = gy.data<T>();
             const T* yp = y.data<T>();
             parallel_for(y.numel(), kElementwiseGrain, [&](std::int64_t i0, std::int64_t i1) {

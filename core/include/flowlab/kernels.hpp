@@ -24,7 +24,9 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -38,6 +40,8 @@
 namespace flowlab {
 
 class Conditioner;
+struct BuildContext;
+class Rng;
 
 // The DType of a C++ element type (float or double).
 template <class T>
@@ -51,6 +55,14 @@ template <class Fn>
 decltype(auto) dispatch(DType dt, Fn&& fn) {
     if (dt == DType::f64) return fn(double{});
     return fn(float{});
+}
+
+// 1 / (1 + e^-x) without overflow: exp is only taken of a number <= 0.
+template <class T>
+inline T stable_sigmoid(T x) {
+    if (x >= T(0)) return T(1) / (T(1) + std::exp(-x));
+    const T e = std::exp(x);
+    return e / (T(1) + e);
 }
 
 // [b, event...]: the shape of a batch of b samples.
@@ -108,6 +120,15 @@ void with_grad_buffers(GradSink& sink, DType dt, Fn&& fn) {
     });
 }
 
+// For the backward rule of a one-input op that accumulates into its input's gradient buffer in
+// place: calls fn(T{}, g) with T after `dt` and g the buffer; does nothing when the input needs
+// no gradient.
+template <class Fn>
+void with_grad_buffer(GradSink& sink, DType dt, Fn&& fn) {
+    if (!sink.needs(0)) return;
+    dispatch(dt, [&](auto tag) { fn(tag, sink.buffer(0).template data<decltype(tag)>()); });
+}
+
 // The two feature sets of a coupling layer over `dim` flat features. kind "alternate" puts
 // even indices in set 0 and odd ones in set 1; "half" puts the first ceil(dim/2) in set 0.
 // `parity` names the transformed set; the other conditions the transform and passes through.
@@ -122,6 +143,11 @@ struct CouplingSplit {
 CouplingSplit coupling_split(const std::string& kind, std::int64_t parity, std::int64_t dim, const std::string& layer);
 // The schema entries "mask" (the kind) and "parity" of a layer built on coupling_split.
 Schema coupling_split_params();
+// A flat coupling layer's conditioner, built from the layer's "conditioner" parameter for the
+// s.cond features (and the context) to `width` outputs, initialised from rng; PluginError naming
+// `layer` when c has no registry to build it from.
+std::unique_ptr<Conditioner> make_coupling_conditioner(const Params& p, const BuildContext& c, const CouplingSplit& s,
+                                                       std::int64_t width, Rng& rng, const std::string& layer);
 // A flat coupling layer's conditioner output for x [B, dim]: net on the conditioning features (one
 // slice when they are contiguous, else a gather) and the context, checked to be [B, width];
 // ShapeError naming `layer` otherwise.

@@ -49,6 +49,13 @@ using ScheduleFactory = std::function<std::unique_ptr<Schedule>(const Params&)>;
 using ConditionerFactory = std::function<std::unique_ptr<Conditioner>(const Params&, const ConditionerSpec&, Rng&)>;
 using DatasetFactory = std::function<Dataset(const Params&, std::uint64_t seed)>;
 
+// The factory of a type built from its event shape alone (it takes no parameters), e.g.
+//   reg.add_bijector({"squeeze", "space-to-depth 2x2", {}, from_event_shape<Bijector, Squeeze>()});
+template <class Base, class T>
+auto from_event_shape() {
+    return [](const Params&, const BuildContext& c) -> std::unique_ptr<Base> { return std::make_unique<T>(c.event_shape); };
+}
+
 template <class Factory>
 struct Entry {
     std::string name;

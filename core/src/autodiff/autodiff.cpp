@@ -51,6 +51,12 @@ private:
 [[noreturn]] void undefined_var(const char* what) {
     throw Error(std::string(what) + ": undefined Var");
 }
+
+// The node behind a Var, or the error naming `what` for an undefined one.
+Node& node_of(const std::shared_ptr<Node>& node, const char* what) {
+    if (!node) undefined_var(what);
+    return *node;
+}
 }  // namespace
 
 // ------------------------------------------------------------------------------------ Node
@@ -131,25 +137,10 @@ Var::Var(Tensor value, bool requires_grad) : node_(std::make_shared<Node>()) {
     node_->requires_grad = requires_grad;
 }
 
-const Tensor& Var::value() const {
-    if (!node_) undefined_var("Var::value");
-    return node_->value;
-}
-
-Tensor& Var::mutable_value() {
-    if (!node_) undefined_var("Var::mutable_value");
-    return node_->value;
-}
-
-const Tensor& Var::grad() const {
-    if (!node_) undefined_var("Var::grad");
-    return node_->grad;
-}
-
-Tensor& Var::mutable_grad() {
-    if (!node_) undefined_var("Var::mutable_grad");
-    return node_->grad;
-}
+const Tensor& Var::value() const { return node_of(node_, "Var::value").value; }
+Tensor& Var::mutable_value() { return node_of(node_, "Var::mutable_value").value; }
+const Tensor& Var::grad() const { return node_of(node_, "Var::grad").grad; }
+Tensor& Var::mutable_grad() { return node_of(node_, "Var::mutable_grad").grad; }
 
 void Var::zero_grad() {
     if (node_) node_->grad = Tensor();

@@ -11,14 +11,27 @@ std::string join_name(const std::string& prefix, const std::string& name) {
 }
 }  // namespace
 
-std::vector<NamedVar> Module::named_parameters(const std::string& prefix) const {
-    std::vector<NamedVar> out;
-    for (const auto& p : params_) out.push_back({join_name(prefix, p.name), p.var});
-    for (const auto& [name, child] : children_) {
-        auto sub = child->named_parameters(join_name(prefix, name));
+namespace {
+// own's entries renamed under `prefix`, then each child's items(child, prefix.child), depth first.
+template <class Named, class Children, class ChildItems>
+std::vector<Named> walk_named(const std::string& prefix, const std::vector<Named>& own, const Children& children,
+                              ChildItems items) {
+    std::vector<Named> out;
+    for (Named n : own) {
+        n.name = join_name(prefix, n.name);
+        out.push_back(std::move(n));
+    }
+    for (const auto& [name, child] : children) {
+        std::vector<Named> sub = items(*child, join_name(prefix, name));
         out.insert(out.end(), std::make_move_iterator(sub.begin()), std::make_move_iterator(sub.end()));
     }
     return out;
+}
+}  // namespace
+
+std::vector<NamedVar> Module::named_parameters(const std::string& prefix) const {
+    return walk_named(prefix, params_, children_,
+                      [](const Module& m, const std::string& p) { return m.named_parameters(p); });
 }
 
 std::vector<Var> Module::parameters() const {
@@ -28,13 +41,8 @@ std::vector<Var> Module::parameters() const {
 }
 
 std::vector<NamedTensor> Module::named_buffers(const std::string& prefix) const {
-    std::vector<NamedTensor> out;
-    for (const auto& b : buffers_) out.push_back({join_name(prefix, b.name), b.tensor});
-    for (const auto& [name, child] : children_) {
-        auto sub = child->named_buffers(join_name(prefix, name));
-        out.insert(out.end(), std::make_move_iterator(sub.begin()), std::make_move_iterator(sub.end()));
-    }
-    return out;
+    return walk_named(prefix, buffers_, children_,
+                      [](const Module& m, const std::string& p) { return m.named_buffers(p); });
 }
 
 std::int64_t Module::num_parameters() const {

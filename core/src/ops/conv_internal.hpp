@@ -39,6 +39,10 @@ struct ConvCall {
     ConvKey key;
     Geometry gi, go;
     std::int64_t kh, kw;
+    // An uninitialised output of this call in `layout`.
+    Tensor new_output(ConvLayout layout, DType dt) const {
+        return Tensor::empty(layout_shape({go.b, go.c, go.h, go.w}, layout), dt);
+    }
 };
 
 // Checks shapes, layouts and options; the ShapeError names both shapes.

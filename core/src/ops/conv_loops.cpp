@@ -13,10 +13,9 @@ Var conv2d_loops(const Var& x, const Var& w, const Var& b, const Conv2dOptions& 
     const Tensor& X = x.value();
     const Tensor& W = w.value();
     const Tensor* B = b.defined() ? &b.value() : nullptr;
-    const Geometry gi = call.gi, go = call.go;
-    Tensor y = Tensor::empty(layout_shape({go.b, go.c, go.h, go.w}, opt.out_layout), X.dtype());
+    Tensor y = call.new_output(opt.out_layout, X.dtype());
     conv_fwd_loop<double>(X.data<double>(), W.data<double>(), B ? B->data<double>() : nullptr, y.data<double>(),
-                          gi, opt.in_layout, go, opt.out_layout, call.kh, call.kw, opt.stride, opt.padding,
+                          call.gi, opt.in_layout, call.go, opt.out_layout, call.kh, call.kw, opt.stride, opt.padding,
                           opt.relu);
     std::vector<Var> inputs = {x, w};
     if (b.defined()) inputs.push_back(b);

@@ -148,8 +148,7 @@ Var conv2d_onednn(const Var& x, const Var& w, const Var& b, const Conv2dOptions&
     const Tensor& X = x.value();
     const Tensor& W = w.value();
     const Tensor* B = b.defined() ? &b.value() : nullptr;
-    const Geometry gi = call.gi, go = call.go;
-    Tensor y = Tensor::empty(layout_shape({go.b, go.c, go.h, go.w}, opt.out_layout), X.dtype());
+    Tensor y = call.new_output(opt.out_layout, X.dtype());
 
     backend::Context& ctx = backend::Context::get();
     ConvPrims& p = conv_prims(call.key);  // throws Error if oneDNN has no implementation

@@ -1,5 +1,7 @@
 // Element-wise ops: broadcasting binary ops, scalar ops and unary functions, with their
 // backward rules, and the matching kern:: kernels.
+#include "flowlab/ops/elementwise.hpp"
+
 #include <cmath>
 
 #include "ops/ops_internal.hpp"
@@ -22,13 +24,7 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
 }
 
 namespace {
-// Stable forms: exp never overflows on the branch taken.
-template <class T>
-inline T sigmoid_of(T x) {
-    if (x >= T(0)) return T(1) / (T(1) + std::exp(-x));
-    const T e = std::exp(x);
-    return e / (T(1) + e);
-}
+// Stable: exp never overflows on the branch taken (the sigmoid is the toolkit's stable_sigmoid).
 template <class T>
 inline T softplus_of(T x) {
     return x > T(0) ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x));
@@ -212,7 +208,7 @@ Var tanh(const Var& a) {
 }
 
 Var sigmoid(const Var& a) {
-    return make_op("sigmoid", unary("sigmoid", a.value(), [](auto x) { return sigmoid_of(x); }), {a},
+    return make_op("sigmoid", unary("sigmoid", a.value(), [](auto x) { return stable_sigmoid(x); }), {a},
                    [](const Tensor& gy, const Tensor& y, GradSink& g) {
                        g.add(0, zip(gy, y, [](auto u, auto v) { return u * v * (1 - v); }));
                    });
@@ -221,14 +217,14 @@ Var sigmoid(const Var& a) {
 Var softplus(const Var& a) {
     return make_op("softplus", unary("softplus", a.value(), [](auto x) { return softplus_of(x); }), {a},
                    [a](const Tensor& gy, const Tensor&, GradSink& g) {
-                       g.add(0, zip(gy, a.value(), [](auto u, auto x) { return u * sigmoid_of(x); }));
+                       g.add(0, zip(gy, a.value(), [](auto u, auto x) { return u * stable_sigmoid(x); }));
                    });
 }
 
 Var log_sigmoid(const Var& a) {
     return make_op("log_sigmoid", unary("log_sigmoid", a.value(), [](auto x) { return -softplus_of(-x); }),
                    {a}, [a](const Tensor& gy, const Tensor&, GradSink& g) {
-                       g.add(0, zip(gy, a.value(), [](auto u, auto x) { return u * sigmoid_of(-x); }));
+                       g.add(0, zip(gy, a.value(), [](auto u, auto x) { return u * stable_sigmoid(-x); }));
                    });
 }
 

@@ -1,6 +1,8 @@
 // GEMM-based ops: kern::gemm (f32 through oneDNN's matmul primitive or, for skinny shapes,
 // vector loops; f64 on a plain loop) and matmul with its backward rule. linear.cpp builds the
 // linear layers on gemm_impl.
+#include "flowlab/ops/linalg.hpp"
+
 #include <cstring>
 
 #include "backend/onednn.hpp"

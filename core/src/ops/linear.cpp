@@ -6,6 +6,8 @@
 // forward and backward, 128 -> 2 backward, the mask fused with the bias gradient) gave no
 // measurable change on W1 at 1 or 2 threads (ratio 0.98 and 0.96 over 5-6 alternating runs):
 // those passes are L2-resident and short next to the 128 x 128 GEMMs.
+#include "flowlab/ops/linalg.hpp"
+
 #include "ops/ops_internal.hpp"
 
 namespace flowlab {
@@ -25,7 +27,8 @@ void check_linear(const char* op, const Var& x, const Var& w, const Var& b) {
     }
 }
 
-// The gradients of y = x w + b from gy = dL/dy.
+// The gradients of y = x w + b from gy = dL/dy. (Measured and not kept: running the two GEMMs
+// side by side, one barrier instead of two, made no difference on W1.)
 void linear_backward(const Var& x, const Var& w, const Tensor& gy, GradSink& g) {
     detail::gemm_grad(g, 0, x, [&](Tensor& d, double beta) {
         detail::gemm_impl("linear backward", gy, false, w.value(), true, d, 1.0, beta, nullptr);

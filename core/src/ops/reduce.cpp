@@ -1,5 +1,7 @@
 // Reductions (sum, mean, logsumexp, ...) with their backward rules, and the reduction kernels
 // (sum_to, the backward of every broadcast).
+#include "flowlab/ops/reduce.hpp"
+
 #include <cmath>
 #include <limits>
 
@@ -92,6 +94,21 @@ Tensor expand_grad(const Tensor& g, const Shape& shape, const Split3& q, double 
     return out;
 }
 
+// The sum of f(a[i]) over all of a, accumulated in double (a whole-tensor reduction of f32 would
+// lose digits).
+template <class F>
+double sum_in_double(const Tensor& a, const char* what, F f) {
+    detail::check_defined(what, a);
+    return dispatch(a.dtype(), [&](auto t) {
+        using T = decltype(t);
+        const T* p = a.data<T>();
+        double s = 0;
+#pragma omp simd reduction(+ : s)
+        for (std::int64_t i = 0; i < a.numel(); ++i) s += f(static_cast<double>(p[i]));
+        return s;
+    });
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------- kern
@@ -149,29 +166,9 @@ Tensor sum(const Tensor& a, std::int64_t dim, bool keepdim) {
     return out;
 }
 
-double sum_all(const Tensor& a) {
-    detail::check_defined("sum_all", a);
-    return dispatch(a.dtype(), [&](auto t) {
-        using T = decltype(t);
-        const T* p = a.data<T>();
-        double s = 0;
-#pragma omp simd reduction(+ : s)
-        for (std::int64_t i = 0; i < a.numel(); ++i) s += p[i];
-        return s;
-    });
-}
+double sum_all(const Tensor& a) { return sum_in_double(a, "sum_all", [](double v) { return v; }); }
 
-double sq_norm(const Tensor& a) {
-    detail::check_defined("sq_norm", a);
-    return dispatch(a.dtype(), [&](auto t) {
-        using T = decltype(t);
-        const T* p = a.data<T>();
-        double s = 0;
-#pragma omp simd reduction(+ : s)
-        for (std::int64_t i = 0; i < a.numel(); ++i) s += static_cast<double>(p[i]) * p[i];
-        return s;
-    });
-}
+double sq_norm(const Tensor& a) { return sum_in_double(a, "sq_norm", [](double v) { return v * v; }); }
 
 bool all_finite(const Tensor& a) {
     detail::check_defined("all_finite", a);

@@ -1,4 +1,6 @@
 // Shape ops (reshape, slice, concat, gather, transpose) with their backward rules.
+#include "flowlab/ops/shape.hpp"
+
 #include <cstring>
 
 #include "ops/ops_internal.hpp"

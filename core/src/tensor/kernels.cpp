@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "flowlab/conditioner.hpp"
+#include "flowlab/registry.hpp"
 #include "flowlab/ops.hpp"
 
 namespace flowlab {
@@ -36,6 +37,13 @@ Schema coupling_split_params() {
         param_int("parity", 0, "which set is transformed: 0 = even indices / first half, 1 = odd / second half")
             .range(0, 1),
     };
+}
+
+std::unique_ptr<Conditioner> make_coupling_conditioner(const Params& p, const BuildContext& c, const CouplingSplit& s,
+                                                       std::int64_t width, Rng& rng, const std::string& layer) {
+    if (!c.registry) throw PluginError(layer + ": built without a registry (needed for its conditioner)");
+    const ConditionerSpec spec{{static_cast<std::int64_t>(s.cond.size())}, {width}, c.context_shape, true};
+    return c.registry->make_conditioner(p.get_object("conditioner"), spec, rng);
 }
 
 Var coupling_conditioner(Conditioner& net, const Var& x, const Var& context, const CouplingSplit& s,

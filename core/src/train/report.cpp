@@ -209,47 +209,94 @@ std::string plots_2d(const fs::path& dir) {
 
 }  // namespace
 
-std::string write_report(const std::string& run_dir) {
-    fs::path dir(run_dir);
-    fs::path metrics_path = dir / "metrics.jsonl";
-    if (!fs::exists(metrics_path))
-        throw IoError(metrics_path.string() + ": no metrics in this run directory (is it a flowlab run?)");
+namespace {
+
+struct Metrics {
     Series loss{"train loss (nats)", "#1f77b4", {}}, test_nll{"test NLL (nats)", "#d62728", {}},
         valid_nll{"valid NLL (nats)", "#2ca02c", {}}, test_bpd{"test bits/dim", "#d62728", {}};
+};
+
+// metrics.jsonl as chart series; also writes its numbers as metrics.csv beside it.
+Metrics read_metrics(const fs::path& dir) {
+    const fs::path path = dir / "metrics.jsonl";
+    if (!fs::exists(path)) throw IoError(path.string() + ": no metrics in this run directory (is it a flowlab run?)");
+    Metrics m;
+    const std::pair<const char*, Series*> charted[] = {
+        {"loss", &m.loss}, {"test_nll", &m.test_nll}, {"valid_nll", &m.valid_nll}, {"test_bpd", &m.test_bpd}};
+    const char* const columns[] = {"step", "loss", "lr", "grad_norm", "samples_per_s", "test_nll", "test_bpd", "valid_nll"};
     std::ostringstream csv;
     csv << "step,loss,lr,grad_norm,samples_per_s,test_nll,test_bpd,valid_nll\n";
-    std::ifstream mf(metrics_path);
+    std::ifstream in(path);
     std::string line;
-    auto field = [](const json& j, const char* k) -> std::string {
-        return j.contains(k) && j[k].is_number() ? num(j[k].get<double>()) : "";
-    };
-    while (std::getline(mf, line)) {
+    while (std::getline(in, line)) {
         json j;
         try {
             j = json::parse(line);
         } catch (...) {
             continue;  // a line cut short by a crash
         }
-        if (!j.contains("step")) continue;
-        double step = j["step"].get<double>();
-        if (j.contains("loss") && j["loss"].is_number()) loss.points.push_back({step, j["loss"].get<double>()});
-        if (j.contains("test_nll") && j["test_nll"].is_number()) test_nll.points.push_back({step, j["test_nll"].get<double>()});
-        if (j.contains("valid_nll") && j["valid_nll"].is_number()) valid_nll.points.push_back({step, j["valid_nll"].get<double>()});
-        if (j.contains("test_bpd") && j["test_bpd"].is_number()) test_bpd.points.push_back({step, j["test_bpd"].get<double>()});
-        csv << field(j, "step") << "," << field(j, "loss") << "," << field(j, "lr") << "," << field(j, "grad_norm") << ","
-            << field(j, "samples_per_s") << "," << field(j, "test_nll") << "," << field(j, "test_bpd") << ","
-            << field(j, "valid_nll") << "\n";
+        if (!j.contains("step") || !j["step"].is_number()) continue;
+        const double step = j["step"].get<double>();
+        for (const auto& [key, series] : charted)
+            if (j.contains(key) && j[key].is_number()) series->points.push_back({step, j[key].get<double>()});
+        for (std::size_t c = 0; c < std::size(columns); ++c) {
+            if (c) csv << ",";
+            if (j.contains(columns[c]) && j[columns[c]].is_number()) csv << num(j[columns[c]].get<double>());
+        }
+        csv << "\n";
     }
     write_file_atomic((dir / "metrics.csv").string(), csv.str());
+    return m;
+}
 
-    std::string config = fs::exists(dir / "config.json") ? read_all(dir / "config.json") : "{}";
-    std::string summary = fs::exists(dir / "summary.json") ? read_all(dir / "summary.json") : "";
-    std::string name = dir.filename().string();
+// The run's name: the config's "name", else the folder's.
+std::string run_name(const fs::path& dir, const std::string& config) {
     try {
         json c = json::parse(config);
-        if (c.contains("config") && c["config"].contains("name")) name = c["config"]["name"].get<std::string>();
+        if (c.contains("config") && c["config"].contains("name")) return c["config"]["name"].get<std::string>();
     } catch (...) {
     }
+    return dir.filename().string();
+}
+
+void summary_table(std::ostringstream& h, const std::string& summary) {
+    if (summary.empty()) return;
+    h << "<h2>Summary</h2><table>";
+    try {
+        json s = json::parse(summary);
+        for (auto it = s.begin(); it != s.end(); ++it)
+            h << "<tr><td>" << esc(it.key()) << "</td><td>"
+              << esc(it.value().is_string() ? it.value().get<std::string>() : it.value().dump()) << "</td></tr>";
+    } catch (...) {
+        h << "<tr><td>summary.json is unreadable</td></tr>";
+    }
+    h << "</table>";
+}
+
+// Image grids (embedded PNGs) and, for 2-d data, the scatter and density plots.
+void samples_section(std::ostringstream& h, const fs::path& dir) {
+    h << "<h2>Samples</h2><div class='row'>";
+    bool any = false;
+    for (const char* img : {"samples.png", "samples_t0.7.png", "data.png"}) {
+        if (!fs::exists(dir / img)) continue;
+        h << "<figure><img class='grid' alt='" << img << "' src='data:image/png;base64," << base64(read_all(dir / img))
+          << "'/><figcaption>" << img << "</figcaption></figure>";
+        any = true;
+    }
+    const std::string p2 = plots_2d(dir);
+    h << p2;
+    if (!any && p2.empty()) h << "<p>No samples in this run directory.</p>";
+    h << "</div>";
+}
+
+}  // namespace
+
+std::string write_report(const std::string& run_dir) {
+    const fs::path dir(run_dir);
+    const Metrics m = read_metrics(dir);
+    const std::string config = fs::exists(dir / "config.json") ? read_all(dir / "config.json") : "{}";
+    const std::string summary = fs::exists(dir / "summary.json") ? read_all(dir / "summary.json") : "";
+    const std::string name = run_name(dir, config);
 
     std::ostringstream h;
     h << "<!DOCTYPE html><html><head><meta charset='utf-8'><title>flowlab run: " << esc(name) << "</title><style>"
@@ -260,37 +307,14 @@ std::string write_report(const std::string& run_dir) {
       << "table{border-collapse:collapse}td{padding:2px 10px;border-bottom:1px solid #eee}"
       << "img.grid{image-rendering:pixelated;width:420px;border:1px solid #999}</style></head><body>";
     h << "<h1>flowlab run: " << esc(name) << "</h1>";
-    if (!summary.empty()) {
-        h << "<h2>Summary</h2><table>";
-        try {
-            json s = json::parse(summary);
-            for (auto it = s.begin(); it != s.end(); ++it)
-                h << "<tr><td>" << esc(it.key()) << "</td><td>"
-                  << esc(it.value().is_string() ? it.value().get<std::string>() : it.value().dump()) << "</td></tr>";
-        } catch (...) {
-            h << "<tr><td>summary.json is unreadable</td></tr>";
-        }
-        h << "</table>";
-    }
+    summary_table(h, summary);
     h << "<h2>Training</h2><div class='row'>";
-    h << line_chart("Loss", "nats", {loss, test_nll, valid_nll});
-    h << line_chart("Test bits/dim", "bits/dim", {test_bpd});
-    h << "</div><h2>Samples</h2><div class='row'>";
-    bool any = false;
-    for (const char* img : {"samples.png", "samples_t0.7.png", "data.png"}) {
-        if (!fs::exists(dir / img)) continue;
-        h << "<figure><img class='grid' alt='" << img << "' src='data:image/png;base64," << base64(read_all(dir / img))
-          << "'/><figcaption>" << img << "</figcaption></figure>";
-        any = true;
-    }
-    std::string p2 = plots_2d(dir);
-    if (!p2.empty()) {
-        h << p2;
-        any = true;
-    }
-    if (!any) h << "<p>No samples in this run directory.</p>";
-    h << "</div><h2>Config</h2><pre>" << esc(config) << "</pre></body></html>\n";
-    std::string out = (dir / "report.html").string();
+    h << line_chart("Loss", "nats", {m.loss, m.test_nll, m.valid_nll});
+    h << line_chart("Test bits/dim", "bits/dim", {m.test_bpd});
+    h << "</div>";
+    samples_section(h, dir);
+    h << "<h2>Config</h2><pre>" << esc(config) << "</pre></body></html>\n";
+    const std::string out = (dir / "report.html").string();
     write_file_atomic(out, h.str());
     return out;
 }
