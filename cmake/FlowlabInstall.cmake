@@ -5,6 +5,8 @@
 #   P/include/flowlab/*.hpp, ops/*.hpp         (public headers, version.hpp included)
 #   P/lib/cmake/flowlab/                      (flowlabConfig.cmake, its version file, the
 #                                              exported targets and FlowlabPlugin.cmake)
+#   P/share/doc/flowlab/                      (the plugin guide and the embedding guide)
+#   P/share/flowlab/examples/NAME/            (the example plugins' sources and configs)
 # so that a plugin project needs only find_package(flowlab CONFIG REQUIRED) and
 # flowlab_add_plugin(). Included at the end of the top-level CMakeLists.txt, after every
 # target exists.
@@ -34,10 +36,16 @@ unset(_flowlab_core_bin)
 install(EXPORT flowlabTargets NAMESPACE flowlab:: FILE flowlabTargets.cmake
         DESTINATION ${FLOWLAB_INSTALL_CMAKEDIR})
 
+# The example plugins, for whoever has only the installed package: each folder is a plugin
+# project that builds against it as it stands (the guide reads them alongside).
+set(FLOWLAB_INSTALL_EXAMPLESDIR ${CMAKE_INSTALL_DATADIR}/flowlab/examples)
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/plugins/examples/ DESTINATION ${FLOWLAB_INSTALL_EXAMPLESDIR}
+        FILES_MATCHING PATTERN "*.cpp" PATTERN "*.hpp" PATTERN "*.json" PATTERN "CMakeLists.txt")
+
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/flowlabConfig.cmake.in
   ${PROJECT_BINARY_DIR}/cmake/flowlabConfig.cmake
   INSTALL_DESTINATION ${FLOWLAB_INSTALL_CMAKEDIR}
-  PATH_VARS CMAKE_INSTALL_INCLUDEDIR CMAKE_INSTALL_LIBDIR)
+  PATH_VARS CMAKE_INSTALL_INCLUDEDIR CMAKE_INSTALL_LIBDIR FLOWLAB_INSTALL_EXAMPLESDIR)
 # The plugin loader accepts a plugin built for the same major.minor only, so the package
 # matches the same way: find_package(flowlab 0.1) accepts 0.1.x and nothing else.
 write_basic_package_version_file(${PROJECT_BINARY_DIR}/cmake/flowlabConfigVersion.cmake

@@ -8,7 +8,8 @@
 // loaded by a Session (session.hpp). This file finds the command, parses its command line and
 // maps every error kind to its exit code:
 //   0 ok, 1 internal error, 2 usage, 3 config error, 4 plugin error, 5 i/o error,
-//   6 numeric error (training diverged), 7 shape error, 8 check-plugin found failures,
+//   6 numeric error (training diverged), 7 shape error, 8 a layer failed its checks
+//   (check-plugin, or the layer checks of run),
 //   10 interrupted by SIGINT/SIGTERM (the current step finished and a checkpoint was written)
 #include <cstdio>
 #include <malloc.h>
@@ -88,7 +89,8 @@ bool is_a(const std::exception& e) {
 }
 
 // Prints "flowlab: <kind>: <what>" and returns the kind's exit code. The first row that matches
-// wins, so a kind stands before the kinds it derives from.
+// wins, so a kind stands before the kinds it derives from (a failed layer check is a numeric
+// error that exits like a failed conformance check).
 int report_error(const std::exception& e) {
     struct Kind {
         const char* label;
@@ -96,6 +98,7 @@ int report_error(const std::exception& e) {
         bool (*matches)(const std::exception&);
     };
     static const Kind kinds[] = {
+        {"layer check failed", kCheckFailed, is_a<LayerCheckError>},
         {"config error", kConfig, is_a<ConfigError>},
         {"plugin error", kPlugin, is_a<PluginError>},
         {"i/o error", kIo, is_a<IoError>},

@@ -1,14 +1,9 @@
 #include "session.hpp"
 
-#include <algorithm>
 #include <cstdio>
-#include <filesystem>
-#include <set>
 
 #include "command.hpp"
 #include "flowlab/plugin.hpp"
-
-namespace fs = std::filesystem;
 
 namespace flowlab::cli {
 
@@ -27,7 +22,7 @@ void Session::build(const Params& cfg, const SessionOptions& o, const std::vecto
     registry_ = std::make_unique<Registry>();
     load_plugins(*registry_, experiment_plugins(cfg), dirs);
     load_plugins(*registry_, o.plugins, dirs);
-    owned_ = std::make_unique<Experiment>(build_experiment(cfg, *registry_));
+    owned_ = std::make_unique<Experiment>(build_experiment(cfg, *registry_, dirs));
     exp_ = owned_.get();
 }
 
@@ -65,19 +60,7 @@ const std::vector<PluginRecord>& Session::plugins() const {
 
 void load_all_plugins(Registry& reg, const SessionOptions& o) {
     const std::vector<std::string> dirs = plugin_search_dirs(o);
-    std::set<std::string> seen;
-    for (const auto& d : dirs) {
-        std::error_code ec;
-        if (!fs::is_directory(d, ec)) continue;
-        std::vector<fs::path> files;
-        for (const auto& f : fs::directory_iterator(d, ec)) {
-            const std::string fn = f.path().filename().string();
-            if (fn.rfind("libflowlab_", 0) == 0 && f.path().extension() == ".so") files.push_back(f.path());
-        }
-        std::sort(files.begin(), files.end());
-        for (const auto& f : files)
-            if (seen.insert(fs::canonical(f).string()).second) load_plugin(reg, f.string());
-    }
+    for (const auto& f : plugin_files(dirs)) load_plugin(reg, f);
     load_plugins(reg, o.plugins, dirs);
 }
 

@@ -7,10 +7,12 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -33,11 +35,28 @@ double json_number(const std::string& text, const std::string& key) {
 
 }  // namespace
 
-TEST_CASE("every golden bad config fails with its exit code and a message that points into the file", "[cli]") {
-    fs::path dir = fs::path(FLOWLAB_SOURCE_DIR) / "tests" / "golden";
+// The golden cases of tests/golden: NAME.json is a config for `flowlab validate`, NAME.args the
+// arguments of any other command (@SOURCE@, @FIXTURES@, @EXAMPLES@ and @TMP@ stand for the
+// source tree, the fixture plugins, the example plugins and a scratch directory). NAME.expected
+// holds the exit code, then lines that the output must contain.
+TEST_CASE("every golden case exits with its code and prints the lines it pins", "[cli]") {
+    const fs::path dir = fs::path(FLOWLAB_SOURCE_DIR) / "tests" / "golden";
+    const fs::path tmp = fresh_temp_dir("golden");
+    auto substitute = [&](std::string args) {
+        const std::pair<const char*, std::string> vars[] = {{"@SOURCE@", FLOWLAB_SOURCE_DIR},
+                                                            {"@FIXTURES@", FLOWLAB_TEST_FIXTURE_DIR},
+                                                            {"@EXAMPLES@", FLOWLAB_TEST_EXAMPLE_DIR},
+                                                            {"@TMP@", tmp.string()}};
+        for (const auto& [name, value] : vars)
+            for (auto pos = args.find(name); pos != std::string::npos; pos = args.find(name, pos + value.size()))
+                args.replace(pos, std::strlen(name), value);
+        while (!args.empty() && (args.back() == '\n' || args.back() == ' ')) args.pop_back();
+        return args;
+    };
     int checked = 0;
     for (const auto& entry : fs::directory_iterator(dir)) {
-        if (entry.path().extension() != ".json") continue;
+        const std::string ext = entry.path().extension().string();
+        if (ext != ".json" && ext != ".args") continue;
         fs::path expected_path = entry.path();
         expected_path.replace_extension(".expected");
         REQUIRE(fs::exists(expected_path));
@@ -45,9 +64,11 @@ TEST_CASE("every golden bad config fails with its exit code and a message that p
         std::string line;
         std::getline(expected, line);
         const int want_code = std::stoi(line);
-        CliResult r = run_cli("validate " + entry.path().string());
+        const std::string args = ext == ".json" ? "validate " + entry.path().string() : substitute(read_text(entry.path()));
+        // Catch runs the test once per section: each case's command runs in its own pass only.
         DYNAMIC_SECTION(entry.path().filename().string()) {
-            INFO("output: " << r.out);
+            CliResult r = run_cli(args);
+            INFO("flowlab " << args << "\noutput: " << r.out);
             CHECK(r.code == want_code);
             while (std::getline(expected, line))
                 if (!line.empty()) CHECK(r.out.find(line) != std::string::npos);
@@ -56,7 +77,8 @@ TEST_CASE("every golden bad config fails with its exit code and a message that p
         }
         ++checked;
     }
-    CHECK(checked >= 8);
+    CHECK(checked >= 14);
+    fs::remove_all(tmp);
 }
 
 TEST_CASE("a missing config file is an i/o error naming the path", "[cli]") {
@@ -186,4 +208,52 @@ TEST_CASE("a corrupt data file is an i/o error (exit 5) naming the file and the 
     CHECK(r.code == 5);
     CHECK(r.out.find(npy.string() + ": is a directory") != std::string::npos);
     fs::remove_all(dir);
+}
+
+TEST_CASE("a run stopped by the layer checks keeps its checkpoints: eval loads them, a resume stops again", "[cli]") {
+    const fs::path run = fresh_temp_dir("broken_layer");
+    const std::string config = std::string(FLOWLAB_SOURCE_DIR) + "/plugins/examples/broken_logdet/config.json";
+    const std::string plugins = std::string(" --plugin-dir ") + FLOWLAB_TEST_EXAMPLE_DIR;
+    CliResult r = run_cli("run " + config + plugins + " --quiet --output " + run.string() +
+                          " --set train.steps=400 --set train.eval_every=200 --set train.checkpoint_every=100");
+    INFO(r.out);
+    CHECK(r.code == 8);
+    CHECK(contains(r.out, "fails the layer check at step 200 (an evaluation)"));
+    CHECK(contains(r.out, "its checkpoints are kept (the newest: " + (run / "checkpoints").string()));
+    CHECK_FALSE(fs::exists(run / "summary.json"));
+    // The checkpoints written before the failure are whole: eval reads the newest.
+    CliResult ev = run_cli("eval " + run.string() + " --quiet");
+    INFO(ev.out);
+    CHECK(ev.code == 0);
+    CHECK(contains(ev.out, "\"nll\""));
+    // A resume checks before its first step, on the restored (moved) parameters.
+    CliResult resumed = run_cli("run --resume " + run.string() + plugins + " --quiet");
+    INFO(resumed.out);
+    CHECK(resumed.code == 8);
+    CHECK(contains(resumed.out, "fails the layer check at step 100 (before the first step)"));
+    fs::remove_all(run);
+}
+
+TEST_CASE("sample --out FILE.png on vector data is one line with the data's shape, not the usage", "[cli]") {
+    const fs::path run = fresh_temp_dir("sample_png");
+    REQUIRE(run_cli("run " + std::string(FLOWLAB_SOURCE_DIR) + "/tests/configs/tiny_moons.json --quiet " +
+                    "--set train.steps=5 --set train.threads=1 --output " + run.string())
+                .code == 0);
+    CliResult r = run_cli("sample " + run.string() + " --quiet --out " + (run / "x.png").string());
+    INFO(r.out);
+    CHECK(r.code == 3);
+    CHECK(contains(r.out, "x.png: a PNG grid needs image data [C, H, W], this model's data are [2]; write "));
+    CHECK(contains(r.out, "x.csv or .npy instead"));
+    CHECK_FALSE(contains(r.out, "usage:"));
+    fs::remove_all(run);
+}
+
+TEST_CASE("flowlab list writes ranges as the values are written, with no open end shown as inf", "[cli]") {
+    CliResult r = run_cli("list");
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    CHECK_FALSE(contains(r.out, "inf]"));
+    CHECK_FALSE(contains(r.out, ".000000"));
+    CHECK(contains(r.out, "default 8 in [1, 30] - bits per value"));
+    CHECK(contains(r.out, "default 10000 >= 1 - training points"));
 }

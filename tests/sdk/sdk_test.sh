@@ -2,13 +2,16 @@
 # The plugin SDK as a user meets it (registered by tests/sdk/CMakeLists.txt):
 #   1. cmake --install this build into a temporary prefix; the installed flowlab finds
 #      libflowlab.so and the standard plugins inside the prefix;
-#   2. build plugins/examples/sinh_arcsinh out of tree against the prefix (find_package only);
+#   2. build the example sinh_arcsinh out of tree against the prefix (find_package only), from
+#      the sources the prefix installs (share/flowlab/examples), as someone with only the
+#      installed package would;
 #   3. check-plugin passes on it, plugin-info shows its name and version;
 #   4. a config using the new layer trains and reports a finite test NLL;
 #   5. the embedding example (apps/examples/embed, flowlab::Model) builds against the package and,
 #      on that run, gives the test split's mean log-likelihood that `flowlab eval` reports;
-#   6. the broken example (log-det sign flipped) builds, and check-plugin exits 8 with the
-#      log-det checks marked FAIL.
+#   6. the broken example (log-det sign flipped) builds, check-plugin exits 8 with the log-det
+#      checks marked FAIL, and `flowlab run` with it stops with exit 8 at its first evaluation;
+#   7. the numerical-inverse example (tanh_step) builds, passes check-plugin and trains.
 # usage: sdk_test.sh CMAKE BUILD_DIR SOURCE_DIR GENERATOR MAKE_PROGRAM CXX WORK_DIR
 set -euo pipefail
 
@@ -44,11 +47,17 @@ fi
 grep -q "origin: $prefix/lib/flowlab/plugins/libflowlab_standard.so" "$work/list.txt" ||
     { cat "$work/list.txt"; fail "the installed flowlab did not load the standard plugin from $prefix/lib/flowlab/plugins"; }
 
-# Configures and builds one project (plugins/examples/NAME, or the directory given) against the
+examples=$prefix/share/flowlab/examples
+for name in sinh_arcsinh broken_logdet tanh_step; do
+    [ -f "$examples/$name/CMakeLists.txt" ] && [ -f "$examples/$name/$name.cpp" ] ||
+        fail "the example $name is not installed in $examples"
+done
+
+# Configures and builds one project (an installed example, or the directory given) against the
 # installed package; the package must be the prefix's (found through CMAKE_PREFIX_PATH), never
 # a build tree's.
 configure_and_build() {
-    local name=$1 source=${2:-$src/plugins/examples/$1}
+    local name=$1 source=${2:-$examples/$1}
     local dir=$work/$name
     local make_arg=()
     [ -n "$make_program" ] && make_arg=(-DCMAKE_MAKE_PROGRAM="$make_program")
@@ -64,7 +73,7 @@ build_example() {
     [ -f "$work/$1/libflowlab_$1.so" ] || fail "$1: no $work/$1/libflowlab_$1.so"
 }
 
-step "build plugins/examples/sinh_arcsinh against the installed package"
+step "build the installed example sinh_arcsinh against the installed package"
 build_example sinh_arcsinh
 lib=$work/sinh_arcsinh/libflowlab_sinh_arcsinh.so
 if command -v nm > /dev/null; then
@@ -88,7 +97,7 @@ grep -Eq 'sinh_arcsinh +\[5\] +grad_params +PASS' "$work/check.txt" || fail "no 
 
 step "flowlab run with the new layer"
 rc=0
-"$flowlab" run "$src/plugins/examples/sinh_arcsinh/config.json" --set train.steps=200 \
+"$flowlab" run "$examples/sinh_arcsinh/config.json" --set train.steps=200 \
     --plugin-dir "$work/sinh_arcsinh" --output "$work/run" --quiet > "$work/run.txt" 2>&1 || rc=$?
 cat "$work/run.txt"
 [ "$rc" -eq 0 ] || fail "flowlab run exited $rc"
@@ -132,7 +141,7 @@ rc=0
 cat "$work/notplugin.txt"
 [ "$rc" -eq 4 ] || fail "check-plugin on libflowlab.so exited $rc, expected 4 (plugin error)"
 
-step "build plugins/examples/broken_logdet and check it (must fail)"
+step "build the installed example broken_logdet and check it (must fail)"
 build_example broken_logdet
 rc=0
 "$flowlab" check-plugin "$work/broken_logdet/libflowlab_broken_logdet.so" > "$work/broken.txt" 2>&1 || rc=$?
@@ -143,5 +152,29 @@ grep -Eq 'broken_scale_shift +\[5\] +log_det_vs_jacobian +FAIL' "$work/broken.tx
     fail "log_det_vs_jacobian is not marked FAIL"
 grep -Eq 'broken_scale_shift +\[5\] +round_trip_inverse_forward +PASS' "$work/broken.txt" ||
     fail "the round trip should pass: the table must point at the log-det, not everywhere"
+
+step "flowlab run with the broken layer (must stop at the first evaluation, exit 8)"
+rc=0
+"$flowlab" run "$examples/broken_logdet/config.json" --set train.steps=600 --set train.eval_every=200 \
+    --plugin-dir "$work/broken_logdet" --output "$work/broken_run" --quiet > "$work/broken_run.txt" 2>&1 || rc=$?
+cat "$work/broken_run.txt"
+[ "$rc" -eq 8 ] || fail "flowlab run exited $rc with the broken layer, expected 8"
+grep -q "'broken_scale_shift' from plugin 'broken_logdet'.*fails the layer check at step 200" "$work/broken_run.txt" ||
+    fail "the run's message does not name the broken layer and the step"
+
+step "build the installed example tanh_step (numerical inverse), check it and train with it"
+build_example tanh_step
+rc=0
+"$flowlab" check-plugin "$work/tanh_step/libflowlab_tanh_step.so" > "$work/tanh_check.txt" 2>&1 || rc=$?
+cat "$work/tanh_check.txt"
+[ "$rc" -eq 0 ] || fail "check-plugin exited $rc on the tanh_step example"
+grep -q "warning:" "$work/tanh_check.txt" && fail "check-plugin warns about the tanh_step example"
+grep -Eq 'tanh_step +\[5\] +grad_inputs +PASS' "$work/tanh_check.txt" || fail "no passing grad_inputs row"
+rc=0
+"$flowlab" run "$examples/tanh_step/config.json" --set train.steps=200 --plugin-dir "$work/tanh_step" \
+    --output "$work/tanh_run" --quiet > "$work/tanh_run.txt" 2>&1 || rc=$?
+cat "$work/tanh_run.txt"
+[ "$rc" -eq 0 ] || fail "flowlab run exited $rc with the tanh_step layer"
+[ -s "$work/tanh_run/samples.csv" ] || fail "no samples drawn through the numerical forward"
 
 printf '\nsdk test passed\n'

@@ -4,7 +4,10 @@
 // Loads the plugin (after the standard plugin, when the plugin's types refer to types it does
 // not register itself, e.g. the "mlp" conditioner) and runs the bijector conformance suite,
 // printing one row per check: type, shape, check, PASS/FAIL/skip, worst error, tolerance.
-// Exit code 0 when every check passes, 8 when any fails, 4 when the plugin cannot load.
+// Exit code 0 when every check passes, 8 when any fails, 4 when the plugin cannot load. Before the
+// table it warns of what would only show later: a plugin name that differs from the file's (a
+// config would not find it by name) and type names that another plugin in the search path
+// registers (a config loading both would fail).
 // LIB.so may also be a plugin name, looked up like the "plugins" list of a config.
 #include <algorithm>
 #include <cmath>
@@ -124,6 +127,57 @@ PluginRecord load_with_requirements(Registry& reg, const std::string& path, cons
     return rec;
 }
 
+// A config names a plugin, and a run directory records it, by the name FLOWLAB_PLUGIN gives it:
+// the loader then looks for libflowlab_<name>.so (or <name>.so), which must be this file.
+void warn_file_name(const PluginRecord& rec) {
+    const std::string file = fs::path(rec.path).filename().string();
+    if (file == "libflowlab_" + rec.name + ".so" || file == rec.name + ".so") return;
+    std::printf("  warning: the plugin calls itself '%s' (FLOWLAB_PLUGIN), but its file is %s: a config's "
+                "\"plugins\": [\"%s\"] looks for libflowlab_%s.so and will not find this file, nor will a resumed "
+                "run; build it with flowlab_add_plugin(%s ...) and FLOWLAB_PLUGIN(FLOWLAB_PLUGIN_NAME, ...), or "
+                "rename one of the two\n",
+                rec.name.c_str(), file.c_str(), rec.name.c_str(), rec.name.c_str(), rec.name.c_str());
+}
+
+// Type names are global: one that another plugin in the search path registers too makes every
+// config that loads both fail, which validate would only say once a config does. Each other
+// plugin is loaded into a registry of its own to compare.
+void warn_clashes(const Registry& reg, const PluginRecord& rec, const std::vector<std::string>& plugin_dirs) {
+    for (const auto& file : plugin_files(plugin_dirs)) {
+        if (same_file(file, rec.path)) continue;
+        Registry other;
+        try {
+            load_plugin(other, file);
+        } catch (const Error&) {
+            continue;  // a plugin this flowlab cannot load clashes with nothing
+        }
+        const PluginRecord& theirs = other.plugins.back();
+        if (theirs.name == rec.name) {
+            std::printf("  warning: another copy of plugin '%s' is in the plugin search path (%s): a config's "
+                        "\"plugins\": [\"%s\"] loads the first one found (--plugin-dir, then FLOWLAB_PLUGIN_PATH, "
+                        "then flowlab's own directory), and loading both is refused as a duplicate; reinstall the "
+                        "plugin after a rebuild, or keep passing --plugin-dir while you develop\n",
+                        rec.name.c_str(), theirs.path.c_str(), rec.name.c_str());
+            continue;
+        }
+        auto compare = [&](const auto& mine, const auto& their_table) {
+            for (const auto& name : from_origin(mine, rec.path))
+                if (their_table.contains(name))
+                    std::printf("  warning: %s '%s' is also registered by plugin '%s' (%s): a config that loads both "
+                                "plugins fails with a duplicate name; rename yours (e.g. '%s_%s')\n",
+                                mine.kind().c_str(), name.c_str(), theirs.name.c_str(), theirs.path.c_str(),
+                                rec.name.c_str(), name.c_str());
+        };
+        compare(reg.bijectors, other.bijectors);
+        compare(reg.distributions, other.distributions);
+        compare(reg.dequantizers, other.dequantizers);
+        compare(reg.optimizers, other.optimizers);
+        compare(reg.schedules, other.schedules);
+        compare(reg.conditioners, other.conditioners);
+        compare(reg.datasets, other.datasets);
+    }
+}
+
 // The plugin's bijectors, or the ones named on the command line (each must be one of them).
 std::vector<std::string> chosen_types(const Registry& reg, const PluginRecord& rec, const std::vector<std::string>& args) {
     const std::vector<std::string> types = from_origin(reg.bijectors, rec.path);
@@ -206,6 +260,8 @@ int check_plugin(const std::vector<std::string>& args, const std::vector<std::st
                 info.path.c_str());
     Registry reg;
     const PluginRecord rec = load_with_requirements(reg, path, plugin_dirs);
+    warn_file_name(rec);
+    warn_clashes(reg, rec, plugin_dirs);
     const std::vector<std::string> types = chosen_types(reg, rec, args);
     print_other_types(reg, rec);
     if (types.empty()) {
@@ -231,7 +287,9 @@ extern const Command kCheckPluginCommand = {
     "Runs the conformance checks on each bijector the plugin registers, or on the TYPEs named: round\n"
     "trips both ways, log-dets cancel, log-det against a numerical Jacobian, gradients against finite\n"
     "differences, batch independence, finite outputs at the edges. Prints a table of pass/fail with the\n"
-    "worst error per check; exit code 8 when a check fails, 4 when the plugin does not load.",
+    "worst error per check; exit code 8 when a check fails, 4 when the plugin does not load. Warns when the\n"
+    "plugin's name differs from its file's, or when another plugin in the search path registers one of its\n"
+    "type names.",
     declare,
     run,
 };

@@ -11,6 +11,25 @@ namespace {
 
 void declare(po::options_description& o) { add_plugin_options(o); }
 
+// A bound as the parameter's values are written: 4096 for an integer (not 4096.000000 or
+// 4.096e+03), 0.001 for a number.
+std::string bound_text(const ParamSpec& p, double v) {
+    char buf[32];
+    const bool integral = p.type == ParamType::integer || p.type == ParamType::int_list;
+    if (integral && std::fabs(v) < 9e15) std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v));
+    else std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+}
+
+// " in [lo, hi]", " >= lo", " <= hi", or nothing: an open end is left out, not printed as inf.
+std::string range_text(const ParamSpec& p) {
+    const bool lo = std::isfinite(p.min_value), hi = std::isfinite(p.max_value);
+    if (lo && hi) return " in [" + bound_text(p, p.min_value) + ", " + bound_text(p, p.max_value) + "]";
+    if (lo) return " >= " + bound_text(p, p.min_value);
+    if (hi) return " <= " + bound_text(p, p.max_value);
+    return "";
+}
+
 template <class Tab>
 void print_table(const Tab& t, const std::string& filter) {
     if (!filter.empty() && filter != t.kind() && !(filter == "base" && t.kind() == "base distribution")) return;
@@ -20,17 +39,7 @@ void print_table(const Tab& t, const std::string& filter) {
         std::printf("  %-22s origin: %s\n", "", e.origin.c_str());
         for (const auto& p : e.schema) {
             std::string def = p.required() ? "required" : "default " + p.default_json;
-            std::string range;
-            if (std::isfinite(p.min_value) || std::isfinite(p.max_value)) {
-                // %g: an integer bound prints as 1, not 1.000000.
-                auto bound = [](double v, const char* inf) {
-                    char buf[32];
-                    if (!std::isfinite(v)) return std::string(inf);
-                    std::snprintf(buf, sizeof buf, "%g", v);
-                    return std::string(buf);
-                };
-                range = " [" + bound(p.min_value, "-inf") + ", " + bound(p.max_value, "inf") + "]";
-            }
+            const std::string range = range_text(p);
             std::string choices;
             for (const auto& c : p.choices_) choices += (choices.empty() ? " one of " : "|") + c;
             std::printf("      %-20s %-12s %s%s%s - %s\n", p.name.c_str(), param_type_name(p.type), def.c_str(),

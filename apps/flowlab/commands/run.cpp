@@ -97,7 +97,9 @@ extern const Command kRunCommand = {
     "writes the run directory: config.json (the resolved config and the plugins loaded), metrics.jsonl and\n"
     "metrics.csv, checkpoints/, summary.json, samples and report.html. SIGINT/SIGTERM finish the current\n"
     "step, write a checkpoint and exit with code 10; --resume RUN_DIR then continues bitwise as if never\n"
-    "stopped (same thread count).",
+    "stopped (same thread count). Before the first step and at every evaluation each layer is checked on\n"
+    "the first training batch (forward(inverse(x)) = x, log-dets cancel); a layer that fails stops the run\n"
+    "with exit code 8 and names it (train.check_layers: false turns the check off).",
     declare,
     run,
 };

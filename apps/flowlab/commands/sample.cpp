@@ -104,7 +104,10 @@ int run(const Args& a) {
     auto ends = [&](const char* ext) { return out.size() >= std::strlen(ext) && out.rfind(ext) == out.size() - std::strlen(ext); };
     const bool png = ends(".png"), csv = ends(".csv");
     if (!png && !csv && !ends(".npy")) throw UsageError("--out " + out + ": use .png (images), .csv or .npy");
-    if (png && ev.size() != 3) throw UsageError("--out " + out + ": PNG needs image data ([C, H, W]), this model's is " + shape_str(ev));
+    // The option is well formed, the model is the wrong kind for it: one line, not the usage.
+    if (png && ev.size() != 3)
+        throw ConfigError("--out " + out + ": a PNG grid needs image data [C, H, W], this model's data are " +
+                          shape_str(ev) + "; write " + out.substr(0, out.size() - 4) + ".csv or .npy instead");
     // Besides the samples, the PNG path holds f32 and double copies and the pixels; CSV its text (about
     // 15 characters a value, with the string's growth and final copy).
     check_sample_memory(exp, n, temperature, png ? 13.0 : csv ? 48.0 : 0.0);

@@ -36,6 +36,8 @@
 //   }
 #pragma once
 
+#include <functional>
+
 #include "flowlab/module.hpp"
 #include "flowlab/ops.hpp"
 
@@ -71,6 +73,12 @@ public:
     // Whether row i of the output depends on row i of the input only (true for almost all).
     virtual bool batch_independent() const { return true; }
 
+    // A [batch] log-det of zeros in the dtype of `like`, for a volume-preserving layer (a
+    // permutation, a shift): `return {out, zero_log_det(x)};`. A static member rather than a free
+    // function: inside a layer it is found before a helper of the same name that a plugin
+    // defined for itself, which a free function would make ambiguous.
+    static Var zero_log_det(const Var& like);
+
 protected:
     virtual FlowResult do_inverse(const Var& x, const Var& context) = 0;
     virtual FlowResult do_forward(const Var& z, const Var& context) = 0;
@@ -82,5 +90,31 @@ private:
 
 // A [batch] log-det with the same value for every row of `like` (a data-independent layer).
 Var broadcast_log_det(const Var& scalar_log_det, const Var& like);
+// A volume-preserving layer returns Bijector::zero_log_det(x) instead (a static member, above).
+
+// Numerical inverses. A direction without a closed form is solved on values, without gradients
+// (bisection, Newton, a fixed point), and then carries its gradients through one differentiable
+// Newton step from the root: x = x0 - (f(x0) - y) / f'(x0) has the value x0 (to the solver's
+// precision, one step better) and, by the implicit function theorem, the exact gradients
+// dx/dy = 1 / f'(x) and dx/dtheta = -(df/dtheta) / f'(x) for f's parameters theta. The
+// conformance suite checks gradients in both directions, so both need them. For an element-wise
+// map y = f(x), increasing in x:
+//
+//   ElementwiseFn f = [&](const Var& x) { return x + w * tanh(x - c); };       // theta: w, c
+//   ElementwiseFn df = [&](const Var& x) { return 1.0 + w * (1.0 - square(tanh(x - c))); };
+//   Tensor root = bisect_increasing(f, y.value(), lo, hi);   // no graph: values only
+//   Var x = newton_step(f, df, root, y);                     // differentiable in y, w and c
+using ElementwiseFn = std::function<Var(const Var&)>;
+
+// Solves f(x) = y element-wise for f increasing in x, by bisection until the bracket cannot
+// shrink in y's dtype (or `max_iterations`). lo and hi (y's shape) are a first bracket; where it
+// does not hold the root it is widened, doubling, until it does (NumericError when it never
+// does: f is not increasing, or y is outside its range). Runs without gradients.
+Tensor bisect_increasing(const ElementwiseFn& f, const Tensor& y, const Tensor& lo, const Tensor& hi,
+                         int max_iterations = 256);
+// One Newton step from `root` (f(root) ~= y, found without gradients) that carries the
+// gradients of the solution to y and to the parameters f uses; df is f's element-wise derivative
+// in x. Its value is the root's (refined), whatever the solver was.
+Var newton_step(const ElementwiseFn& f, const ElementwiseFn& df, const Tensor& root, const Var& y);
 
 }  // namespace flowlab

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "flowlab/dataset.hpp"
 #include "flowlab/flow.hpp"
@@ -31,5 +33,9 @@ struct Experiment {
 Params resolve_defaults(const Params& config, const Registry& registry);
 // Builds data, flow, optimizer and schedule; exp.config is the config with defaults resolved.
 Experiment build_experiment(const Params& config, const Registry& registry);
+// The same for a registry loaded from the plugin directories `plugin_dirs`: a type that no
+// loaded plugin registers is an UnknownTypeError that also names the plugins in those
+// directories that provide it ("add 'density' to plugins").
+Experiment build_experiment(const Params& config, const Registry& registry, const std::vector<std::string>& plugin_dirs);
 
 }  // namespace flowlab

@@ -7,6 +7,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace flowlab {
 
@@ -19,6 +20,19 @@ public:
 class ConfigError : public Error {
 public:
     using Error::Error;
+};
+
+// A config names a type that no loaded plugin registers. kind() ("bijector", ...) and name()
+// let a caller that knows the plugin search path add which plugin there provides it.
+class UnknownTypeError : public ConfigError {
+public:
+    UnknownTypeError(const std::string& what, std::string kind, std::string name)
+        : ConfigError(what), kind_(std::move(kind)), name_(std::move(name)) {}
+    const std::string& kind() const { return kind_; }
+    const std::string& name() const { return name_; }
+
+private:
+    std::string kind_, name_;
 };
 
 // Two tensors (or a tensor and a layer) disagree on shape or dtype.
@@ -37,6 +51,14 @@ public:
 class NumericError : public Error {
 public:
     using Error::Error;
+};
+
+// A layer broke the bijector contract on real data while training (the trainer's layer checks:
+// forward(inverse(x)) != x, or log-dets that do not cancel). `flowlab run` exits with 8, the
+// code of a failed conformance check.
+class LayerCheckError : public NumericError {
+public:
+    using NumericError::NumericError;
 };
 
 // A file could not be read or written, or is corrupt.

@@ -18,6 +18,8 @@ struct LayerInfo {
     std::string type;
     Shape in_shape, out_shape;
     std::int64_t num_parameters = 0;
+    // Where the type comes from: the plugin's name and file ("" for the core's split node).
+    std::string plugin, plugin_path;
 };
 
 class Flow : public Module {

@@ -109,6 +109,15 @@ PluginInfo read_plugin_info(const std::string& path);
 // Resolves a plugin reference: a path (contains '/' or ends in .so), or a bare name looked up
 // as libflowlab_<name>.so / <name>.so in each search directory.
 std::string resolve_plugin(const std::string& name_or_path, const std::vector<std::string>& dirs);
+// Every plugin library (libflowlab_*.so) in `dirs`, in search order, each file once (by its
+// canonical path): what `flowlab list` loads.
+std::vector<std::string> plugin_files(const std::vector<std::string>& dirs);
+// The plugins in `dirs` that register a `kind` ("bijector", "conditioner", ... as the registry's
+// tables name themselves) called `name`, leaving out those already in `loaded`. Each candidate
+// is loaded into a scratch registry (its library stays loaded, as every plugin's does); one that
+// does not load is no candidate. For the hint of a type the loaded plugins do not register.
+std::vector<PluginRecord> plugins_providing(const std::string& kind, const std::string& name,
+                                            const std::vector<std::string>& dirs, const Registry& loaded);
 // The directory of the running executable's plugins (next to the binary: ../lib/flowlab/plugins
 // when installed, ./plugins in the build tree).
 std::vector<std::string> default_plugin_dirs();

@@ -11,6 +11,7 @@
 
 #include "flowlab/errors.hpp"
 #include "flowlab/builder.hpp"
+#include "flowlab/plugin.hpp"
 #include "graph/json_internal.hpp"
 #include "graph/schemas.hpp"
 #include "model/split.hpp"
@@ -25,6 +26,15 @@ namespace {
 void build_list(const std::vector<Params>& items, std::size_t first, bool in_repeat, Shape& shape,
                 const Shape& context_shape, const Registry& registry, Rng& rng,
                 std::vector<std::unique_ptr<Bijector>>& layers, std::vector<LayerInfo>& info);
+
+// The plugin that registered bijector `type`, for messages about the layer (its name and file).
+void origin_of(const Registry& registry, const std::string& type, LayerInfo& info) {
+    const BijectorEntry* e = registry.bijectors.find(type);
+    if (!e) return;
+    info.plugin_path = e->origin;
+    for (const auto& rec : registry.plugins)
+        if (rec.path == e->origin) info.plugin = rec.name;
+}
 
 // A flow far beyond the machine fails here with its size, not after filling the memory. Training
 // holds each parameter four times (value, gradient, two Adam moments) in f32; per-layer objects
@@ -111,7 +121,7 @@ void build_list(const std::vector<Params>& items, std::size_t first, bool in_rep
             Shape out = split->output_shape(in);
             std::int64_t own = split->num_parameters();
             for (const auto& ri : rest_info) own -= ri.num_parameters;
-            info.push_back({item.pointer(), "split", in, out, own});
+            info.push_back({item.pointer(), "split", in, out, own, "", ""});
             info.insert(info.end(), rest_info.begin(), rest_info.end());
             shape = out;
             layers.push_back(std::move(split));
@@ -127,7 +137,8 @@ void build_list(const std::vector<Params>& items, std::size_t first, bool in_rep
             throw ConfigError(item.where() + ": cannot build layer '" + j["type"].get<std::string>() + "': " + e.what());
         }
         Shape out = layer->output_shape(shape);
-        info.push_back({item.pointer(), layer->type_name(), shape, out, layer->num_parameters()});
+        info.push_back({item.pointer(), layer->type_name(), shape, out, layer->num_parameters(), "", ""});
+        origin_of(registry, layer->type_name(), info.back());
         shape = out;
         layers.push_back(std::move(layer));
     }
@@ -176,6 +187,21 @@ Params resolve_defaults(const Params& config, const Registry& registry) {
     resolved["train"]["schedule"] =
         params_json(object_or_default(train, "schedule", kDefaultSchedule, registry, "learning-rate schedule"));
     return make_params(std::move(resolved), config.file(), config.pointer());
+}
+
+Experiment build_experiment(const Params& config, const Registry& registry, const std::vector<std::string>& plugin_dirs) {
+    try {
+        return build_experiment(config, registry);
+    } catch (const UnknownTypeError& e) {
+        const std::vector<PluginRecord> found = plugins_providing(e.kind(), e.name(), plugin_dirs, registry);
+        if (found.empty()) throw;
+        std::string hint = found.size() == 1 ? "; plugin " : "; plugins ";
+        for (std::size_t i = 0; i < found.size(); ++i)
+            hint += (i ? ", '" : "'") + found[i].name + "' (" + found[i].path + ")";
+        hint += found.size() == 1 ? " provides it: add \"" + found[0].name + "\" to the config's \"plugins\""
+                                  : " provide it: add one of them to the config's \"plugins\"";
+        throw UnknownTypeError(e.what() + hint, e.kind(), e.name());
+    }
 }
 
 Experiment build_experiment(const Params& config_in, const Registry& registry) {

@@ -63,6 +63,9 @@ Schema train_schema() {
                                        "for evaluation and sampling (0 = off; e.g. 0.999)").range(0, 1),
         param_int("early_stopping_patience", 0, "stop when the validation NLL has not improved for this many "
                                                 "evaluations (0 = off; needs a validation split and eval_every)").min(0),
+        param_bool("check_layers", true, "before the first step and at every evaluation, check each layer on the "
+                                         "first training batch: forward(inverse(x)) = x and the log-dets cancel; a "
+                                         "failure stops the run with exit code 8"),
     };
 }
 

@@ -1,5 +1,8 @@
-// Bijector's checked entry points and broadcast_log_det.
+// Bijector's checked entry points, the log-det helpers and the numerical-inverse helpers.
 #include "flowlab/bijector.hpp"
+
+#include <algorithm>
+#include <string>
 
 #include "flowlab/errors.hpp"
 #include "flowlab/kernels.hpp"
@@ -57,6 +60,101 @@ Var broadcast_log_det(const Var& scalar_log_det, const Var& like) {
     Var s = scalar_log_det.value().dim() == 0 ? scalar_log_det : reshape(scalar_log_det, {});
     // Adding a constant zero vector broadcasts the value and sums the gradient back.
     return s + Var(Tensor::zeros({like.size(0)}, scalar_log_det.dtype()));
+}
+
+Var Bijector::zero_log_det(const Var& like) {
+    if (!like.defined() || like.value().dim() < 1)
+        throw ShapeError("zero_log_det: expected a batched tensor to take the batch size from");
+    return Var(Tensor::zeros({like.size(0)}, like.dtype()));
+}
+
+namespace {
+
+template <class Fn>
+void with_dtype(DType dt, Fn&& fn) {
+    if (dt == DType::f64) fn(double{});
+    else fn(float{});
+}
+
+// f on values, checked: an element-wise map keeps the shape and the dtype.
+Tensor eval_elementwise(const ElementwiseFn& f, const Tensor& x, const char* who) {
+    Var fx = f(Var(x));
+    if (!fx.defined() || fx.shape() != x.shape() || fx.dtype() != x.dtype())
+        throw ShapeError(std::string(who) + ": f must map a tensor to one of the same shape and dtype; it mapped " +
+                         shape_str(x.shape()) + " to " + (fx.defined() ? shape_str(fx.shape()) : std::string("nothing")));
+    return fx.value();
+}
+
+// Widens [lo, hi] (doubling its width) where it does not hold f(x) = y; false while some
+// element still needs it.
+template <class T>
+bool widen(const T* y, const T* f_lo, const T* f_hi, T* lo, T* hi, std::int64_t n) {
+    bool held = true;
+    for (std::int64_t i = 0; i < n; ++i) {
+        const T width = std::max(hi[i] - lo[i], T(1));
+        if (f_lo[i] > y[i]) lo[i] -= width, held = false;
+        if (f_hi[i] < y[i]) hi[i] += width, held = false;
+    }
+    return held;
+}
+
+// mid = (lo + hi) / 2; false when no bracket can shrink any more.
+template <class T>
+bool midpoints(const T* lo, const T* hi, T* mid, std::int64_t n) {
+    bool open = false;
+    for (std::int64_t i = 0; i < n; ++i) {
+        mid[i] = lo[i] + (hi[i] - lo[i]) / T(2);
+        open = open || (mid[i] > lo[i] && mid[i] < hi[i]);
+    }
+    return open;
+}
+
+template <class T>
+void halve(const T* y, const T* f_mid, const T* mid, T* lo, T* hi, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) (f_mid[i] < y[i] ? lo[i] : hi[i]) = mid[i];
+}
+
+}  // namespace
+
+Tensor bisect_increasing(const ElementwiseFn& f, const Tensor& y, const Tensor& lo_in, const Tensor& hi_in,
+                         int max_iterations) {
+    if (lo_in.shape() != y.shape() || hi_in.shape() != y.shape())
+        throw ShapeError("bisect_increasing: the bracket " + shape_str(lo_in.shape()) + ", " + shape_str(hi_in.shape()) +
+                         " must have y's shape " + shape_str(y.shape()));
+    NoGradGuard no_grad;
+    Tensor lo = lo_in.to(y.dtype()).clone(), hi = hi_in.to(y.dtype()).clone(), mid = Tensor::empty(y.shape(), y.dtype());
+    const std::int64_t n = y.numel();
+    with_dtype(y.dtype(), [&](auto zero) {
+        using T = decltype(zero);
+        bool held = false;
+        for (int k = 0; k < 64 && !held; ++k) {
+            const Tensor f_lo = eval_elementwise(f, lo, "bisect_increasing"), f_hi = eval_elementwise(f, hi, "bisect_increasing");
+            held = widen<T>(y.data<T>(), f_lo.data<T>(), f_hi.data<T>(), lo.data<T>(), hi.data<T>(), n);
+        }
+        if (!held)
+            throw NumericError("bisect_increasing: no bracket holds a root of f(x) = y; is f increasing in x, and is y "
+                               "within its range?");
+        for (int it = 0; it < max_iterations && midpoints<T>(lo.data<T>(), hi.data<T>(), mid.data<T>(), n); ++it) {
+            const Tensor f_mid = eval_elementwise(f, mid, "bisect_increasing");
+            halve<T>(y.data<T>(), f_mid.data<T>(), mid.data<T>(), lo.data<T>(), hi.data<T>(), n);
+        }
+        midpoints<T>(lo.data<T>(), hi.data<T>(), mid.data<T>(), n);
+    });
+    return mid;
+}
+
+Var newton_step(const ElementwiseFn& f, const ElementwiseFn& df, const Tensor& root, const Var& y) {
+    if (root.shape() != y.shape())
+        throw ShapeError("newton_step: the root " + shape_str(root.shape()) + " must have y's shape " + shape_str(y.shape()));
+    const Var x0(root.to(y.dtype()));  // a constant: no gradient flows through the solver's iterations
+    Var slope;
+    {
+        // f'(x0) as a constant: at the root the step's gradient does not depend on it, and
+        // leaving it out of the graph spares its backward pass.
+        NoGradGuard no_grad;
+        slope = Var(eval_elementwise(df, x0.value(), "newton_step"));
+    }
+    return x0 - (f(x0) - y) / slope;
 }
 
 }  // namespace flowlab

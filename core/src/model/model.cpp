@@ -103,7 +103,7 @@ Model Model::load(const std::string& target, const ModelOptions& options) {
     const auto dirs = run_plugin_dirs(rc.run_dir, options.plugin_dirs);
     load_plugins(*impl->registry, experiment_plugins(cfg), dirs);
     load_plugins(*impl->registry, options.plugins, dirs);
-    impl->exp = build_experiment(cfg, *impl->registry);
+    impl->exp = build_experiment(cfg, *impl->registry, dirs);
     load_weights(impl->exp, rc.checkpoint, options.prefer_ema);
     // Nothing trains a loaded model: the optimizer's state would only hold memory.
     impl->exp.optimizer.reset();

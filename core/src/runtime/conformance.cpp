@@ -430,7 +430,10 @@ private:
                 objective(xv, forward_dir, r).backward();
                 if (xv.grad().defined()) analytic = xv.grad().clone();
             }
-            if (!analytic.defined()) throw NumericError("no gradient reached the input");
+            if (!analytic.defined())
+                throw NumericError(std::string(forward_dir ? "forward" : "inverse") +
+                                   ": no gradient reached the input (a direction solved numerically needs a "
+                                   "differentiable last step, e.g. newton_step from <flowlab/bijector.hpp>)");
             Tensor probe = in.clone();
             fd_compare(probe, analytic, [&] { return objective_value(probe, forward_dir, r); },
                        forward_dir ? "forward input" : "inverse input", o);

@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <link.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -282,7 +283,57 @@ std::string resolve_plugin(const std::string& name_or_path, const std::vector<st
         for (const auto& a : avail) msg += " " + a;
         msg += ")";
     }
-    throw PluginError(msg + "; give a path to the .so or add its directory to FLOWLAB_PLUGIN_PATH");
+    throw PluginError(msg + "; give the path to the .so, or the directory that holds it with --plugin-dir DIR or in "
+                            "FLOWLAB_PLUGIN_PATH (colon-separated)");
+}
+
+std::vector<std::string> plugin_files(const std::vector<std::string>& dirs) {
+    std::vector<std::string> out;
+    std::set<std::string> seen;
+    for (const auto& d : dirs) {
+        std::error_code ec;
+        std::vector<fs::path> files;
+        for (fs::directory_iterator it(d, ec), end; !ec && it != end; it.increment(ec)) {
+            const std::string fn = it->path().filename().string();
+            if (fn.rfind("libflowlab_", 0) == 0 && it->path().extension() == ".so") files.push_back(it->path());
+        }
+        std::sort(files.begin(), files.end());
+        for (const auto& f : files) {
+            const fs::path canonical = fs::canonical(f, ec);
+            if (!ec && seen.insert(canonical.string()).second) out.push_back(f.string());
+        }
+    }
+    return out;
+}
+
+namespace {
+
+bool registers(const Registry& r, const std::string& kind, const std::string& name) {
+    auto in = [&](const auto& table) { return table.kind() == kind && table.contains(name); };
+    return in(r.bijectors) || in(r.distributions) || in(r.dequantizers) || in(r.optimizers) || in(r.schedules) ||
+           in(r.conditioners) || in(r.datasets);
+}
+
+}  // namespace
+
+std::vector<PluginRecord> plugins_providing(const std::string& kind, const std::string& name,
+                                            const std::vector<std::string>& dirs, const Registry& loaded) {
+    std::vector<PluginRecord> found;
+    for (const auto& file : plugin_files(dirs)) {
+        bool is_loaded = false;
+        for (const auto& rec : loaded.plugins) is_loaded = is_loaded || same_file(rec.path, file);
+        if (is_loaded) continue;
+        // Each candidate registers into a scratch registry of its own: two of them may register
+        // the same names, and a plugin that does not load here is simply no candidate.
+        Registry scratch;
+        try {
+            load_plugin(scratch, file);
+        } catch (const Error&) {
+            continue;
+        }
+        if (registers(scratch, kind, name)) found.push_back(scratch.plugins.back());
+    }
+    return found;
 }
 
 std::vector<std::string> default_plugin_dirs() {

@@ -56,7 +56,7 @@ const Entry<Factory>& Table<Factory>::get(const std::string& name, const std::st
     if (!dym.empty()) msg += "; did you mean '" + dym + "'?";
     if (known.empty()) msg += " (no " + kind_ + " is registered; is the plugin that provides it loaded?)";
     else msg += " (known: " + join_names(known) + ")";
-    throw ConfigError(msg);
+    throw UnknownTypeError(msg, kind_, name);
 }
 
 template <class Factory>

@@ -249,6 +249,7 @@ void Trainer::report_progress(const StepStats& st, TrainSummary& summary) {
 bool Trainer::periodic_eval(TrainSummary& summary) {
     if (eval_every_ == 0 || step_ % eval_every_ != 0 || step_ == steps_) return false;
     const auto e0 = std::chrono::steady_clock::now();
+    check_layers("an evaluation");
     EvalResult er = eval_with_ema("test");
     json m{{"step", step_}, {"test_nll", er.nll}, {"test_bpd", er.bpd}};
     std::string line = "step " + std::to_string(step_) + "  test NLL " + fmt("%.4f", er.nll) + " nats  " +
@@ -301,6 +302,7 @@ void Trainer::finish(TrainSummary& summary, bool finished, std::int64_t done_thi
         ema_.clear();
     }
     if (opt_.final_eval && !summary.interrupted) {
+        check_layers("the final evaluation");
         EvalResult er = eval_with_ema("test");
         summary.test_nll = er.nll;
         summary.test_bpd = er.bpd;
@@ -357,6 +359,8 @@ TrainSummary Trainer::run() {
     if (finished) {
         summary.final_train_loss = last_logged_loss_;
         summary.early_stopped = early_stopped_;
+    } else {
+        check_layers("before the first step");
     }
     // The batch buffers, reused by every step.
     const DataSplit& tr = exp_.data.train;

@@ -81,6 +81,7 @@ public:
           params_(exp.flow->parameters()),
           named_(exp.flow->named_parameters()) {
         ema_decay_ = tp_.get_number("ema_decay");
+        check_layers_ = tp_.get_bool("check_layers");
         if (ema_decay_ > 0)
             for (const auto& p : params_) ema_.push_back(p.value().clone());
         patience_ = tp_.get_int("early_stopping_patience");
@@ -147,6 +148,10 @@ private:
         if (metrics_) metrics_ << j.dump() << "\n" << std::flush;
     }
     void data_init();
+    // The layer checks (layer_check.hpp) on the first training examples, unless
+    // train.check_layers is off; throws LayerCheckError naming the layer that fails. `when`
+    // says where in the run ("before the first step", ...). Touches no training state.
+    void check_layers(const char* when);
     // The one place where gradients become a parameter update (clip, then optimizer step).
     void apply_gradients(double gnorm, double lr);
     void save_checkpoint(bool best = false);
@@ -164,6 +169,7 @@ private:
     std::vector<NamedVar> named_;
     std::vector<Tensor> ema_;
     double ema_decay_ = 0.0;
+    bool check_layers_ = true;
     std::int64_t patience_ = 0;
     std::int64_t eval_every_ = 0, log_every_ = 1, max_bad_ = 1;
     std::int64_t bad_run_ = 0;  // consecutive non-finite steps

@@ -1,7 +1,9 @@
 // A deliberately wrong plugin, for the conformance suite to catch: a per-feature scale and
 // shift whose inverse reports the log-det of the forward direction (the sign is flipped).
 // Round trips and gradients are fine; `flowlab check-plugin` fails it on log_det_cancel and
-// log_det_vs_jacobian, and a flow trained with it would optimise the wrong likelihood.
+// log_det_vs_jacobian. A flow trained with it optimises the wrong likelihood (the loss falls
+// without bound); `flowlab run config.json` stops it with exit code 8 at the first evaluation,
+// once training has moved the parameters away from zero, where both log-dets are 0 and agree.
 #include <memory>
 
 #include <flowlab/plugin.hpp>
