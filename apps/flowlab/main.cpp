@@ -38,7 +38,7 @@ std::string overview() {
         std::snprintf(line, sizeof line, "  %-14s %s\n", c->name, c->summary);
         s += line;
     }
-    s += "\nExit codes: 0 ok, 2 usage, 3 config, 4 plugin, 5 i/o, 6 numeric, 7 shape, 8 check-plugin failed,\n"
+    s += "\nExit codes: 0 ok, 2 usage, 3 config, 4 plugin, 5 i/o, 6 numeric, 7 shape, 8 a layer failed its checks,\n"
          "10 interrupted (a checkpoint was written), 1 internal error.\n";
     return s;
 }
