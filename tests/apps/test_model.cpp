@@ -160,3 +160,29 @@ TEST_CASE("Model reports a missing run, a bad checkpoint and wrong input shapes 
     CHECK_THROWS_WITH(Model::load(ck), Catch::Contains(ck));
     fs::remove_all(dir);
 }
+
+TEST_CASE("Model::load builds the model from config.json's shapes and reads the data only when asked", "[model]") {
+    const fs::path dir = fresh_temp_dir("nodata");
+    const fs::path csv = dir / "points.csv";
+    {
+        std::FILE* f = std::fopen(csv.c_str(), "w");
+        REQUIRE(f);
+        for (int i = 0; i < 300; ++i) std::fprintf(f, "%.6f,%.6f\n", std::sin(0.1 * i), std::cos(0.37 * i) * 0.5);
+        std::fclose(f);
+    }
+    const fs::path run = trained_run(dir, " --set 'plugins=[\"standard\",\"density\"]' --set 'data={\"type\":\"csv\",\"path\":\"" +
+                                              csv.string() + "\"}'");
+    const Tensor x = Tensor::from_vector({3, 2}, {0.1, 0.2, -0.3, 0.4, 0.5, -0.6});
+    const Tensor with_data = Model::load(run.string()).log_prob(x);
+
+    fs::remove(csv);
+    Model m = Model::load(run.string());  // no data file: the shapes come from config.json
+    CHECK(m.event_shape() == Shape{2});
+    const Tensor without = m.log_prob(x);
+    CHECK(kern::max_abs_diff(with_data, without) == 0.0);
+    Rng rng(3);
+    CHECK(m.sample(5, rng).shape() == Shape{5, 2});
+    // Asking for the splits reads the data, and a missing file is then an error naming it.
+    CHECK_THROWS_WITH(m.data(), Catch::Contains(csv.string()));
+    fs::remove_all(dir);
+}

@@ -58,7 +58,7 @@ int run(const Args& a) {
     }
     std::filesystem::create_directories(run_dir);
     // The resolved config: every default filled in, plus where each plugin came from.
-    write_run_config(run_dir, cfg, s.plugins());
+    write_run_config(run_dir, cfg, s.plugins(), model_input_of(exp.data));
     if (!so.quiet)
         std::fprintf(stderr, "flowlab: %s - %lld parameters, %lld training examples, run directory %s\n", name.c_str(),
                      static_cast<long long>(exp.flow->num_parameters()), static_cast<long long>(exp.data.train.size()),

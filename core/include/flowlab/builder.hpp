@@ -37,5 +37,12 @@ Experiment build_experiment(const Params& config, const Registry& registry);
 // loaded plugin registers is an UnknownTypeError that also names the plugins in those
 // directories that provide it ("add 'density' to plugins").
 Experiment build_experiment(const Params& config, const Registry& registry, const std::vector<std::string>& plugin_dirs);
+// The dataset of `config` (defaults resolved); ConfigError when it has no training examples.
+Dataset load_dataset(const Params& config, const Registry& registry);
+// Flow, optimizer and schedule for data of the given shapes, without loading the dataset:
+// exp.data holds the shapes only. The same model as build_experiment's, for a trained model
+// whose weights are loaded next (flowlab::Model::load).
+Experiment build_model(const Params& config, const Registry& registry, const Shape& event_shape,
+                       const Shape& context_shape, const std::vector<std::string>& plugin_dirs = {});
 
 }  // namespace flowlab

@@ -11,9 +11,10 @@
 // load() does what `flowlab eval` does: it reads the run's config.json (load_run_config), loads
 // the plugins the run used (looked up in options.plugin_dirs, $FLOWLAB_PLUGIN_PATH, flowlab's
 // own plugin directory, then the directories config.json recorded for them), builds the
-// experiment and loads the newest checkpoint's weights, the parameter average (EMA) when the
-// run kept one. Building the experiment rebuilds its dataset too: the event shape comes from
-// the data, and data() gives the splits the run was trained and evaluated on.
+// model and loads the newest checkpoint's weights, the parameter average (EMA) when the run kept
+// one. The input shapes come from config.json, so the data files are not read until data() or
+// experiment() asks for the splits the run was trained and evaluated on (a run directory from
+// before config.json recorded the shapes has its dataset read at load).
 //
 // Errors are flowlab::Error subclasses (errors.hpp): IoError for a missing run directory or a
 // bad checkpoint, ConfigError, PluginError, ShapeError for input of the wrong shape.

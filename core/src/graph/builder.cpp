@@ -189,9 +189,13 @@ Params resolve_defaults(const Params& config, const Registry& registry) {
     return make_params(std::move(resolved), config.file(), config.pointer());
 }
 
-Experiment build_experiment(const Params& config, const Registry& registry, const std::vector<std::string>& plugin_dirs) {
+namespace {
+
+// Runs build(); an unknown type also names the plugins in `plugin_dirs` that provide it.
+template <class Build>
+Experiment with_provider_hint(const Registry& registry, const std::vector<std::string>& plugin_dirs, Build build) {
     try {
-        return build_experiment(config, registry);
+        return build();
     } catch (const UnknownTypeError& e) {
         const std::vector<PluginRecord> found = plugins_providing(e.kind(), e.name(), plugin_dirs, registry);
         if (found.empty()) throw;
@@ -204,15 +208,11 @@ Experiment build_experiment(const Params& config, const Registry& registry, cons
     }
 }
 
-Experiment build_experiment(const Params& config_in, const Registry& registry) {
-    Experiment exp;
-    const Params config = resolve_defaults(config_in, registry);
-    exp.config = config;
-    auto seed = static_cast<std::uint64_t>(config.get_int("seed"));
-    exp.data = registry.make_dataset(config.get_object("data"), seed);
-    if (exp.data.train.size() == 0)
-        throw ConfigError(config.where("data") + ": the dataset has no training examples");
-    Rng init_rng(seed, 0);
+// Flow, optimizer and schedule of a config whose defaults are resolved, for data of these shapes.
+void build_model_parts(Experiment& exp, const Registry& registry, const Shape& event_shape,
+                       const Shape& context_shape) {
+    const Params& config = exp.config;
+    Rng init_rng(static_cast<std::uint64_t>(config.get_int("seed")), 0);
     {
         // Training holds every parameter about four times (value, gradient, two optimizer
         // moments), so the parameters may take a quarter of the free memory at most.
@@ -220,8 +220,7 @@ Experiment build_experiment(const Params& config_in, const Registry& registry) {
         AllocationBudget budget(avail > 0 ? static_cast<std::size_t>(avail / 4) : SIZE_MAX,
                                 "the model's parameters (training needs about 4x their size; a quarter of the " +
                                     format_gigabytes(static_cast<double>(avail)) + " available)");
-        exp.flow = build_flow(config.get_object("model"), exp.data.event_shape, exp.data.context_shape, registry,
-                              init_rng);
+        exp.flow = build_flow(config.get_object("model"), event_shape, context_shape, registry, init_rng);
     }
     if (exp.flow->named_parameters().empty())
         throw ConfigError(config.where("model") + ": the model has no trainable parameters (model.layers is empty "
@@ -237,7 +236,38 @@ Experiment build_experiment(const Params& config_in, const Registry& registry) {
                           "use at most " + std::to_string(hw) + ", or 0 for all of them");
     exp.optimizer = registry.make_optimizer(train.get_object("optimizer"), exp.flow->named_parameters());
     exp.schedule = registry.make_schedule(train.get_object("schedule"));
+}
+
+}  // namespace
+
+Experiment build_experiment(const Params& config, const Registry& registry, const std::vector<std::string>& plugin_dirs) {
+    return with_provider_hint(registry, plugin_dirs, [&] { return build_experiment(config, registry); });
+}
+
+Experiment build_experiment(const Params& config_in, const Registry& registry) {
+    Experiment exp;
+    exp.config = resolve_defaults(config_in, registry);
+    exp.data = load_dataset(exp.config, registry);
+    build_model_parts(exp, registry, exp.data.event_shape, exp.data.context_shape);
     return exp;
+}
+
+Dataset load_dataset(const Params& config, const Registry& registry) {
+    Dataset data = registry.make_dataset(config.get_object("data"), static_cast<std::uint64_t>(config.get_int("seed")));
+    if (data.train.size() == 0) throw ConfigError(config.where("data") + ": the dataset has no training examples");
+    return data;
+}
+
+Experiment build_model(const Params& config, const Registry& registry, const Shape& event_shape,
+                       const Shape& context_shape, const std::vector<std::string>& plugin_dirs) {
+    return with_provider_hint(registry, plugin_dirs, [&] {
+        Experiment exp;
+        exp.config = resolve_defaults(config, registry);
+        exp.data.event_shape = event_shape;
+        exp.data.context_shape = context_shape;
+        build_model_parts(exp, registry, event_shape, context_shape);
+        return exp;
+    });
 }
 
 }  // namespace flowlab

@@ -1,6 +1,7 @@
 #include "flowlab/model.hpp"
 
 #include <filesystem>
+#include <optional>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -23,6 +24,22 @@ struct Model::Impl {
     std::unique_ptr<Registry> registry = std::make_unique<Registry>();
     Experiment exp;
     std::string run_dir, checkpoint;
+    DType dtype = DType::f32;
+    // A run that records its model's input shapes is loaded without its dataset; the dataset is
+    // read the first time something asks for it (data(), experiment()).
+    bool data_loaded = true;
+
+    void ensure_data() {
+        if (data_loaded) return;
+        Dataset d = load_dataset(exp.config, *registry);
+        if (d.event_shape != exp.data.event_shape || d.context_shape != exp.data.context_shape)
+            throw ConfigError(run_dir + "/config.json: the model was trained on samples of shape " +
+                              shape_str(exp.data.event_shape) + " (context " + shape_str(exp.data.context_shape) +
+                              "), but the run's dataset now gives " + shape_str(d.event_shape) + " (context " +
+                              shape_str(d.context_shape) + "); point data at the files it was trained on");
+        exp.data = std::move(d);
+        data_loaded = true;
+    }
 };
 
 namespace {
@@ -103,7 +120,14 @@ Model Model::load(const std::string& target, const ModelOptions& options) {
     const auto dirs = run_plugin_dirs(rc.run_dir, options.plugin_dirs);
     load_plugins(*impl->registry, experiment_plugins(cfg), dirs);
     load_plugins(*impl->registry, options.plugins, dirs);
-    impl->exp = build_experiment(cfg, *impl->registry, dirs);
+    if (const std::optional<ModelInput> input = read_model_input(rc.run_dir)) {
+        impl->exp = build_model(cfg, *impl->registry, input->event_shape, input->context_shape, dirs);
+        impl->dtype = input->dtype;
+        impl->data_loaded = false;
+    } else {  // a run written before config.json recorded the shapes: they come from the data
+        impl->exp = build_experiment(cfg, *impl->registry, dirs);
+        impl->dtype = model_input_of(impl->exp.data).dtype;
+    }
     load_weights(impl->exp, rc.checkpoint, options.prefer_ema);
     // Nothing trains a loaded model: the optimizer's state would only hold memory.
     impl->exp.optimizer.reset();
@@ -146,17 +170,20 @@ Transformed Model::forward(const Tensor& z, const Tensor& context) {
 
 const Shape& Model::event_shape() const { return impl_->exp.data.event_shape; }
 const Shape& Model::context_shape() const { return impl_->exp.data.context_shape; }
-DType Model::dtype() const {
-    const Tensor& x = impl_->exp.data.train.x;
-    return x.defined() ? x.dtype() : DType::f32;
-}
+DType Model::dtype() const { return impl_->dtype; }
 std::int64_t Model::num_parameters() const { return impl_->exp.flow->num_parameters(); }
 const Params& Model::config() const { return impl_->exp.config; }
 const std::string& Model::run_dir() const { return impl_->run_dir; }
 const std::string& Model::checkpoint() const { return impl_->checkpoint; }
 const std::vector<PluginRecord>& Model::plugins() const { return impl_->registry->plugins; }
-const Dataset& Model::data() const { return impl_->exp.data; }
+const Dataset& Model::data() const {
+    impl_->ensure_data();
+    return impl_->exp.data;
+}
 Flow& Model::flow() { return *impl_->exp.flow; }
-Experiment& Model::experiment() { return impl_->exp; }
+Experiment& Model::experiment() {
+    impl_->ensure_data();
+    return impl_->exp;
+}
 
 }  // namespace flowlab

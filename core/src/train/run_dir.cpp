@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "flowlab/checkpoint.hpp"
 #include "flowlab/version.hpp"
@@ -21,11 +22,42 @@ json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr
 
 }  // namespace
 
-void write_run_config(const std::string& run_dir, const Params& config, const std::vector<PluginRecord>& plugins) {
+void write_run_config(const std::string& run_dir, const Params& config, const std::vector<PluginRecord>& plugins,
+                      const ModelInput& input) {
     json loaded = json::array();
     for (const auto& p : plugins) loaded.push_back({{"name", p.name}, {"version", p.version}, {"path", p.path}});
-    json doc = {{"config", params_json(config)}, {"flowlab_version", FLOWLAB_VERSION_STRING}, {"loaded_plugins", loaded}};
+    const json model_input = {{"event_shape", input.event_shape},
+                              {"context_shape", input.context_shape},
+                              {"dtype", dtype_name(input.dtype)}};
+    json doc = {{"config", params_json(config)},
+                {"flowlab_version", FLOWLAB_VERSION_STRING},
+                {"loaded_plugins", loaded},
+                {"model_input", model_input}};
     write_file_atomic(run_dir + "/config.json", doc.dump(2) + "\n");
+}
+
+std::optional<ModelInput> read_model_input(const std::string& run_dir) {
+    std::ifstream f(fs::path(run_dir) / "config.json");
+    if (!f) return std::nullopt;
+    std::stringstream ss;
+    ss << f.rdbuf();
+    // Anything unexpected means "not recorded": the model is then built from its dataset, as
+    // for a run written before the record existed.
+    try {
+        const json doc = json::parse(ss.str());
+        const json& m = doc.at("model_input");
+        ModelInput in;
+        in.event_shape = m.at("event_shape").get<Shape>();
+        in.context_shape = m.at("context_shape").get<Shape>();
+        const std::string dt = m.at("dtype").get<std::string>();
+        if (dt != dtype_name(DType::f32) && dt != dtype_name(DType::f64)) return std::nullopt;
+        in.dtype = dt == dtype_name(DType::f64) ? DType::f64 : DType::f32;
+        for (std::int64_t d : in.event_shape)
+            if (d <= 0) return std::nullopt;
+        return in;
+    } catch (const json::exception&) {
+        return std::nullopt;
+    }
 }
 
 void write_run_summary(const std::string& run_dir, const std::string& name, const TrainSummary& s) {

@@ -39,15 +39,23 @@ TEST_CASE("config.json records the experiment and its plugins and reads back as 
     const auto dir = flowlab::test::fresh_temp_dir("config");
     Params cfg = load_experiment(std::string(FLOWLAB_SOURCE_DIR) + "/tests/configs/tiny_moons.json",
                                  {"train.steps=3", "name=\"a \\\"quoted\\\" name\""});
-    write_run_config(dir.string(), cfg, {PluginRecord{"p", "1.0", "d", "/x/\"odd\" path/libp.so", {}}});
+    write_run_config(dir.string(), cfg, {PluginRecord{"p", "1.0", "d", "/x/\"odd\" path/libp.so", {}}},
+                     ModelInput{{1, 28, 28}, {3}, DType::f64});
     const auto j = nlohmann::json::parse(flowlab::test::read_text(dir / "config.json"));
     CHECK(j["loaded_plugins"][0]["path"] == "/x/\"odd\" path/libp.so");
+    const std::optional<ModelInput> in = read_model_input(dir.string());
+    REQUIRE(in);
+    CHECK(in->event_shape == Shape{1, 28, 28});
+    CHECK(in->context_shape == Shape{3});
+    CHECK(in->dtype == DType::f64);
     Params back = load_run_config(dir.string());
     CHECK(back.get_string("name") == "a \"quoted\" name");
     CHECK(back.get_object("train").get_int("steps") == 3);
     CHECK(back.dump() == cfg.dump());
-    // Errors in a recorded config point into config.json, under /config.
+    // Errors in a recorded config point into config.json, under /config; a run written before
+    // model_input was recorded has none (its model is then built from its data).
     std::ofstream(dir / "config.json") << R"({"config": {"flowlab": 1, "data": {"type": "moons"}, "model": {"layers": []}, "bogus": 1}})";
+    CHECK_FALSE(read_model_input(dir.string()));
     try {
         load_run_config(dir.string());
         FAIL("no error");
