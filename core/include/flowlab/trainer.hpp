@@ -50,6 +50,8 @@ struct TrainSummary {
     // one thread, and how often the chosen setting changed.
     double single_thread_share = 0.0;
     int thread_switches = 0;
+    // Wall time of this call's run-time layer checks (train.check_layers), next to train_seconds.
+    double layer_check_seconds = 0.0;
 };
 
 TrainSummary train(Experiment& exp, const TrainOptions& opt);

@@ -3,6 +3,7 @@
 #include "flowlab/layer_check.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -158,7 +159,9 @@ void Trainer::check_layers(const char* when) {
         Rng noise(0x6c61796572ull, 0);
         x = dq->dequantize(x, noise, c.defined() ? Var(c) : Var()).x.value();
     }
+    const auto t0 = std::chrono::steady_clock::now();
     const std::optional<LayerCheckFailure> bad = check_flow_layers(*exp_.flow, x, c);
+    layer_check_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!bad) return;
     const std::vector<LayerInfo>& info = exp_.flow->layer_info();
     const LayerInfo& li = info[bad->layer];

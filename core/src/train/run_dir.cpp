@@ -68,6 +68,7 @@ void write_run_summary(const std::string& run_dir, const std::string& name, cons
                 {"test_bpd", number_or_null(s.test_bpd)},
                 {"samples_per_s", number_or_null(s.samples_per_s)},
                 {"train_seconds", number_or_null(s.train_seconds)},
+                {"layer_check_seconds", number_or_null(s.layer_check_seconds)},
                 {"skipped_steps", s.skipped_steps},
                 {"early_stopped", s.early_stopped}};
     write_file_atomic(run_dir + "/summary.json", doc.dump(2) + "\n");

@@ -309,6 +309,7 @@ void Trainer::finish(TrainSummary& summary, bool finished, std::int64_t done_thi
         if (!finished || !ends_with_final_eval(opt_.run_dir + "/metrics.jsonl", step_))
             metric({{"step", step_}, {"test_nll", er.nll}, {"test_bpd", er.bpd}});
     }
+    summary.layer_check_seconds = layer_check_seconds_;
 }
 
 // The calling thread's total time spent waiting for a CPU (Linux: the second field of

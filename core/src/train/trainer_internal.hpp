@@ -170,6 +170,7 @@ private:
     std::vector<Tensor> ema_;
     double ema_decay_ = 0.0;
     bool check_layers_ = true;
+    double layer_check_seconds_ = 0.0;  // this call's, for TrainSummary
     std::int64_t patience_ = 0;
     std::int64_t eval_every_ = 0, log_every_ = 1, max_bad_ = 1;
     std::int64_t bad_run_ = 0;  // consecutive non-finite steps
