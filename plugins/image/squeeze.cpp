@@ -66,8 +66,6 @@ Var permute_within_sample(const Var& x, const std::shared_ptr<const std::vector<
 
 namespace {
 
-Var zero_log_det(const Var& like) { return Var(Tensor::zeros({like.size(0)}, like.dtype())); }
-
 class Squeeze final : public Bijector {
 public:
     explicit Squeeze(const Shape& in) : in_(in) {

@@ -25,8 +25,6 @@ protected:
     FlowResult do_forward(const Var& z, const Var&) override { return {gather(z, inv_, 1), zero_log_det(z)}; }
 
 private:
-    static Var zero_log_det(const Var& like) { return Var(Tensor::zeros({like.size(0)}, like.dtype())); }
-
     std::vector<std::int64_t> perm_, inv_;
 };
 

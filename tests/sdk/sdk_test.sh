@@ -27,6 +27,15 @@ prefix=$work/prefix
 
 step() { printf '\n== %s\n' "$*"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+# expect_exit CODE OUT WHAT COMMAND...: runs COMMAND with its output (stdout and stderr) in OUT,
+# shows it, and fails unless COMMAND exits with CODE; WHAT names it in the failure.
+expect_exit() {
+    local code=$1 out=$2 what=$3 rc=0
+    shift 3
+    "$@" > "$out" 2>&1 || rc=$?
+    cat "$out"
+    [ "$rc" -eq "$code" ] || fail "$what exited $rc, expected $code"
+}
 
 step "install the build tree into $prefix"
 "$cmake_exe" --install "$build" --prefix "$prefix"
@@ -89,18 +98,12 @@ grep -Eq '^version: +1\.0\.0$' "$work/info.txt" || fail "plugin-info does not sh
 grep -Eq '^loadable: +yes$' "$work/info.txt" || fail "plugin-info says the plugin is not loadable"
 
 step "flowlab check-plugin (must pass)"
-rc=0
-"$flowlab" check-plugin "$lib" > "$work/check.txt" 2>&1 || rc=$?
-cat "$work/check.txt"
-[ "$rc" -eq 0 ] || fail "check-plugin exited $rc on the example plugin"
+expect_exit 0 "$work/check.txt" "check-plugin on the example plugin" "$flowlab" check-plugin "$lib"
 grep -Eq 'sinh_arcsinh +\[5\] +grad_params +PASS' "$work/check.txt" || fail "no passing grad_params row"
 
 step "flowlab run with the new layer"
-rc=0
-"$flowlab" run "$examples/sinh_arcsinh/config.json" --set train.steps=200 \
-    --plugin-dir "$work/sinh_arcsinh" --output "$work/run" --quiet > "$work/run.txt" 2>&1 || rc=$?
-cat "$work/run.txt"
-[ "$rc" -eq 0 ] || fail "flowlab run exited $rc"
+expect_exit 0 "$work/run.txt" "flowlab run" "$flowlab" run "$examples/sinh_arcsinh/config.json" \
+    --set train.steps=200 --plugin-dir "$work/sinh_arcsinh" --output "$work/run" --quiet
 nll=$(awk '/test NLL/ {print $3}' "$work/run.txt")
 awk -v v="$nll" 'BEGIN { exit !(v ~ /^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$/) }' ||
     fail "test NLL '$nll' is not a finite number"
@@ -117,14 +120,8 @@ if command -v ldd > /dev/null; then
 fi
 # The run loaded the example plugin from $work/sinh_arcsinh: the model finds it through the
 # path config.json recorded, with no search path given.
-rc=0
-"$embed" "$work/run" > "$work/embed.txt" 2>&1 || rc=$?
-cat "$work/embed.txt"
-[ "$rc" -eq 0 ] || fail "flowlab_embed exited $rc"
-rc=0
-"$flowlab" eval "$work/run" --quiet > "$work/eval.txt" 2>&1 || rc=$?
-cat "$work/eval.txt"
-[ "$rc" -eq 0 ] || fail "flowlab eval exited $rc"
+expect_exit 0 "$work/embed.txt" "flowlab_embed" "$embed" "$work/run"
+expect_exit 0 "$work/eval.txt" "flowlab eval" "$flowlab" eval "$work/run" --quiet
 embed_nll=$(awk '/^test NLL:/ {print $3}' "$work/embed.txt")
 eval_nll=$(sed -n 's/.*"nll": \([-0-9.eE+]*\).*/\1/p' "$work/eval.txt")
 [ -n "$embed_nll" ] && [ -n "$eval_nll" ] || fail "no NLL in the output of flowlab_embed or flowlab eval"
@@ -136,17 +133,13 @@ awk -v a="$embed_nll" -v b="$eval_nll" 'BEGIN { d = a - b; if (d < 0) d = -d; m 
 grep -q "round trip: max |x - forward(inverse(x))| = " "$work/embed.txt" || fail "no round trip line"
 
 step "not a plugin: check-plugin exits 4"
-rc=0
-"$flowlab" check-plugin "$prefix/lib/libflowlab.so" > "$work/notplugin.txt" 2>&1 || rc=$?
-cat "$work/notplugin.txt"
-[ "$rc" -eq 4 ] || fail "check-plugin on libflowlab.so exited $rc, expected 4 (plugin error)"
+expect_exit 4 "$work/notplugin.txt" "check-plugin on libflowlab.so (a plugin error)" \
+    "$flowlab" check-plugin "$prefix/lib/libflowlab.so"
 
 step "build the installed example broken_logdet and check it (must fail)"
 build_example broken_logdet
-rc=0
-"$flowlab" check-plugin "$work/broken_logdet/libflowlab_broken_logdet.so" > "$work/broken.txt" 2>&1 || rc=$?
-cat "$work/broken.txt"
-[ "$rc" -eq 8 ] || fail "check-plugin exited $rc on the broken plugin, expected 8"
+expect_exit 8 "$work/broken.txt" "check-plugin on the broken plugin" \
+    "$flowlab" check-plugin "$work/broken_logdet/libflowlab_broken_logdet.so"
 grep -Eq 'broken_scale_shift +\[5\] +log_det_cancel +FAIL' "$work/broken.txt" || fail "log_det_cancel is not marked FAIL"
 grep -Eq 'broken_scale_shift +\[5\] +log_det_vs_jacobian +FAIL' "$work/broken.txt" ||
     fail "log_det_vs_jacobian is not marked FAIL"
@@ -154,27 +147,21 @@ grep -Eq 'broken_scale_shift +\[5\] +round_trip_inverse_forward +PASS' "$work/br
     fail "the round trip should pass: the table must point at the log-det, not everywhere"
 
 step "flowlab run with the broken layer (must stop at the first evaluation, exit 8)"
-rc=0
-"$flowlab" run "$examples/broken_logdet/config.json" --set train.steps=600 --set train.eval_every=200 \
-    --plugin-dir "$work/broken_logdet" --output "$work/broken_run" --quiet > "$work/broken_run.txt" 2>&1 || rc=$?
-cat "$work/broken_run.txt"
-[ "$rc" -eq 8 ] || fail "flowlab run exited $rc with the broken layer, expected 8"
+expect_exit 8 "$work/broken_run.txt" "flowlab run with the broken layer" \
+    "$flowlab" run "$examples/broken_logdet/config.json" --set train.steps=600 --set train.eval_every=200 \
+    --plugin-dir "$work/broken_logdet" --output "$work/broken_run" --quiet
 grep -q "'broken_scale_shift' from plugin 'broken_logdet'.*fails the layer check at step 200" "$work/broken_run.txt" ||
     fail "the run's message does not name the broken layer and the step"
 
 step "build the installed example tanh_step (numerical inverse), check it and train with it"
 build_example tanh_step
-rc=0
-"$flowlab" check-plugin "$work/tanh_step/libflowlab_tanh_step.so" > "$work/tanh_check.txt" 2>&1 || rc=$?
-cat "$work/tanh_check.txt"
-[ "$rc" -eq 0 ] || fail "check-plugin exited $rc on the tanh_step example"
+expect_exit 0 "$work/tanh_check.txt" "check-plugin on the tanh_step example" \
+    "$flowlab" check-plugin "$work/tanh_step/libflowlab_tanh_step.so"
 grep -q "warning:" "$work/tanh_check.txt" && fail "check-plugin warns about the tanh_step example"
 grep -Eq 'tanh_step +\[5\] +grad_inputs +PASS' "$work/tanh_check.txt" || fail "no passing grad_inputs row"
-rc=0
-"$flowlab" run "$examples/tanh_step/config.json" --set train.steps=200 --plugin-dir "$work/tanh_step" \
-    --output "$work/tanh_run" --quiet > "$work/tanh_run.txt" 2>&1 || rc=$?
-cat "$work/tanh_run.txt"
-[ "$rc" -eq 0 ] || fail "flowlab run exited $rc with the tanh_step layer"
+expect_exit 0 "$work/tanh_run.txt" "flowlab run with the tanh_step layer" \
+    "$flowlab" run "$examples/tanh_step/config.json" --set train.steps=200 --plugin-dir "$work/tanh_step" \
+    --output "$work/tanh_run" --quiet
 [ -s "$work/tanh_run/samples.csv" ] || fail "no samples drawn through the numerical forward"
 
 printf '\nsdk test passed\n'

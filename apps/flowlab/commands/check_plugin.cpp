@@ -59,9 +59,9 @@ void collect_types_json(const std::string& json, const std::string& what, std::s
 }
 
 bool registered_anywhere(const Registry& r, const std::string& name) {
-    return r.bijectors.contains(name) || r.distributions.contains(name) || r.dequantizers.contains(name) ||
-           r.optimizers.contains(name) || r.schedules.contains(name) || r.conditioners.contains(name) ||
-           r.datasets.contains(name);
+    bool found = false;
+    r.for_each_table([&](const auto& table) { found = found || table.contains(name); });
+    return found;
 }
 
 // Names of the entries of `table` that came from the plugin at `origin`.
@@ -168,13 +168,7 @@ void warn_clashes(const Registry& reg, const PluginRecord& rec, const std::vecto
                                 mine.kind().c_str(), name.c_str(), theirs.name.c_str(), theirs.path.c_str(),
                                 rec.name.c_str(), name.c_str());
         };
-        compare(reg.bijectors, other.bijectors);
-        compare(reg.distributions, other.distributions);
-        compare(reg.dequantizers, other.dequantizers);
-        compare(reg.optimizers, other.optimizers);
-        compare(reg.schedules, other.schedules);
-        compare(reg.conditioners, other.conditioners);
-        compare(reg.datasets, other.datasets);
+        reg.for_each_table(compare, other);
     }
 }
 
@@ -198,15 +192,10 @@ std::vector<std::string> chosen_types(const Registry& reg, const PluginRecord& r
 // What else the plugin registers is listed (the conformance suite is for bijectors).
 void print_other_types(const Registry& reg, const PluginRecord& rec) {
     std::vector<std::string> others;
-    auto note = [&](const auto& table) {
+    reg.for_each_table([&](const auto& table) {
+        if (table.kind() == reg.bijectors.kind()) return;
         for (const auto& n : from_origin(table, rec.path)) others.push_back(table.kind() + " " + n);
-    };
-    note(reg.distributions);
-    note(reg.dequantizers);
-    note(reg.conditioners);
-    note(reg.optimizers);
-    note(reg.schedules);
-    note(reg.datasets);
+    });
     if (!others.empty()) std::printf("  also registers (not checked): %s\n", join(others).c_str());
 }
 

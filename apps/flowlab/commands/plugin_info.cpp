@@ -12,6 +12,11 @@
 namespace flowlab::cli {
 namespace {
 
+void declare(po::options_description& o) {
+    o.add_options()("plugin-dir", po::value<std::vector<std::string>>()->composing()->value_name("DIR"),
+                    "look up a plugin given by name in DIR first (repeatable)");
+}
+
 std::string major_minor(const std::string& v) {
     auto first = v.find('.');
     if (first == std::string::npos) return v;
@@ -24,12 +29,13 @@ std::string join(const std::vector<std::string>& v, const char* sep) {
     return s;
 }
 
-int plugin_info(const std::vector<std::string>& args, const std::vector<std::string>& plugin_dirs) {
+int run(const Args& a) {
+    const std::vector<std::string>& args = a.positional();
     if (args.size() != 1) {
         std::fprintf(stderr, "flowlab: plugin-info takes one plugin: flowlab plugin-info LIB.so\n");
         return kUsage;
     }
-    const PluginInfo info = read_plugin_info(resolve_plugin(args[0], plugin_dirs));
+    const PluginInfo info = read_plugin_info(resolve_plugin(args[0], plugin_search_dirs(session_options(a))));
     std::vector<std::string> problems;
     if (major_minor(info.flowlab_version) != major_minor(FLOWLAB_VERSION_STRING))
         problems.push_back("built for flowlab " + info.flowlab_version + ", major.minor must match");
@@ -45,13 +51,6 @@ int plugin_info(const std::vector<std::string>& args, const std::vector<std::str
     std::printf("loadable:        %s\n", problems.empty() ? "yes" : ("no: " + join(problems, "; ")).c_str());
     return 0;
 }
-
-void declare(po::options_description& o) {
-    o.add_options()("plugin-dir", po::value<std::vector<std::string>>()->composing()->value_name("DIR"),
-                    "look up a plugin given by name in DIR first (repeatable)");
-}
-
-int run(const Args& a) { return plugin_info(a.positional(), plugin_search_dirs(session_options(a))); }
 
 }  // namespace
 

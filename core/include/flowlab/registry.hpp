@@ -156,6 +156,20 @@ public:
     // throws PluginError before anything is committed).
     void merge(Registry&& staged);
 
+    // Calls fn on each table in the order `flowlab list` shows them (bijectors first). fn takes
+    // `const auto&` (the tables differ in type); given other registries, it gets their table of
+    // the same kind too: reg.for_each_table([](const auto& mine, const auto& theirs) {...}, other).
+    template <class Fn, class... Others>
+    void for_each_table(Fn&& fn, const Others&... others) const {
+        fn(bijectors, others.bijectors...);
+        fn(distributions, others.distributions...);
+        fn(dequantizers, others.dequantizers...);
+        fn(conditioners, others.conditioners...);
+        fn(optimizers, others.optimizers...);
+        fn(schedules, others.schedules...);
+        fn(datasets, others.datasets...);
+    }
+
     std::vector<PluginRecord> plugins;  // loaded plugins, in load order
 
     Table<BijectorFactory> bijectors{"bijector"};

@@ -309,9 +309,9 @@ std::vector<std::string> plugin_files(const std::vector<std::string>& dirs) {
 namespace {
 
 bool registers(const Registry& r, const std::string& kind, const std::string& name) {
-    auto in = [&](const auto& table) { return table.kind() == kind && table.contains(name); };
-    return in(r.bijectors) || in(r.distributions) || in(r.dequantizers) || in(r.optimizers) || in(r.schedules) ||
-           in(r.conditioners) || in(r.datasets);
+    bool found = false;
+    r.for_each_table([&](const auto& table) { found = found || (table.kind() == kind && table.contains(name)); });
+    return found;
 }
 
 }  // namespace

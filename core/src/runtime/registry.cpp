@@ -3,6 +3,8 @@
 // commits with.
 #include "flowlab/registry.hpp"
 
+#include <utility>
+
 #include "flowlab/errors.hpp"
 #include "graph/json_internal.hpp"
 
@@ -119,32 +121,34 @@ Ptr non_null(Ptr ptr, const Params& p, const std::string& what, const std::strin
     return ptr;
 }
 
+// Builds the type `p` names: validates `p` against the type's schema and calls its factory with
+// the validated parameters and `args`. A factory that returns nothing is the plugin's fault.
+template <class Factory, class... Args>
+auto build(const Table<Factory>& t, const Params& p, Args&&... args) {
+    const auto& e = lookup(t, p);
+    const std::string what = what_of(t, e);
+    Params v = p.validated(e.schema, what);
+    return non_null(call_factory(p, what, [&] { return e.factory(v, std::forward<Args>(args)...); }), p, what,
+                    e.origin);
+}
+
 }  // namespace
 
 std::unique_ptr<Bijector> Registry::make_bijector(const Params& p, const BuildContext& c) const {
-    const auto& e = lookup(bijectors, p);
-    const std::string what = what_of(bijectors, e);
-    Params v = p.validated(e.schema, what);
-    auto b = non_null(call_factory(p, what, [&] { return e.factory(v, c); }), p, what, e.origin);
-    b->set_type_name(e.name);
+    auto b = build(bijectors, p, c);
+    b->set_type_name(p.get_string("type"));  // the name it is registered under
     if (!c.event_shape.empty()) b->set_event_shape(c.event_shape);
     return b;
 }
 
 std::unique_ptr<BaseDistribution> Registry::make_distribution(const Params& p, const BuildContext& c) const {
-    const auto& e = lookup(distributions, p);
-    const std::string what = what_of(distributions, e);
-    Params v = p.validated(e.schema, what);
-    auto d = non_null(call_factory(p, what, [&] { return e.factory(v, c); }), p, what, e.origin);
+    auto d = build(distributions, p, c);
     if (!c.event_shape.empty()) d->set_event_shape(c.event_shape);
     return d;
 }
 
 std::unique_ptr<Dequantizer> Registry::make_dequantizer(const Params& p, const BuildContext& c) const {
-    const auto& e = lookup(dequantizers, p);
-    const std::string what = what_of(dequantizers, e);
-    Params v = p.validated(e.schema, what);
-    return non_null(call_factory(p, what, [&] { return e.factory(v, c); }), p, what, e.origin);
+    return build(dequantizers, p, c);
 }
 
 std::unique_ptr<Optimizer> Registry::make_optimizer(const Params& p, std::vector<NamedVar> params) const {
@@ -158,18 +162,10 @@ std::unique_ptr<Optimizer> Registry::make_optimizer(const Params& p, std::vector
     return o;
 }
 
-std::unique_ptr<Schedule> Registry::make_schedule(const Params& p) const {
-    const auto& e = lookup(schedules, p);
-    const std::string what = what_of(schedules, e);
-    Params v = p.validated(e.schema, what);
-    return non_null(call_factory(p, what, [&] { return e.factory(v); }), p, what, e.origin);
-}
+std::unique_ptr<Schedule> Registry::make_schedule(const Params& p) const { return build(schedules, p); }
 
 std::unique_ptr<Conditioner> Registry::make_conditioner(const Params& p, const ConditionerSpec& s, Rng& rng) const {
-    const auto& e = lookup(conditioners, p);
-    const std::string what = what_of(conditioners, e);
-    Params v = p.validated(e.schema, what);
-    return non_null(call_factory(p, what, [&] { return e.factory(v, s, rng); }), p, what, e.origin);
+    return build(conditioners, p, s, rng);
 }
 
 Dataset Registry::make_dataset(const Params& p, std::uint64_t seed) const {

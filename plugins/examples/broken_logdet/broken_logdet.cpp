@@ -4,8 +4,6 @@
 // log_det_vs_jacobian. A flow trained with it optimises the wrong likelihood (the loss falls
 // without bound); `flowlab run config.json` stops it with exit code 8 at the first evaluation,
 // once training has moved the parameters away from zero, where both log-dets are 0 and agree.
-#include <memory>
-
 #include <flowlab/plugin.hpp>
 
 namespace {
@@ -15,10 +13,8 @@ using namespace flowlab;
 // inverse: z = (x - b) * exp(-a), log|dz/dx| = -sum(a); forward: x = z * exp(a) + b.
 class BrokenScaleShift final : public Bijector {
 public:
-    explicit BrokenScaleShift(const Shape& shape) {
-        a_ = add_parameter("log_scale", Tensor::zeros(shape));
-        b_ = add_parameter("shift", Tensor::zeros(shape));
-    }
+    explicit BrokenScaleShift(const Shape& shape)
+        : a_(add_parameter("log_scale", Tensor::zeros(shape))), b_(add_parameter("shift", Tensor::zeros(shape))) {}
 
 protected:
     FlowResult do_inverse(const Var& x, const Var&) override {
@@ -36,7 +32,5 @@ private:
 
 FLOWLAB_PLUGIN("broken_logdet", "0.0.1", "a scale-and-shift layer with the inverse log-det's sign flipped (a test fixture)") {
     reg.add_bijector({"broken_scale_shift", "z = (x - b) * exp(-a) per feature, with a wrong log-det", {},
-                      [](const Params&, const BuildContext& c) -> std::unique_ptr<Bijector> {
-                          return std::make_unique<BrokenScaleShift>(c.event_shape);
-                      }});
+                      from_event_shape<Bijector, BrokenScaleShift>()});
 }
