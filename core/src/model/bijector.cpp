@@ -70,12 +70,6 @@ Var Bijector::zero_log_det(const Var& like) {
 
 namespace {
 
-template <class Fn>
-void with_dtype(DType dt, Fn&& fn) {
-    if (dt == DType::f64) fn(double{});
-    else fn(float{});
-}
-
 // f on values, checked: an element-wise map keeps the shape and the dtype.
 Tensor eval_elementwise(const ElementwiseFn& f, const Tensor& x, const char* who) {
     Var fx = f(Var(x));
@@ -124,7 +118,7 @@ Tensor bisect_increasing(const ElementwiseFn& f, const Tensor& y, const Tensor& 
     NoGradGuard no_grad;
     Tensor lo = lo_in.to(y.dtype()).clone(), hi = hi_in.to(y.dtype()).clone(), mid = Tensor::empty(y.shape(), y.dtype());
     const std::int64_t n = y.numel();
-    with_dtype(y.dtype(), [&](auto zero) {
+    dispatch(y.dtype(), [&](auto zero) {
         using T = decltype(zero);
         bool held = false;
         for (int k = 0; k < 64 && !held; ++k) {

@@ -20,20 +20,13 @@
 #include <string>
 
 #include <flowlab/errors.hpp>
+#include <flowlab/kernels.hpp>
 #include <flowlab/parallel.hpp>
 #include <flowlab/plugin.hpp>
 
 namespace {
 
 using namespace flowlab;
-
-// Calls fn(float{}) or fn(double{}) after the dtype: training runs in f32, the conformance
-// suite in f64.
-template <class Fn>
-void with_dtype(DType dt, Fn&& fn) {
-    if (dt == DType::f64) fn(double{});
-    else fn(float{});
-}
 
 template <class T>
 T log_cosh(T u) {
@@ -92,7 +85,9 @@ BackwardFn make_backward(Tensor xv, Tensor ev, Tensor lv, bool inverse, bool log
     return [xv, ev, lv, inverse, log_det_node](const Tensor& gout, const Tensor&, GradSink& sink) {
         const bool nx = sink.needs(0), ne = sink.needs(1), nl = sink.needs(2);
         if (!nx && !ne && !nl) return;
-        with_dtype(xv.dtype(), [&](auto tag) {
+        // dispatch (kernels.hpp): T = float or double after the dtype; training runs in f32, the
+        // conformance suite in f64.
+        dispatch(xv.dtype(), [&](auto tag) {
             using T = decltype(tag);
             const std::int64_t B = xv.size(0), D = xv.size(1);
             T* gx = nx ? sink.buffer(0).template data<T>() : nullptr;
@@ -126,7 +121,9 @@ FlowResult sinh_arcsinh(const Var& x, const Var& eps, const Var& l, bool inverse
     const std::int64_t B = xv.size(0), D = xv.size(1);
     Tensor y = Tensor::empty({B, D}, xv.dtype());
     Tensor ld = Tensor::empty({B, D}, xv.dtype());
-    with_dtype(xv.dtype(), [&](auto tag) {
+    // dispatch (kernels.hpp): T = float or double after the dtype; training runs in f32, the
+        // conformance suite in f64.
+        dispatch(xv.dtype(), [&](auto tag) {
         using T = decltype(tag);
         const T* xp = xv.data<T>();
         const T* ep = eps.value().data<T>();
