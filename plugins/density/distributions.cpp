@@ -136,6 +136,7 @@ public:
         spec.in_shape = c.context_shape;
         spec.out_shape = {2 * D_};
         spec.zero_init_last = true;
+        spec.networks = c.networks;
         Rng rng = init_rng(c);
         net_ = c.registry->make_conditioner(p.get_object("conditioner"), spec, rng);
         add_child("conditioner", net_.get());

@@ -8,7 +8,6 @@
 // 2^k times larger than the input (e.g. the full image while the flow works on squeezed halves)
 // is squeezed k times first. The hidden activations stay channels-last ("layout": "nhwc"), where
 // oneDNN's kernels are fastest; only the thin input and output are moved.
-#include <cmath>
 #include <memory>
 
 #include <flowlab/conv.hpp>
@@ -51,11 +50,7 @@ public:
             const std::int64_t ci = widths[l], co = widths[l + 1], kk = kernels[l];
             Tensor w = Tensor::zeros({co, ci, kk, kk});
             Tensor b = Tensor::zeros({co});
-            if (!(l == 2 && spec.zero_init_last)) {
-                const double bound = 1.0 / std::sqrt(static_cast<double>(ci * kk * kk));
-                rng.fill_uniform(w, -bound, bound);
-                rng.fill_uniform(b, -bound, bound);
-            }
+            init_fan_in_uniform(w, b, ci * kk * kk, l == 2 && spec.zero_init_last, rng);
             const std::string name = "conv" + std::to_string(l);
             weights_[l] = add_parameter(name + ".weight", std::move(w));
             biases_[l] = add_parameter(name + ".bias", std::move(b));

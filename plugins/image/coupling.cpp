@@ -211,6 +211,7 @@ public:
         plan_ = plan;
         if (!ctx.registry || !ctx.rng) throw ConfigError("conv_affine_coupling: needs a registry and an rng to build its conditioner");
         ConditionerSpec spec{cond_in, {plan->h_channels(), in[1], in[2]}, ctx.context_shape, true};
+        spec.networks = ctx.networks;
         conditioner_ = ctx.registry->make_conditioner(p.get_object("conditioner"), spec, *ctx.rng);
         add_child("conditioner", conditioner_.get());
     }

@@ -22,6 +22,7 @@ void register_invconv(Registry& reg);      // invconv.cpp
 void register_couplings(Registry& reg);    // coupling.cpp
 void register_conditioners(Registry& reg); // cnn.cpp
 void register_dequantizers(Registry& reg); // vardeq.cpp
+void register_ops(Registry& reg);          // conv_op.cpp: conv2d for network graphs
 
 // An event shape [C, H, W], or a ShapeError naming the layer.
 inline void require_image(const Shape& s, const char* layer) {

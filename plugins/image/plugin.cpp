@@ -4,7 +4,7 @@
 
 #include "image.hpp"
 
-FLOWLAB_PLUGIN("image", "0.1.0", "image flows: squeeze, actnorm2d, invertible 1x1 conv, conv couplings, cnn conditioner, variational dequantization") {
+FLOWLAB_PLUGIN("image", "0.1.0", "image flows: squeeze, actnorm2d, invertible 1x1 conv, conv couplings, cnn conditioner, conv2d op, variational dequantization") {
     using namespace flowlab::image;
     register_reshaping(reg);
     register_actnorm(reg);
@@ -12,4 +12,5 @@ FLOWLAB_PLUGIN("image", "0.1.0", "image flows: squeeze, actnorm2d, invertible 1x
     register_couplings(reg);
     register_conditioners(reg);
     register_dequantizers(reg);
+    register_ops(reg);
 }

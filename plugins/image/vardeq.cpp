@@ -42,15 +42,16 @@ public:
         Shape context = image_;
         if (p.has("features")) {
             context = {p.get_int("feature_channels"), image_[1], image_[2]};
-            features_ = ctx.registry->make_conditioner(p.get_object("features"),
-                                                       ConditionerSpec{image_, context, {}, false}, *ctx.rng);
+            ConditionerSpec spec{image_, context, {}, false};
+            spec.networks = ctx.networks;
+            features_ = ctx.registry->make_conditioner(p.get_object("features"), spec, *ctx.rng);
             add_child("features", features_.get());
         }
         Shape shape = image_;
         const std::vector<Params> items = p.get_object_list("layers");
         if (items.empty()) throw ConfigError(p.where("layers") + ": q needs at least one layer");
         for (std::size_t i = 0; i < items.size(); ++i) {
-            BuildContext lc{shape, context, ctx.rng, ctx.registry};
+            BuildContext lc{shape, context, ctx.rng, ctx.registry, ctx.networks};
             auto layer = ctx.registry->make_bijector(items[i], lc);
             shape = layer->output_shape(shape);
             add_child("layers." + std::to_string(i), layer.get());

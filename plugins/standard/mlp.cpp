@@ -3,42 +3,16 @@
 // one, is flattened and concatenated to it. Initialisation is PyTorch's nn.Linear default
 // (weight and bias ~ U(-1/sqrt(in), 1/sqrt(in))), drawn weight then bias, layer by layer;
 // the last layer starts at zero when the spec asks (the coupling then starts as the identity).
-#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include <flowlab/ops.hpp>
-#include <flowlab/parallel.hpp>
 
 #include "standard.hpp"
 
 namespace flowlab::standard {
 namespace {
-
-// ELU (alpha = 1) as one op; its backward needs only the output: y > 0 ? 1 : y + 1.
-Var elu(const Var& a) {
-    const Tensor& av = a.value();
-    Tensor out = Tensor::empty(av.shape(), av.dtype());
-    dispatch(av.dtype(), [&](auto tag) {
-        using T = decltype(tag);
-        const T* ap = av.data<T>();
-        T* op = out.data<T>();
-        parallel_for(av.numel(), kElementwiseGrain, [&](std::int64_t i0, std::int64_t i1) {
-            for (std::int64_t i = i0; i < i1; ++i) op[i] = ap[i] > T(0) ? ap[i] : std::expm1(ap[i]);
-        });
-    });
-    return make_op("elu", std::move(out), {a}, [](const Tensor& gy, const Tensor& y, GradSink& sink) {
-        with_grad_buffer(sink, y.dtype(), [&](auto tag, auto* gx) {
-            using T = decltype(tag);
-            const T* gp = gy.data<T>();
-            const T* yp = y.data<T>();
-            parallel_for(y.numel(), kElementwiseGrain, [&](std::int64_t i0, std::int64_t i1) {
-                for (std::int64_t i = i0; i < i1; ++i) gx[i] += yp[i] > T(0) ? gp[i] : gp[i] * (yp[i] + T(1));
-            });
-        });
-    });
-}
 
 class Mlp final : public Conditioner {
 public:
@@ -57,11 +31,7 @@ public:
             const bool zero = spec.zero_init_last && l + 2 == widths.size();
             Tensor w = Tensor::zeros({in, out});
             Tensor b = Tensor::zeros({out});
-            if (!zero) {
-                const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-                rng.fill_uniform(w, -bound, bound);
-                rng.fill_uniform(b, -bound, bound);
-            }
+            init_fan_in_uniform(w, b, in, zero, rng);
             const std::string name = "linear" + std::to_string(l);
             weights_.push_back(add_parameter(name + ".weight", std::move(w)));
             biases_.push_back(add_parameter(name + ".bias", std::move(b)));

@@ -1,14 +1,19 @@
-// The standard plugin: every layer, distribution, dequantizer, optimizer, schedule, conditioner
-// and dataset that flowlab ships. Each file registers its own types; this is the one entry point.
+// The standard plugin: every layer, distribution, dequantizer, optimizer, schedule, conditioner,
+// network op and dataset that flowlab ships. Each file registers its own types; this is the one
+// entry point.
 #include <flowlab/plugin.hpp>
 
 #include "standard.hpp"
 
-FLOWLAB_PLUGIN("standard", "0.1.0", "flowlab's standard layers, distributions, optimizers, schedules and toy datasets") {
+FLOWLAB_PLUGIN("standard", "0.1.0",
+               "flowlab's standard layers, conditioners, network ops, distributions, optimizers, schedules and "
+               "toy datasets") {
     using namespace flowlab::standard;
     register_couplings(reg);
     register_permutations(reg);
     register_conditioners(reg);
+    register_graph_conditioner(reg);
+    register_ops(reg);
     register_distributions(reg);
     register_dequantizers(reg);
     register_optimizers(reg);

@@ -108,6 +108,29 @@ TEST_CASE("flowlab list shows the standard plugin's types with parameters and or
     CHECK(only.out.find("affine_coupling") == std::string::npos);
 }
 
+TEST_CASE("flowlab list op shows the ops of network graphs, and the schema describes their nodes", "[cli][graph]") {
+    CliResult r = run_cli("list op");
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("op types:") != std::string::npos);
+    for (const char* name : {"linear", "relu", "add", "concat", "slice", "gate", "layer_norm", "conv2d"})
+        CHECK(r.out.find(std::string("\n  ") + name + " ") != std::string::npos);
+    CHECK(r.out.find("integer or \"auto\"") != std::string::npos);
+    CHECK(r.out.find("affine_coupling") == std::string::npos);
+    CliResult schema = run_cli("schema");
+    REQUIRE(schema.code == 0);
+    CHECK(schema.out.find("\"op\": {") != std::string::npos);
+    CHECK(schema.out.find("\"const\": \"layer_norm\"") != std::string::npos);
+    CHECK(schema.out.find("\"$ref\": \"#/$defs/op\"") != std::string::npos);
+}
+
+TEST_CASE("the W1 config with graph conditioners validates with mlp's parameter count", "[cli][graph]") {
+    CliResult r = run_cli("validate " + std::string(FLOWLAB_SOURCE_DIR) + "/apps/bench/w1_graph.json");
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    CHECK(r.out.find("total parameters: 136208") != std::string::npos);
+}
+
 TEST_CASE("flowlab validate prints every layer with shapes and the total parameter count", "[cli]") {
     CliResult r = run_cli("validate " + std::string(FLOWLAB_SOURCE_DIR) + "/configs/quickstart.json");
     INFO(r.out);

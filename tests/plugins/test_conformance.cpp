@@ -217,3 +217,67 @@ TEST_CASE("asking for an unregistered bijector is a config error", "[conformance
     Registry reg = broken_registry();
     CHECK_THROWS_AS(check_bijector(reg, "corect"), ConfigError);
 }
+
+namespace {
+
+// A copy of a shipped coupling under another name, exercised through other hints (the
+// registered hints use the built-in conditioners).
+std::vector<ConformanceCheck> check_with_hints(const std::string& layer, const std::string& name,
+                                               std::vector<Shape> shapes, const std::string& params_json) {
+    static Registry* reg = flowlab::test::registry_of({"standard", "image"});
+    BijectorEntry e = *reg->bijectors.find(layer);
+    e.name = name;
+    e.hints.shapes = std::move(shapes);
+    e.hints.params_json = params_json;
+    if (!reg->bijectors.contains(name)) reg->add_bijector(e);
+    return check_bijector(*reg, name);
+}
+
+void require_all_pass(const std::vector<ConformanceCheck>& rows) {
+    REQUIRE_FALSE(rows.empty());
+    for (const auto& r : rows) {
+        INFO(r.type << " " << r.shape << " " << r.check << ": worst " << r.worst << ", tolerance " << r.tolerance
+                    << "; " << r.detail);
+        CHECK(r.passed);
+        CHECK(r.detail.find("ran in f32") == std::string::npos);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("an affine coupling whose conditioner is a graph passes the conformance suite", "[conformance][graph]") {
+    // Residual, normalised and gated: every kind of op on the way, the relus fused.
+    require_all_pass(check_with_hints("affine_coupling", "affine_coupling_graph_under_test", {{2}, {5}}, R"({
+        "conditioner": {"type": "graph", "nodes": [
+            {"name": "h", "type": "linear", "inputs": ["x"], "out": 8},
+            {"name": "a", "type": "relu", "inputs": ["h"]},
+            {"name": "b", "type": "linear", "inputs": ["a"], "out": 8},
+            {"name": "n", "type": "layer_norm", "inputs": ["b"]},
+            {"name": "r", "type": "add", "inputs": ["a", "n"]},
+            {"name": "g", "type": "linear", "inputs": ["r"], "out": 16},
+            {"name": "v", "type": "gate", "inputs": ["g"]},
+            {"name": "o", "type": "linear", "inputs": ["v"], "out": "auto"}], "output": "o"}})"));
+}
+
+TEST_CASE("the image coupling with a convolutional graph conditioner passes the conformance suite",
+          "[conformance][graph]") {
+    // cnn's network as a graph (hidden activations channels-last), and a residual gated one.
+    const std::string cnn = R"({"type": "graph", "nodes": [
+        {"name": "c1", "type": "conv2d", "inputs": ["x"], "out": 6, "kernel": 3},
+        {"name": "a1", "type": "relu", "inputs": ["c1"]},
+        {"name": "c2", "type": "conv2d", "inputs": ["a1"], "out": 6, "kernel": 1},
+        {"name": "a2", "type": "relu", "inputs": ["c2"]},
+        {"name": "o", "type": "conv2d", "inputs": ["a2"], "out": "auto", "kernel": 3}], "output": "o"})";
+    require_all_pass(check_with_hints("conv_affine_coupling", "conv_coupling_graph_under_test", {{4, 3, 3}, {2, 4, 2}},
+                                      R"({"conditioner": )" + cnn + "}"));
+    const std::string gated = R"({"type": "graph", "nodes": [
+        {"name": "c1", "type": "conv2d", "inputs": ["x"], "out": 4, "kernel": 3},
+        {"name": "a1", "type": "relu", "inputs": ["c1"]},
+        {"name": "c2", "type": "conv2d", "inputs": ["a1"], "out": 8, "kernel": 1},
+        {"name": "g", "type": "gate", "inputs": ["c2"]},
+        {"name": "r", "type": "add", "inputs": ["g", "a1"]},
+        {"name": "k", "type": "concat", "inputs": ["r", "x"]},
+        {"name": "o", "type": "conv2d", "inputs": ["k"], "out": "auto", "kernel": 3}], "output": "o"})";
+    require_all_pass(check_with_hints("conv_affine_coupling", "conv_coupling_gated_graph_under_test", {{1, 4, 4}},
+                                      R"({"mask": "checkerboard", "parity": 1, "conditioner": )" + gated + "}"));
+}

@@ -15,7 +15,8 @@ void declare(po::options_description& o) { add_plugin_options(o); }
 // 4.096e+03), 0.001 for a number.
 std::string bound_text(const ParamSpec& p, double v) {
     char buf[32];
-    const bool integral = p.type == ParamType::integer || p.type == ParamType::int_list;
+    const bool integral =
+        p.type == ParamType::integer || p.type == ParamType::int_list || p.type == ParamType::int_or_auto;
     if (integral && std::fabs(v) < 9e15) std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v));
     else std::snprintf(buf, sizeof buf, "%g", v);
     return buf;
@@ -52,11 +53,11 @@ void print_table(const Tab& t, const std::string& filter) {
 int run(const Args& a) {
     if (a.positional().size() > 1) throw UsageError("list takes at most one KIND");
     const std::string filter = a.positional().empty() ? "" : a.positional()[0];
-    static const std::set<std::string> kinds = {"bijector", "base", "base distribution", "dequantizer", "optimizer",
-                                                "schedule", "conditioner", "dataset"};
+    static const std::set<std::string> kinds = {"bijector", "base",     "base distribution", "dequantizer", "optimizer",
+                                                "schedule", "conditioner", "op",              "dataset"};
     if (!filter.empty() && !kinds.count(filter))
         throw UsageError("unknown kind '" + filter +
-                         "' (known: bijector, base, dequantizer, optimizer, schedule, conditioner, dataset)");
+                         "' (known: bijector, base, dequantizer, optimizer, schedule, conditioner, op, dataset)");
     Registry reg;
     load_all_plugins(reg, session_options(a));
     std::printf("plugins:\n");
@@ -70,13 +71,7 @@ int run(const Args& a) {
             std::printf("  %-22s %s\n  %-22s origin: %s\n", slot.c_str(), d.value.c_str(), "", d.origin.c_str());
         std::printf("\n");
     }
-    print_table(reg.bijectors, filter);
-    print_table(reg.distributions, filter);
-    print_table(reg.dequantizers, filter);
-    print_table(reg.conditioners, filter);
-    print_table(reg.optimizers, filter);
-    print_table(reg.schedules, filter);
-    print_table(reg.datasets, filter);
+    reg.for_each_table([&](const auto& table) { print_table(table, filter); });
     return kOk;
 }
 
@@ -88,7 +83,7 @@ extern const Command kListCommand = {
     "[KIND] [options]",
     "Loads every plugin in the plugin directories (--plugin-dir, $FLOWLAB_PLUGIN_PATH, flowlab's own) and\n"
     "lists the types they register, or only those of KIND: bijector, base, dequantizer, optimizer,\n"
-    "schedule, conditioner or dataset.",
+    "schedule, conditioner, op (the ops of network graphs) or dataset.",
     declare,
     run,
 };

@@ -21,11 +21,19 @@
 
 namespace flowlab {
 
+class Registry;
+class NetworkLibrary;
+
 struct ConditionerSpec {
     Shape in_shape;       // per sample, e.g. [d] or [c, h, w]
     Shape out_shape;      // per sample
     Shape context_shape;  // empty when the flow is unconditional
     bool zero_init_last = true;  // the layer starts as the identity
+    // For conditioners built of other registered types (the `graph` conditioner builds ops):
+    // Registry::make_conditioner sets `registry` to itself when it is null. `networks` holds the
+    // model's named network definitions ("model.networks", network.hpp); null when there are none.
+    const Registry* registry = nullptr;
+    NetworkLibrary* networks = nullptr;
 };
 
 class Conditioner : public Module {

@@ -154,6 +154,13 @@ std::unique_ptr<Conditioner> make_coupling_conditioner(const Params& p, const Bu
 Var coupling_conditioner(Conditioner& net, const Var& x, const Var& context, const CouplingSplit& s,
                          std::int64_t width, const std::string& layer);
 
+// PyTorch's default initialisation of nn.Linear and nn.Conv2d, which the shipped networks (the
+// mlp and cnn conditioners, the linear and conv2d ops) share so that equal networks start
+// equal: weight, then bias (when defined), each ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn
+// from rng in that order; with `zero`, both are set to zero and nothing is drawn (a network's
+// last layer, so that a coupling starts as the identity).
+void init_fan_in_uniform(Tensor& weight, Tensor& bias, std::int64_t fan_in, bool zero, Rng& rng);
+
 // Throws ConfigError "WHERE: N WHAT need about X GB of memory, Y GB is available; hint" when
 // count * bytes_each overflows or exceeds the available memory: for sizes a config chooses
 // (dataset sizes, sample counts) before anything is allocated.

@@ -33,7 +33,10 @@ public:
     Module(const Module&) = delete;
     Module& operator=(const Module&) = delete;
 
-    // Parameters of this module and all children, depth first, with dotted names.
+    // Parameters of this module and all children, depth first, with dotted names. A module or
+    // parameter reachable along several paths (a network that several layers share) is listed
+    // once, under the first path, so that an optimizer updates it once and a checkpoint holds
+    // it once; the same holds for buffers and num_parameters.
     std::vector<NamedVar> named_parameters(const std::string& prefix = "") const;
     std::vector<Var> parameters() const;
     std::vector<NamedTensor> named_buffers(const std::string& prefix = "") const;
@@ -52,6 +55,10 @@ protected:
     virtual void on_training_changed(bool) {}
 
 private:
+    struct Seen;  // what a walk has listed already (module.cpp)
+    void collect(const std::string& prefix, Seen& seen, std::vector<NamedVar>* params,
+                 std::vector<NamedTensor>* buffers) const;
+
     std::vector<NamedVar> params_;
     std::vector<NamedTensor> buffers_;
     std::vector<std::pair<std::string, Module*>> children_;

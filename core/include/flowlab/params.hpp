@@ -21,7 +21,9 @@
 
 namespace flowlab {
 
-enum class ParamType { integer, number, boolean, string, int_list, number_list, object, any };
+// int_or_auto: an integer, or the string "auto" (a size the caller resolves, e.g. an op's output
+// width that fits what its network must return); string_list: a list of strings (names).
+enum class ParamType { integer, number, boolean, string, int_list, number_list, object, any, int_or_auto, string_list };
 const char* param_type_name(ParamType t);
 
 struct ParamSpec {

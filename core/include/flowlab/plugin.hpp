@@ -28,7 +28,8 @@
 #include "flowlab/registry.hpp"
 #include "flowlab/version.hpp"
 
-#define FLOWLAB_PLUGIN_ABI_VERSION 1u
+// 2: the registry gained the op table, BuildContext and ConditionerSpec the network library.
+#define FLOWLAB_PLUGIN_ABI_VERSION 2u
 
 #define FLOWLAB_STR2_(x) #x
 #define FLOWLAB_STR_(x) FLOWLAB_STR2_(x)

@@ -16,6 +16,7 @@
 #include "flowlab/dataset.hpp"
 #include "flowlab/dequantizer.hpp"
 #include "flowlab/distribution.hpp"
+#include "flowlab/op.hpp"
 #include "flowlab/optimizer.hpp"
 #include "flowlab/params.hpp"
 #include "flowlab/rng.hpp"
@@ -23,6 +24,7 @@
 namespace flowlab {
 
 class Registry;
+class NetworkLibrary;
 
 // What a factory gets besides its validated parameters.
 struct BuildContext {
@@ -30,6 +32,9 @@ struct BuildContext {
     Shape context_shape;  // empty when the flow is unconditional
     Rng* rng = nullptr;   // for initialisation; deterministic per seed
     const Registry* registry = nullptr;  // to build nested types (e.g. a conditioner)
+    // The model's named networks ("model.networks"), for the conditioners a layer builds: pass it
+    // on in ConditionerSpec::networks. Null when the model defines none.
+    NetworkLibrary* networks = nullptr;
 };
 
 // How the conformance suite exercises a bijector (the defaults suit most layers).
@@ -48,6 +53,7 @@ using OptimizerFactory = std::function<std::unique_ptr<Optimizer>(const Params&,
 using ScheduleFactory = std::function<std::unique_ptr<Schedule>(const Params&)>;
 using ConditionerFactory = std::function<std::unique_ptr<Conditioner>(const Params&, const ConditionerSpec&, Rng&)>;
 using DatasetFactory = std::function<Dataset(const Params&, std::uint64_t seed)>;
+using OpFactory = std::function<std::unique_ptr<Op>(const Params&, const OpSpec&, Rng&)>;
 
 // The factory of a type built from its event shape alone (it takes no parameters), e.g.
 //   reg.add_bijector({"squeeze", "space-to-depth 2x2", {}, from_event_shape<Bijector, Squeeze>()});
@@ -73,6 +79,7 @@ using OptimizerEntry = Entry<OptimizerFactory>;
 using ScheduleEntry = Entry<ScheduleFactory>;
 using ConditionerEntry = Entry<ConditionerFactory>;
 using DatasetEntry = Entry<DatasetFactory>;
+using OpEntry = Entry<OpFactory>;
 
 template <class Factory>
 class Table {
@@ -126,6 +133,9 @@ public:
     void add_schedule(ScheduleEntry e) { schedules.add(std::move(e), origin_); }
     void add_conditioner(ConditionerEntry e) { conditioners.add(std::move(e), origin_); }
     void add_dataset(DatasetEntry e) { datasets.add(std::move(e), origin_); }
+    // An op of network graphs (op.hpp). Its schema may not declare "name" or "inputs", the keys
+    // every node of a graph has besides the op's parameters.
+    void add_op(OpEntry e);
 
     // Called by a plugin while it registers, e.g.
     //   reg.require_plugin("my_nets");                            // we build its "resnet" by name
@@ -151,6 +161,10 @@ public:
     std::unique_ptr<Schedule> make_schedule(const Params& p) const;
     std::unique_ptr<Conditioner> make_conditioner(const Params& p, const ConditionerSpec& s, Rng& rng) const;
     Dataset make_dataset(const Params& p, std::uint64_t seed) const;
+    // A node of a network graph {"name": ..., "type": OP, "inputs": [...], parameters...}: the
+    // parameters are validated against the op's schema (plus "name" and "inputs"). Network
+    // (network.hpp) calls it; an op's own errors are the op's.
+    std::unique_ptr<Op> make_op(const Params& p, const OpSpec& s, Rng& rng) const;
 
     // Moves every entry of `staged` into this registry; all or nothing (a duplicate name
     // throws PluginError before anything is committed).
@@ -165,6 +179,7 @@ public:
         fn(distributions, others.distributions...);
         fn(dequantizers, others.dequantizers...);
         fn(conditioners, others.conditioners...);
+        fn(ops, others.ops...);
         fn(optimizers, others.optimizers...);
         fn(schedules, others.schedules...);
         fn(datasets, others.datasets...);
@@ -179,6 +194,7 @@ public:
     Table<ScheduleFactory> schedules{"schedule"};
     Table<ConditionerFactory> conditioners{"conditioner"};
     Table<DatasetFactory> datasets{"dataset"};
+    Table<OpFactory> ops{"op"};
 
 private:
     std::string origin_ = "<builtin>";

@@ -26,6 +26,8 @@ const char* param_type_name(ParamType t) {
         case ParamType::number_list: return "list of numbers";
         case ParamType::object: return "object";
         case ParamType::any: return "any";
+        case ParamType::int_or_auto: return "integer or \"auto\"";
+        case ParamType::string_list: return "list of strings";
     }
     return "?";
 }
@@ -203,6 +205,19 @@ json check_value(const ParamSpec& s, const json& v, const std::string& where) {
             return v;
         case ParamType::any:
             return v;
+        case ParamType::int_or_auto: {
+            if (v.is_string() && v.get<std::string>() == "auto") return v;
+            std::int64_t x = 0;
+            if (!as_integer(v, x)) wrong("integer or \"auto\"", v, where);
+            check_range(s, static_cast<double>(x), where);
+            return x;
+        }
+        case ParamType::string_list: {
+            if (!v.is_array()) wrong("list of strings", v, where);
+            for (std::size_t i = 0; i < v.size(); ++i)
+                if (!v[i].is_string()) wrong("string", v[i], where + "/" + std::to_string(i));
+            return v;
+        }
     }
     return v;
 }

@@ -1,6 +1,8 @@
 // The module tree: named parameters, buffers and children, walked depth first.
 #include "flowlab/module.hpp"
 
+#include <unordered_set>
+
 #include "flowlab/errors.hpp"
 
 namespace flowlab {
@@ -11,27 +13,31 @@ std::string join_name(const std::string& prefix, const std::string& name) {
 }
 }  // namespace
 
-namespace {
-// own's entries renamed under `prefix`, then each child's items(child, prefix.child), depth first.
-template <class Named, class Children, class ChildItems>
-std::vector<Named> walk_named(const std::string& prefix, const std::vector<Named>& own, const Children& children,
-                              ChildItems items) {
-    std::vector<Named> out;
-    for (Named n : own) {
-        n.name = join_name(prefix, n.name);
-        out.push_back(std::move(n));
-    }
-    for (const auto& [name, child] : children) {
-        std::vector<Named> sub = items(*child, join_name(prefix, name));
-        out.insert(out.end(), std::make_move_iterator(sub.begin()), std::make_move_iterator(sub.end()));
-    }
-    return out;
+// A walk lists each module, parameter and buffer once: a module shared by several parents (one
+// network instance in several layers) is entered on its first path only.
+struct Module::Seen {
+    std::unordered_set<const Module*> modules;
+    std::unordered_set<const Node*> params;
+    std::unordered_set<const void*> buffers;  // by data address (two handles on one storage)
+};
+
+void Module::collect(const std::string& prefix, Seen& seen, std::vector<NamedVar>* params,
+                     std::vector<NamedTensor>* buffers) const {
+    if (!seen.modules.insert(this).second) return;
+    if (params)
+        for (const NamedVar& p : params_)
+            if (seen.params.insert(p.var.node().get()).second) params->push_back({join_name(prefix, p.name), p.var});
+    if (buffers)
+        for (const NamedTensor& b : buffers_)
+            if (b.tensor.nbytes() == 0 || seen.buffers.insert(b.tensor.raw()).second) buffers->push_back({join_name(prefix, b.name), b.tensor});
+    for (const auto& [name, child] : children_) child->collect(join_name(prefix, name), seen, params, buffers);
 }
-}  // namespace
 
 std::vector<NamedVar> Module::named_parameters(const std::string& prefix) const {
-    return walk_named(prefix, params_, children_,
-                      [](const Module& m, const std::string& p) { return m.named_parameters(p); });
+    Seen seen;
+    std::vector<NamedVar> out;
+    collect(prefix, seen, &out, nullptr);
+    return out;
 }
 
 std::vector<Var> Module::parameters() const {
@@ -41,8 +47,10 @@ std::vector<Var> Module::parameters() const {
 }
 
 std::vector<NamedTensor> Module::named_buffers(const std::string& prefix) const {
-    return walk_named(prefix, buffers_, children_,
-                      [](const Module& m, const std::string& p) { return m.named_buffers(p); });
+    Seen seen;
+    std::vector<NamedTensor> out;
+    collect(prefix, seen, nullptr, &out);
+    return out;
 }
 
 std::int64_t Module::num_parameters() const {

@@ -236,6 +236,14 @@ Var relu(const Var& a) {
                    });
 }
 
+Var elu(const Var& a) {
+    // The backward needs only the output: dy/dx = y > 0 ? 1 : y + 1.
+    return make_op("elu", unary("elu", a.value(), [](auto x) { return x > 0 ? x : std::expm1(x); }), {a},
+                   [](const Tensor& gy, const Tensor& y, GradSink& g) {
+                       g.add(0, zip(gy, y, [](auto u, auto v) { return v > 0 ? u : u * (v + 1); }));
+                   });
+}
+
 Var square(const Var& a) {
     return make_op("square", unary("square", a.value(), [](auto x) { return x * x; }), {a},
                    [a](const Tensor& gy, const Tensor&, GradSink& g) {

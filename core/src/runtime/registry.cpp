@@ -82,6 +82,7 @@ template class Table<OptimizerFactory>;
 template class Table<ScheduleFactory>;
 template class Table<ConditionerFactory>;
 template class Table<DatasetFactory>;
+template class Table<OpFactory>;
 
 Registry::Registry() = default;
 
@@ -165,7 +166,35 @@ std::unique_ptr<Optimizer> Registry::make_optimizer(const Params& p, std::vector
 std::unique_ptr<Schedule> Registry::make_schedule(const Params& p) const { return build(schedules, p); }
 
 std::unique_ptr<Conditioner> Registry::make_conditioner(const Params& p, const ConditionerSpec& s, Rng& rng) const {
-    return build(conditioners, p, s, rng);
+    if (s.registry) return build(conditioners, p, s, rng);
+    ConditionerSpec with_registry = s;  // a conditioner that builds ops needs a registry: this one
+    with_registry.registry = this;
+    return build(conditioners, p, with_registry, rng);
+}
+
+namespace {
+// The keys of a graph node that belong to the graph, not to its op.
+const char* const kNodeKeys[] = {"name", "inputs"};
+}  // namespace
+
+void Registry::add_op(OpEntry e) {
+    for (const char* key : kNodeKeys)
+        for (const ParamSpec& spec : e.schema)
+            if (spec.name == key)
+                throw PluginError("op '" + e.name + "' registered by " + origin_ + ": its schema declares '" + key +
+                                  "', which every node of a network has (the node's " +
+                                  (std::string(key) == "name" ? "name" : "input list") + "); rename the parameter");
+    ops.add(std::move(e), origin_);
+}
+
+std::unique_ptr<Op> Registry::make_op(const Params& p, const OpSpec& s, Rng& rng) const {
+    const auto& e = lookup(ops, p);
+    const std::string what = what_of(ops, e);
+    Schema schema = e.schema;
+    schema.push_back(param_required("name", ParamType::string, "the node's name, unique in its network"));
+    schema.push_back(param_required("inputs", ParamType::string_list, "the nodes or network inputs it reads"));
+    Params v = p.validated(schema, what);
+    return non_null(call_factory(p, what, [&] { return e.factory(v, s, rng); }), p, what, e.origin);
 }
 
 Dataset Registry::make_dataset(const Params& p, std::uint64_t seed) const {
@@ -201,6 +230,7 @@ void Registry::merge(Registry&& staged) {
     check_no_clash(schedules, staged.schedules);
     check_no_clash(conditioners, staged.conditioners);
     check_no_clash(datasets, staged.datasets);
+    check_no_clash(ops, staged.ops);
     move_all(bijectors, staged.bijectors);
     move_all(distributions, staged.distributions);
     move_all(dequantizers, staged.dequantizers);
@@ -208,6 +238,7 @@ void Registry::merge(Registry&& staged) {
     move_all(schedules, staged.schedules);
     move_all(conditioners, staged.conditioners);
     move_all(datasets, staged.datasets);
+    move_all(ops, staged.ops);
     for (auto& [slot, d] : staged.defaults_) defaults_.emplace(slot, std::move(d));  // an earlier plugin's stays
     staged.defaults_.clear();
     for (auto& rec : staged.plugins) plugins.push_back(std::move(rec));

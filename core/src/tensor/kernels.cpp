@@ -3,8 +3,9 @@
 #include <cmath>
 
 #include "flowlab/conditioner.hpp"
-#include "flowlab/registry.hpp"
 #include "flowlab/ops.hpp"
+#include "flowlab/registry.hpp"
+#include "flowlab/rng.hpp"
 
 namespace flowlab {
 
@@ -42,7 +43,9 @@ Schema coupling_split_params() {
 std::unique_ptr<Conditioner> make_coupling_conditioner(const Params& p, const BuildContext& c, const CouplingSplit& s,
                                                        std::int64_t width, Rng& rng, const std::string& layer) {
     if (!c.registry) throw PluginError(layer + ": built without a registry (needed for its conditioner)");
-    const ConditionerSpec spec{{static_cast<std::int64_t>(s.cond.size())}, {width}, c.context_shape, true};
+    ConditionerSpec spec{{static_cast<std::int64_t>(s.cond.size())}, {width}, c.context_shape, true};
+    spec.registry = c.registry;
+    spec.networks = c.networks;
     return c.registry->make_conditioner(p.get_object("conditioner"), spec, rng);
 }
 
@@ -55,6 +58,17 @@ Var coupling_conditioner(Conditioner& net, const Var& x, const Var& context, con
         throw ShapeError(layer + ": the conditioner returned " + shape_str(raw.shape()) + ", expected " +
                          shape_str(expected));
     return raw;
+}
+
+void init_fan_in_uniform(Tensor& weight, Tensor& bias, std::int64_t fan_in, bool zero, Rng& rng) {
+    if (zero) {
+        weight.fill(0.0);
+        if (bias.defined()) bias.fill(0.0);
+        return;
+    }
+    const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    rng.fill_uniform(weight, -bound, bound);
+    if (bias.defined()) rng.fill_uniform(bias, -bound, bound);
 }
 
 void check_memory(const std::string& where, std::int64_t count, std::int64_t bytes_each, const std::string& what,

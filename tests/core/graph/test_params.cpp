@@ -184,3 +184,25 @@ TEST_CASE("schema helpers record the type and a JSON default", "[params]") {
     CHECK_FALSE(param_number("x", 0.5, "d").required());
     CHECK(std::string(param_type_name(ParamType::int_list)) == "list of integers");
 }
+
+TEST_CASE("an integer-or-auto parameter takes an integer in range or \"auto\", a string list only strings",
+          "[params]") {
+    const Schema s = {param_required("out", ParamType::int_or_auto, "width").min(1),
+                      param_required("inputs", ParamType::string_list, "names")};
+    auto check = [&](const std::string& json) {
+        return Params::parse(json, "n.json").validated(s, "op 'linear'");
+    };
+    CHECK(check(R"({"out": 4, "inputs": ["x"]})").get_int("out") == 4);
+    CHECK(check(R"({"out": 4.0, "inputs": []})").get_int("out") == 4);
+    CHECK(check(R"({"out": "auto", "inputs": ["a", "b"]})").get_string("out") == "auto");
+    CHECK(error_of<ConfigError>([&] { check(R"({"out": "big", "inputs": ["x"]})"); }) ==
+          "n.json:/out: expected integer or \"auto\", got string \"big\"");
+    CHECK(error_of<ConfigError>([&] { check(R"({"out": 0, "inputs": ["x"]})"); }) ==
+          "n.json:/out: out of range: must be >= 1, got 0");
+    CHECK(error_of<ConfigError>([&] { check(R"({"out": 1, "inputs": ["x", 2]})"); }) ==
+          "n.json:/inputs/1: expected string, got integer 2");
+    CHECK(error_of<ConfigError>([&] { check(R"({"out": 1, "inputs": "x"})"); }) ==
+          "n.json:/inputs: expected list of strings, got string \"x\"");
+    CHECK(std::string(param_type_name(ParamType::int_or_auto)) == "integer or \"auto\"");
+    CHECK(std::string(param_type_name(ParamType::string_list)) == "list of strings");
+}

@@ -125,6 +125,7 @@ TEST_CASE("Unary ops have correct gradients", "[ops][gradcheck]") {
     require_grads("softplus", [](const std::vector<Var>& v) { return softplus(v[0]); }, {a});
     require_grads("log_sigmoid", [](const std::vector<Var>& v) { return log_sigmoid(v[0]); }, {a});
     require_grads("relu", [](const std::vector<Var>& v) { return relu(v[0]); }, {nz});
+    require_grads("elu", [](const std::vector<Var>& v) { return elu(v[0]); }, {nz});
     require_grads("square", [](const std::vector<Var>& v) { return square(v[0]); }, {a});
     require_grads("sqrt", [](const std::vector<Var>& v) { return sqrt(v[0]); }, {pos});
     require_grads("abs", [](const std::vector<Var>& v) { return abs(v[0]); }, {nz});

@@ -104,7 +104,8 @@ TEST_CASE("a plugin of another ABI version is refused, showing both versions", "
     const std::string expected = fixture("abi_mismatch") +
                                  ": plugin ABI mismatch: the plugin has ABI version 999, this flowlab (" +
                                  FLOWLAB_VERSION_STRING +
-                                 ") expects ABI version 1; rebuild the plugin against this flowlab's headers "
+                                 ") expects ABI version " + std::to_string(FLOWLAB_PLUGIN_ABI_VERSION) +
+                                 "; rebuild the plugin against this flowlab's headers "
                                  "(flowlab_add_plugin in CMake)";
     CHECK(error_of<PluginError>([&] { load_plugin(reg, fixture("abi_mismatch")); }) == expected);
     // Even reading the info stops at the ABI field: the struct behind it is unknown.

@@ -28,6 +28,7 @@ Var sigmoid(const Var& a);
 Var softplus(const Var& a);    // log(1 + e^a), stable
 Var log_sigmoid(const Var& a); // -softplus(-a), stable
 Var relu(const Var& a);
+Var elu(const Var& a);         // x > 0 ? x : e^x - 1 (alpha = 1)
 Var square(const Var& a);
 Var sqrt(const Var& a);
 Var abs(const Var& a);
