@@ -45,4 +45,16 @@ Dataset load_dataset(const Params& config, const Registry& registry);
 Experiment build_model(const Params& config, const Registry& registry, const Shape& event_shape,
                        const Shape& context_shape, const std::vector<std::string>& plugin_dirs = {});
 
+// The experiment `config` with its model in the graph form, as JSON text: a "layers" list expanded
+// into named nodes (repeat blocks unrolled, each split's tail reading its kept output), a graph
+// as written. What `flowlab validate --emit-graph` prints and a run directory's config.json
+// records; building it gives the same model, parameter names included (docs/GRAPHS.md).
+std::string config_in_graph_form(const Params& config, int indent = 2);
+
+// The built flow of `config` as a Graphviz DOT digraph: one box per node (type, parameters), the
+// tensors on the edges with their per-sample shapes, the outputs with their bases, and each
+// node's conditioner nested in a cluster (a `graph` conditioner op by op). Written by
+// `flowlab validate --dot FILE` and into the run directory (architecture.dot).
+std::string flow_dot(const Params& config, const Flow& flow);
+
 }  // namespace flowlab

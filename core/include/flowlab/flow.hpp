@@ -1,5 +1,6 @@
-// Flow: a base distribution, a chain of bijectors, and an optional dequantizer, built from the
-// JSON graph by the builder (builder.hpp).
+// Flow: a graph of bijective nodes from the data to the named outputs that form the latent, the
+// base distributions over those outputs, and an optional dequantizer; built from the config by
+// the builder (builder.hpp). A chain of layers is the common case of the graph.
 //   log p(x) = log p0(z) + sum_k log|det dz_k/dz_{k-1}|, z = inverse(x)
 #pragma once
 
@@ -13,22 +14,31 @@
 
 namespace flowlab {
 
+// One node of the built graph, in the order the data -> latent pass runs them.
 struct LayerInfo {
     std::string pointer;  // JSON pointer of the node in the config
     std::string type;
-    Shape in_shape, out_shape;
+    Shape in_shape, out_shape;  // of its first input and first output
     std::int64_t num_parameters = 0;
-    // Where the type comes from: the plugin's name and file ("" for the core's split node).
+    // Where the type comes from: the plugin's name and file ("" for the core's graph nodes:
+    // split, slice, concat, network).
     std::string plugin, plugin_path;
+    std::string name;                 // the node's name in the graph form
+    std::vector<std::string> inputs;  // the tensors it reads
+    std::string context;              // the context tensor it reads ("" none)
+    std::vector<Shape> out_shapes;    // every output's shape
 };
+
+struct FlowGraph;
 
 class Flow : public Module {
 public:
-    Flow(std::vector<std::unique_ptr<Bijector>> layers, std::vector<LayerInfo> info,
-         std::unique_ptr<BaseDistribution> base, std::unique_ptr<Dequantizer> dequantizer,
+    Flow(std::unique_ptr<FlowGraph> graph, std::vector<LayerInfo> info, std::unique_ptr<Dequantizer> dequantizer,
          Shape event_shape, Shape context_shape);
+    ~Flow() override;
 
-    // data -> latent through every layer; log_det summed [batch].
+    // data -> latent through every node; the latent is the outputs in order (flattened and
+    // concatenated when there are several); log_det summed [batch].
     FlowResult inverse(const Var& x, const Var& context = Var());
     // latent -> data.
     FlowResult forward(const Var& z, const Var& context = Var());
@@ -41,16 +51,19 @@ public:
 
     const Shape& event_shape() const { return event_shape_; }
     const Shape& context_shape() const { return context_shape_; }
-    std::size_t num_layers() const { return layers_.size(); }
-    Bijector& layer(std::size_t i) { return *layers_[i]; }
     const std::vector<LayerInfo>& layer_info() const { return info_; }
-    BaseDistribution& base() { return *base_; }
+    // Parameters of the base distributions (the shared one and the outputs' own).
+    std::int64_t base_num_parameters() const;
     Dequantizer* dequantizer() { return dequantizer_.get(); }
+    // The built graph (core/src/model/flow_graph.hpp; internal to the core).
+    const FlowGraph& graph() const { return *graph_; }
 
 private:
-    std::vector<std::unique_ptr<Bijector>> layers_;
+    std::vector<Var> run_inverse(const Var& x, const Var& context, Var& log_det, bool data_init);
+    Var latent(const std::vector<Var>& slots) const;
+
+    std::unique_ptr<FlowGraph> graph_;
     std::vector<LayerInfo> info_;
-    std::unique_ptr<BaseDistribution> base_;
     std::unique_ptr<Dequantizer> dequantizer_;
     Shape event_shape_, context_shape_;
 };

@@ -23,6 +23,8 @@ json spec_schema(const ParamSpec& p) {
         case ParamType::number_list: j = {{"type", "array"}, {"items", {{"type", "number"}}}}; break;
         case ParamType::object: j["type"] = "object"; break;
         case ParamType::any: break;
+        case ParamType::int_or_auto: break;  // a oneOf, below
+        case ParamType::string_list: j = {{"type", "array"}, {"items", {{"type", "string"}}}}; break;
     }
     if (p.nullable && j.contains("type")) j["type"] = json::array({j["type"], "null"});
     j["description"] = p.doc;
@@ -35,6 +37,15 @@ json spec_schema(const ParamSpec& p) {
     if (std::isfinite(p.min_value)) j["minimum"] = p.min_value;
     if (std::isfinite(p.max_value)) j["maximum"] = p.max_value;
     if (!p.choices_.empty()) j["enum"] = p.choices_;
+    if (p.type == ParamType::int_or_auto) {
+        // An integer in range, or exactly "auto": the bounds apply to the integer branch only.
+        json integer = {{"type", "integer"}};
+        if (j.contains("minimum")) integer["minimum"] = j["minimum"];
+        if (j.contains("maximum")) integer["maximum"] = j["maximum"];
+        j.erase("minimum");
+        j.erase("maximum");
+        j["oneOf"] = json::array({integer, {{"const", "auto"}}});
+    }
     return j;
 }
 
@@ -81,6 +92,25 @@ std::string experiment_json_schema(const Registry& registry) {
     defs["schedule"] = one_of(registry.schedules);
     defs["conditioner"] = one_of(registry.conditioners);
     defs["dataset"] = one_of(registry.datasets);
+    // A node of a network graph: an op's parameters plus the two keys every node has.
+    defs["op"] = one_of(registry.ops);
+    for (auto& alt : defs["op"]["oneOf"]) {
+        alt["properties"]["name"] = {{"type", "string"}, {"pattern", "^[A-Za-z0-9_-]+$"},
+                                     {"description", "the node's name, unique in its network"}};
+        alt["properties"]["inputs"] = {{"type", "array"}, {"items", {{"type", "string"}}}, {"minItems", 1},
+                                       {"description", "the nodes or network inputs (x, context) it reads"}};
+        alt["required"].push_back("name");
+        alt["required"].push_back("inputs");
+    }
+    defs["network"] = {{"type", "object"},
+                       {"properties", {{"nodes", {{"type", "array"}, {"items", {{"$ref", "#/$defs/op"}}}}},
+                                       {"output", {{"type", "string"}}}}},
+                       {"required", {"nodes", "output"}},
+                       {"additionalProperties", false}};
+    // The graph conditioner's inline nodes are nodes too.
+    for (auto& alt : defs["conditioner"]["oneOf"])
+        if (alt["properties"].contains("nodes") && alt["properties"]["type"] == json{{"const", "graph"}})
+            alt["properties"]["nodes"] = {{"type", "array"}, {"items", {{"$ref", "#/$defs/op"}}}};
 
     json root = object_schema(experiment_schema(), "", "a flowlab experiment");
     root["$schema"] = "https://json-schema.org/draft/2020-12/schema";
@@ -93,6 +123,51 @@ std::string experiment_json_schema(const Registry& registry) {
     model["properties"]["base"] = {{"$ref", "#/$defs/base"}};
     model["properties"]["dequantizer"] = {{"oneOf", {{{"type", "null"}}, {{"$ref", "#/$defs/dequantizer"}}}}};
     model["properties"]["layers"] = {{"$ref", "#/$defs/layers"}};
+    if (model["properties"].contains("networks"))
+        model["properties"]["networks"] = {{"type", {"object", "null"}},
+                                           {"additionalProperties", {{"$ref", "#/$defs/network"}}},
+                                           {"description", model["properties"]["networks"].value("description", "")}};
+    // The graph form: a bijector (or one of the graph's own nodes) plus the keys that place it.
+    json flow_node = defs["bijector"];
+    flow_node["oneOf"].push_back(object_schema({param_required("sizes", ParamType::int_list, "channels of each part")},
+                                               "slice", "cut the channels (features) into parts: NAME:0, NAME:1, ..."));
+    flow_node["oneOf"].push_back(object_schema({}, "concat", "join tensors along the channels (features)"));
+    flow_node["oneOf"].push_back(
+        {{"type", "object"},
+         {"description", "a network of the context (inline nodes and output, or a named network)"},
+         {"properties", {{"type", {{"const", "network"}}}, {"network", {{"type", "string"}}},
+                         {"nodes", {{"type", "array"}, {"items", {{"$ref", "#/$defs/op"}}}}}, {"output", {{"type", "string"}}}}},
+         {"required", {"type"}},
+         {"additionalProperties", false}});
+    for (auto& alt : flow_node["oneOf"]) {
+        auto& p = alt["properties"];
+        p["name"] = {{"type", "string"}, {"pattern", "^[^:]+$"}, {"description", "the node's name, unique in the flow"}};
+        p["input"] = {{"type", "string"}, {"description", "the tensor it reads: x, context, NODE or NODE:i"}};
+        p["inputs"] = {{"type", "array"}, {"items", {{"type", "string"}}}, {"minItems", 1}};
+        p["context"] = {{"type", {"string", "null"}}, {"description", "the context tensor it reads (default: the flow's)"}};
+        alt["required"].push_back("name");
+    }
+    defs["flow_node"] = flow_node;
+    defs["flow_graph"] = {
+        {"type", "object"},
+        {"properties",
+         {{"nodes", {{"type", "array"}, {"items", {{"$ref", "#/$defs/flow_node"}}}}},
+          {"outputs",
+           {{"type", "array"},
+            {"minItems", 1},
+            {"items",
+             {{"oneOf",
+               {{{"type", "string"}},
+                {{"type", "object"},
+                 {"properties", {{"tensor", {{"type", "string"}}}, {"base", {{"$ref", "#/$defs/base"}}},
+                                 {"given", {{"type", "string"}}}}},
+                 {"required", {"tensor"}},
+                 {"additionalProperties", false}}}}}}}}}},
+        {"required", {"nodes", "outputs"}},
+        {"additionalProperties", false}};
+    root["$defs"] = defs;
+    model["properties"]["graph"] = {{"$ref", "#/$defs/flow_graph"}};
+    model["oneOf"] = {{{"required", {"layers"}}}, {{"required", {"graph"}}}};
     pr["model"] = model;
     json train = object_schema(train_schema(), "", "training loop");
     train["properties"]["optimizer"] = {{"$ref", "#/$defs/optimizer"}};

@@ -17,6 +17,14 @@ ParamSpec plugins_spec() {
     return s;
 }
 
+// A key of any JSON type that may be left out (null); its reader checks the type.
+ParamSpec optional_any(std::string name, std::string doc) {
+    ParamSpec s = param_required(std::move(name), ParamType::any, std::move(doc));
+    s.default_json = "null";
+    s.nullable = true;
+    return s;
+}
+
 }  // namespace
 
 // The top level of an experiment file. Nested objects are validated against their own
@@ -28,7 +36,7 @@ Schema experiment_schema() {
         param_int("seed", 0, "seed of the model init, batch order and dequantisation noise").min(0),
         plugins_spec(),
         param_required("data", ParamType::object, "dataset: {\"type\": ..., parameters}"),
-        param_required("model", ParamType::object, "flow: {\"base\", \"dequantizer\", \"layers\"}"),
+        param_required("model", ParamType::object, "flow: {\"base\", \"dequantizer\", \"layers\" or \"graph\"}"),
         param_object("train", "{}", "training loop settings"),
         param_object("eval", "{}", "evaluation settings"),
         param_string("output", "", "run directory (default runs/<name>)"),
@@ -40,7 +48,14 @@ Schema model_schema() {
         param_object("base", "null", "base distribution (null: the loaded plugins' default, see flowlab list)")
             .allow_null(),
         param_object("dequantizer", "null", "dequantizer for discrete data (null = none)").allow_null(),
-        param_required("layers", ParamType::any, "list of layers or {\"repeat\": N, \"layers\": [...]} blocks"),
+        optional_any("layers", "the flow as a chain: a list of layers or {\"repeat\": N, \"layers\": [...]} blocks "
+                               "(give this or \"graph\")"),
+        param_object("graph", "null", "the flow as a graph: {\"nodes\": [{\"name\", \"type\", \"input\", ...}], "
+                                      "\"outputs\": [...]} (give this or \"layers\"; docs/GRAPHS.md)")
+            .allow_null(),
+        param_object("networks", "null", "named network definitions ({\"name\": {\"nodes\": [...], \"output\": ...}}) "
+                                         "that conditioners and network nodes refer to")
+            .allow_null(),
     };
 }
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "flowlab/errors.hpp"
-#include "model/split.hpp"
+#include "model/flow_graph.hpp"
 #include "train/trainer_internal.hpp"
 
 namespace flowlab {
@@ -97,35 +97,6 @@ Checked check_layer(Bijector& layer, const Var& h, const Var& context, std::size
     return c;
 }
 
-// How many entries of Flow::layer_info() a layer takes: one, and a split's inner layers.
-std::size_t info_count(Bijector& b) {
-    auto* split = dynamic_cast<SplitBijector*>(&b);
-    std::size_t n = 1;
-    for (std::size_t i = 0; split && i < split->num_rest(); ++i) n += info_count(split->rest(i));
-    return n;
-}
-
-// Checks `layers` in order from the input h; layers[0] is entry `index` of the layer info.
-std::optional<LayerCheckFailure> check_chain(const std::vector<Bijector*>& layers, Var h, std::size_t index,
-                                             const Var& context, const LayerCheckTolerances& tol) {
-    for (Bijector* layer : layers) {
-        Checked c = check_layer(*layer, h, context, index, tol);
-        if (c.failure) {
-            // A split runs its inner layers on the kept channels: blame the one at fault, if any.
-            if (auto* split = dynamic_cast<SplitBijector*>(layer)) {
-                std::vector<Bijector*> rest;
-                for (std::size_t i = 0; i < split->num_rest(); ++i) rest.push_back(&split->rest(i));
-                if (auto inner = check_chain(rest, slice(h, 1, 0, split->kept_shape()[0]), index + 1, context, tol))
-                    return inner;
-            }
-            return c.failure;
-        }
-        index += info_count(*layer);
-        h = c.out;
-    }
-    return std::nullopt;
-}
-
 std::string short_number(double v) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.3g", v);
@@ -138,9 +109,22 @@ std::optional<LayerCheckFailure> check_flow_layers(Flow& flow, const Tensor& x, 
                                                    const LayerCheckTolerances& tolerances) {
     NoGradGuard no_grad;
     EvalMode eval(flow);
-    std::vector<Bijector*> layers;
-    for (std::size_t i = 0; i < flow.num_layers(); ++i) layers.push_back(&flow.layer(i));
-    return check_chain(layers, Var(x), 0, context.defined() ? Var(context) : Var(), tolerances);
+    // The graph's steps in order; each bijector is checked on what reaches it, the graph's own
+    // nodes (split, slice, concat, network) just run.
+    const FlowGraph& g = flow.graph();
+    std::vector<Var> slots = g.empty_slots(Var(x), context.defined() ? Var(context) : Var());
+    Var log_det;
+    for (std::size_t k = 0; k < g.steps.size(); ++k) {
+        const FlowStep& s = g.steps[k];
+        if (s.kind != FlowStep::Kind::bijector) {
+            g.run_step(s, slots, log_det, false);
+            continue;
+        }
+        Checked c = check_layer(*s.bijector, slots[s.in[0]], s.context >= 0 ? slots[s.context] : Var(), k, tolerances);
+        if (c.failure) return c.failure;
+        slots[s.out[0]] = c.out;
+    }
+    return std::nullopt;
 }
 
 namespace train_detail {

@@ -8,6 +8,7 @@
 
 #include "flowlab/checkpoint.hpp"
 #include "flowlab/version.hpp"
+#include "graph/graph_spec.hpp"
 #include "graph/json_internal.hpp"
 
 namespace flowlab {
@@ -29,7 +30,8 @@ void write_run_config(const std::string& run_dir, const Params& config, const st
     const json model_input = {{"event_shape", input.event_shape},
                               {"context_shape", input.context_shape},
                               {"dtype", dtype_name(input.dtype)}};
-    json doc = {{"config", params_json(config)},
+    // The model in the graph form: what was built, node by node, whichever form the file used.
+    json doc = {{"config", graph::config_in_graph_form(config)},
                 {"flowlab_version", FLOWLAB_VERSION_STRING},
                 {"loaded_plugins", loaded},
                 {"model_input", model_input}};

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <flowlab/builder.hpp>
 #include <flowlab/config.hpp>
 #include <flowlab/errors.hpp>
 #include <flowlab/run_dir.hpp>
@@ -51,7 +52,11 @@ TEST_CASE("config.json records the experiment and its plugins and reads back as 
     Params back = load_run_config(dir.string());
     CHECK(back.get_string("name") == "a \"quoted\" name");
     CHECK(back.get_object("train").get_int("steps") == 3);
-    CHECK(back.dump() == cfg.dump());
+    // The model is recorded in the graph form (the list expanded); the rest as it was.
+    std::ofstream(dir / "graph_form.json") << config_in_graph_form(cfg);
+    CHECK(back.dump() == load_experiment((dir / "graph_form.json").string()).dump());
+    CHECK(back.get_object("model").has("graph"));
+    CHECK_FALSE(back.get_object("model").has("layers"));
     // Errors in a recorded config point into config.json, under /config; a run written before
     // model_input was recorded has none (its model is then built from its data).
     std::ofstream(dir / "config.json") << R"({"config": {"flowlab": 1, "data": {"type": "moons"}, "model": {"layers": []}, "bogus": 1}})";
