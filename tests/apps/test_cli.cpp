@@ -131,6 +131,24 @@ TEST_CASE("the W1 config with graph conditioners validates with mlp's parameter 
     CHECK(r.out.find("total parameters: 136208") != std::string::npos);
 }
 
+TEST_CASE("validate --emit-graph prints a config that validates to the same model", "[cli][graph]") {
+    const fs::path dir = fresh_temp_dir("emit");
+    CliResult r = run_cli("validate " + std::string(FLOWLAB_SOURCE_DIR) + "/configs/quickstart.json --emit-graph");
+    REQUIRE(r.code == 0);
+    CHECK(r.out.rfind("{", 0) == 0);  // only the JSON on stdout
+    CHECK(r.out.find("\"graph\"") != std::string::npos);
+    CHECK(r.out.find("\"layers\"") == std::string::npos);
+    std::ofstream(dir / "g.json") << r.out;
+    CliResult back = run_cli("validate " + (dir / "g.json").string());
+    INFO(back.out + back.err);
+    REQUIRE(back.code == 0);
+    CHECK(back.out.find("total parameters: 136208") != std::string::npos);
+    CHECK(back.out.find("layers.7") != std::string::npos);
+    // The emitted form emits itself.
+    CHECK(run_cli("validate " + (dir / "g.json").string() + " --emit-graph").out == r.out);
+    fs::remove_all(dir);
+}
+
 TEST_CASE("flowlab validate prints every layer with shapes and the total parameter count", "[cli]") {
     CliResult r = run_cli("validate " + std::string(FLOWLAB_SOURCE_DIR) + "/configs/quickstart.json");
     INFO(r.out);

@@ -9,6 +9,7 @@
 #include "../command.hpp"
 #include "../output.hpp"
 #include "../session.hpp"
+#include "flowlab/architecture.hpp"
 #include "flowlab/run_dir.hpp"
 
 namespace flowlab::cli {
@@ -59,6 +60,12 @@ int run(const Args& a) {
     std::filesystem::create_directories(run_dir);
     // The resolved config: every default filled in, plus where each plugin came from.
     write_run_config(run_dir, cfg, s.plugins(), model_input_of(exp.data));
+    // The flow's picture; without Graphviz only the DOT file, which the report points to. A dot
+    // that fails is worth a line; a missing Graphviz is the report's to say, not every run's.
+    const ArchitectureFiles arch = write_run_architecture(run_dir, cfg, *exp.flow);
+    if (!arch.note.empty() && arch.graphviz)
+        std::fprintf(stderr, "flowlab: architecture.svg not rendered: %s; architecture.dot is in %s\n",
+                     arch.note.c_str(), run_dir.c_str());
     if (!so.quiet)
         std::fprintf(stderr, "flowlab: %s - %lld parameters, %lld training examples, run directory %s\n", name.c_str(),
                      static_cast<long long>(exp.flow->num_parameters()), static_cast<long long>(exp.data.train.size()),
@@ -94,7 +101,8 @@ extern const Command kRunCommand = {
     "train and evaluate an experiment (or --resume a run); write its run directory",
     "CONFIG [options]\n--resume RUN_DIR [options]",
     "Trains the flow an experiment file describes by maximum likelihood, evaluates it on the test split and\n"
-    "writes the run directory: config.json (the resolved config and the plugins loaded), metrics.jsonl and\n"
+    "writes the run directory: config.json (the resolved config and the plugins loaded), architecture.dot\n"
+    "(the flow as a Graphviz graph; architecture.svg too when Graphviz is installed), metrics.jsonl and\n"
     "metrics.csv, checkpoints/, summary.json, samples and report.html. SIGINT/SIGTERM finish the current\n"
     "step, write a checkpoint and exit with code 10; --resume RUN_DIR then continues bitwise as if never\n"
     "stopped (same thread count). Before the first step and at every evaluation each layer is checked on\n"

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "flowlab/architecture.hpp"
 #include "flowlab/checkpoint.hpp"
 #include "flowlab/errors.hpp"
 
@@ -289,6 +290,29 @@ void samples_section(std::ostringstream& h, const fs::path& dir) {
     h << "</div>";
 }
 
+// The flow's picture: architecture.svg inline (Graphviz's SVG from its <svg> on, without the XML
+// prolog and doctype that HTML does not take), else where the DOT file is and how to render it.
+void architecture_section(std::ostringstream& h, const fs::path& dir) {
+    h << "<h2>Architecture</h2>";
+    const std::string render = "<code>dot -Tsvg architecture.dot -o architecture.svg</code>";
+    if (fs::exists(dir / "architecture.svg")) {
+        const std::string svg = read_all(dir / "architecture.svg");
+        const std::size_t at = svg.find("<svg");
+        if (at != std::string::npos) {
+            h << "<div class='arch'>" << svg.substr(at) << "</div>";
+            return;
+        }
+    }
+    if (!fs::exists(dir / "architecture.dot"))
+        h << "<p>No architecture.dot in this run directory (flowlab run writes it when a run starts).</p>";
+    else if (find_on_path("dot").empty())
+        h << "<p>Graphviz is not installed, so the flow's picture was not rendered (Debian: <code>apt-get install "
+             "graphviz</code>). architecture.dot is in the run directory; render it with " << render << ".</p>";
+    else
+        h << "<p>Graphviz's dot did not render the flow's picture (the run's output says why). architecture.dot is in "
+             "the run directory; render it with " << render << ".</p>";
+}
+
 }  // namespace
 
 std::string write_report(const std::string& run_dir) {
@@ -305,7 +329,8 @@ std::string write_report(const std::string& run_dir) {
       << ".row{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0}figcaption{text-align:center;font-size:13px}"
       << "pre{background:#f6f6f6;padding:12px;font-size:12px;overflow:auto;max-height:480px}"
       << "table{border-collapse:collapse}td{padding:2px 10px;border-bottom:1px solid #eee}"
-      << "img.grid{image-rendering:pixelated;width:420px;border:1px solid #999}</style></head><body>";
+      << "img.grid{image-rendering:pixelated;width:420px;border:1px solid #999}"
+      << ".arch{overflow:auto;max-height:900px;border:1px solid #ddd}</style></head><body>";
     h << "<h1>flowlab run: " << esc(name) << "</h1>";
     summary_table(h, summary);
     h << "<h2>Training</h2><div class='row'>";
@@ -313,6 +338,7 @@ std::string write_report(const std::string& run_dir) {
     h << line_chart("Test bits/dim", "bits/dim", {m.test_bpd});
     h << "</div>";
     samples_section(h, dir);
+    architecture_section(h, dir);
     h << "<h2>Config</h2><pre>" << esc(config) << "</pre></body></html>\n";
     const std::string out = (dir / "report.html").string();
     write_file_atomic(out, h.str());
