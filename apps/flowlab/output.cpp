@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "flowlab/autodiff.hpp"
 #include "flowlab/errors.hpp"
 #include "flowlab/image_io.hpp"
+#include "flowlab/kernels.hpp"
 #include "flowlab/report.hpp"
 
 namespace flowlab::cli {
@@ -53,10 +55,36 @@ void write_npy(const std::string& path, const Tensor& t) {
     if (!f) throw IoError(path + ": write failed");
 }
 
+namespace {
+
+// The contexts a conditional flow is sampled or scored for: those of the test split (the
+// training split's when there is none), row i mod N for i < n; undefined for an unconditional flow.
+Tensor example_contexts(Experiment& exp, std::int64_t n) {
+    if (exp.flow->context_shape().empty()) return Tensor();
+    const Tensor& c = exp.data.test.context.defined() ? exp.data.test.context : exp.data.train.context;
+    if (!c.defined() || c.size(0) == 0)
+        throw ConfigError(exp.config.where("data") + ": the model is conditional but the data carry no contexts to "
+                          "sample it for; use the dataset it was trained on");
+    Tensor out = Tensor::empty(with_batch(n, exp.flow->context_shape()), c.dtype());
+    const std::int64_t row = numel(exp.flow->context_shape());
+    const auto* src = static_cast<const char*>(c.raw());
+    auto* dst = static_cast<char*>(out.raw());
+    const std::size_t bytes = static_cast<std::size_t>(row) * dtype_size(c.dtype());
+    for (std::int64_t i = 0; i < n; ++i)
+        std::memcpy(dst + static_cast<std::size_t>(i) * bytes, src + static_cast<std::size_t>(i % c.size(0)) * bytes, bytes);
+    return out;
+}
+
+}  // namespace
+
+Tensor draw_samples(Experiment& exp, std::int64_t n, Rng& rng, double temperature) {
+    return exp.flow->sample(n, rng, temperature, example_contexts(exp, n));
+}
+
 // The flow's output lives in the dequantized space x' = (level + u) / levels, so
 // floor(x' * levels) recovers the pixel level.
 void write_image_samples(Experiment& exp, const std::string& path, std::int64_t n, double temperature, Rng& rng) {
-    Tensor xs = exp.flow->sample(n, rng, temperature).to(DType::f32);
+    Tensor xs = draw_samples(exp, n, rng, temperature).to(DType::f32);
     const double levels = exp.data.discrete ? std::ldexp(1.0, exp.data.bits) : 0.0;
     float* p = xs.f32();
     std::int64_t finite = 0;
@@ -74,7 +102,8 @@ void write_image_samples(Experiment& exp, const std::string& path, std::int64_t 
 
 namespace {
 
-// log p(x) of a 2-D model on a g x g grid over the test data's range, as CSV x,y,logp.
+// log p(x) of a 2-D model on a g x g grid over the test data's range, as CSV x,y,logp; for a
+// conditional model, the mixture over the first (up to 16) test contexts, log mean_c p(x | c).
 std::string density_grid_csv(Experiment& exp, int g) {
     const Tensor& t = exp.data.test.x;
     double lo[2] = {INFINITY, INFINITY}, hi[2] = {-INFINITY, -INFINITY};
@@ -92,11 +121,35 @@ std::string density_grid_csv(Experiment& exp, int g) {
         }
     NoGradGuard guard;
     exp.flow->set_training(false);
-    Tensor lp = exp.flow->log_prob(Var(Tensor::from_vector({g * g, 2}, pts, t.dtype()))).value();
+    const Tensor grid = Tensor::from_vector({g * g, 2}, pts, t.dtype());
+    std::vector<double> lp(static_cast<std::size_t>(g * g), -INFINITY);
+    const bool conditional = !exp.flow->context_shape().empty();
+    const std::int64_t contexts = conditional ? std::min<std::int64_t>(16, example_contexts(exp, 16).size(0)) : 1;
+    const Tensor all = example_contexts(exp, contexts);
+    std::vector<std::vector<double>> per(static_cast<std::size_t>(contexts));
+    for (std::int64_t k = 0; k < contexts; ++k) {
+        Tensor ctx;
+        if (conditional) {
+            ctx = Tensor::empty(with_batch(g * g, exp.flow->context_shape()), all.dtype());
+            const std::size_t bytes = all.nbytes() / static_cast<std::size_t>(contexts);
+            const auto* src = static_cast<const char*>(all.raw()) + static_cast<std::size_t>(k) * bytes;
+            for (std::int64_t r = 0; r < g * g; ++r)
+                std::memcpy(static_cast<char*>(ctx.raw()) + static_cast<std::size_t>(r) * bytes, src, bytes);
+        }
+        const Tensor v = exp.flow->log_prob(Var(grid), ctx.defined() ? Var(ctx) : Var()).value();
+        for (std::int64_t r = 0; r < g * g; ++r) per[static_cast<std::size_t>(k)].push_back(v.item(r));
+    }
+    for (std::size_t r = 0; r < lp.size(); ++r) {
+        double m = -INFINITY, acc = 0;
+        for (const auto& v : per) m = std::max(m, v[r]);
+        for (const auto& v : per) acc += std::exp(v[r] - m);
+        lp[r] = std::isfinite(m) ? m + std::log(acc / static_cast<double>(contexts)) : m;
+    }
     exp.flow->set_training(true);
     std::ostringstream csv;
     csv << "x,y,logp\n";
-    for (std::int64_t k = 0; k < g * g; ++k) csv << pts[2 * k] << "," << pts[2 * k + 1] << "," << lp.item(k) << "\n";
+    for (std::int64_t k = 0; k < g * g; ++k)
+        csv << pts[2 * k] << "," << pts[2 * k + 1] << "," << lp[static_cast<std::size_t>(k)] << "\n";
     return csv.str();
 }
 
@@ -108,7 +161,7 @@ void write_artifacts(Experiment& exp, const std::string& run_dir) {
     const Shape& ev_shape = exp.data.event_shape;
     Rng rng(static_cast<std::uint64_t>(exp.config.get_int("seed")) + 7, 0);
     if (n > 0 && ev_shape.size() == 1) {
-        Tensor xs = exp.flow->sample(n, rng, ev.get_number("temperature"));
+        Tensor xs = draw_samples(exp, n, rng, ev.get_number("temperature"));
         write_text(run_dir + "/samples.csv", tensor_csv(xs));
     }
     if (n > 0 && ev_shape.size() == 3)

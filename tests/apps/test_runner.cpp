@@ -283,6 +283,27 @@ TEST_CASE("eval, sample, schema and report work on a finished run", "[runner]") 
     fs::remove_all(run);
 }
 
+TEST_CASE("a conditional 2-D flow finishes its run: samples for test contexts, a density grid, sample", "[runner]") {
+    // A graph-form conditional flow: a shared context encoder read by both couplings.
+    fs::path run = fresh_dir("conditional");
+    const std::string sets =
+        " --set 'plugins=[\"standard\", \"density\"]' --set 'data={\"type\": \"labeled_moons\", \"train\": 512, \"test\": 128}'"
+        " --set 'model={\"graph\": {\"nodes\": ["
+        "{\"name\": \"enc\", \"type\": \"network\", \"input\": \"context\", \"nodes\": "
+        "[{\"name\": \"h\", \"type\": \"linear\", \"inputs\": [\"x\"], \"out\": 4}], \"output\": \"h\"},"
+        "{\"name\": \"a\", \"type\": \"affine_coupling\", \"input\": \"x\", \"context\": \"enc\"},"
+        "{\"name\": \"b\", \"type\": \"affine_coupling\", \"input\": \"a\", \"context\": \"enc\", \"parity\": 1}],"
+        " \"outputs\": [\"b\"]}}' --set train.steps=5";
+    CliResult r = run_cli("run " + kTiny + " --quiet" + sets + " --output " + run.string());
+    INFO(r.out + r.err);
+    REQUIRE(r.code == 0);
+    for (const char* f : {"samples.csv", "density.csv", "report.html"}) CHECK(fs::exists(run / f));
+    CliResult s = run_cli("sample " + run.string() + " --quiet -n 7 --out " + (run / "s.npy").string());
+    INFO(s.err);
+    CHECK(s.code == 0);
+    fs::remove_all(run);
+}
+
 namespace {
 
 const std::string kHalf = " --set train.steps=46 --set train.threads=1";

@@ -50,7 +50,7 @@ void check_sample_memory(Experiment& exp, std::int64_t n, double temperature, do
         const std::size_t before = tensor_live_bytes();
         reset_tensor_peak_bytes();
         {
-            Tensor x = exp.flow->sample(m, probe_rng, temperature);
+            Tensor x = draw_samples(exp, m, probe_rng, temperature);
             value_bytes = static_cast<double>(dtype_size(x.dtype()));
         }
         return static_cast<double>(tensor_peak_bytes() - before);
@@ -75,7 +75,7 @@ void print_timing(Experiment& exp, const std::string& target, long n, long repea
     std::vector<double> rates;
     for (long r = 0; r < repeats; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
-        Tensor xs = exp.flow->sample(n, rng, temperature);
+        Tensor xs = draw_samples(exp, n, rng, temperature);
         const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         rates.push_back(static_cast<double>(n) / dt);
     }
@@ -115,7 +115,7 @@ int run(const Args& a) {
         if (png) {
             write_image_samples(exp, out, n, temperature, rng);
         } else {
-            Tensor xs = exp.flow->sample(n, rng, temperature);
+            Tensor xs = draw_samples(exp, n, rng, temperature);
             if (csv) write_text(out, tensor_csv(xs.reshape({xs.size(0), -1})));
             else write_npy(out, xs);
         }
