@@ -26,7 +26,7 @@ echo "check-build: the test suite under ASan + UBSan"
 ctest --test-dir "$build" --output-on-failure -j2 -LE slow --timeout 1800 | grep -vE '^ *Start +[0-9]+:|Passed +[0-9.]+ sec$' 
 
 echo "check-build: fuzzing each parser for $seconds s"
-for target in config graph checkpoint plugin_header idx npy csv; do
+for target in config graph checkpoint plugin_header idx npy csv cifar; do
   work="$build/fuzz-corpus/$target"
   findings="$build/fuzz-findings/$target"
   mkdir -p "$work" "$findings"

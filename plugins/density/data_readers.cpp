@@ -1,4 +1,4 @@
-// IDX, .npy and CSV parsers (see data_readers.hpp). Sizes from a file go through checked
+// IDX, CIFAR-10, .npy and CSV parsers (see data_readers.hpp). Sizes from a file go through checked
 // arithmetic and are compared with the bytes present before any allocation or index.
 #include "data_readers.hpp"
 
@@ -359,7 +359,61 @@ std::vector<std::uint8_t> read_idx_labels(const std::string& path, std::int64_t 
     return r;
 }
 
-Table parse_npy(std::span<const std::uint8_t> bytes, const std::string& name) {
+namespace {
+
+// The size checks of a CIFAR-10 batch, shared by the parser and the stat-only count.
+std::int64_t cifar_records_of(std::uint64_t size, const std::string& name) {
+    if (size == 0) throw IoError(name + ": empty file; a CIFAR-10 batch holds records of 3073 bytes");
+    if (size % static_cast<std::uint64_t>(kCifarRecord) != 0)
+        throw IoError(name + ": " + std::to_string(size) + " bytes is not a whole number of 3073-byte records (1 label byte + "
+                      "3072 pixel bytes): " + std::to_string(size / kCifarRecord) + " records and " +
+                      std::to_string(size % kCifarRecord) + " bytes more; the file is truncated, or not a batch of the "
+                      "binary version of CIFAR-10 (CIFAR-100's records have 2 label bytes; the python version is pickled)");
+    return static_cast<std::int64_t>(size / kCifarRecord);
+}
+
+}  // namespace
+
+CifarBatch parse_cifar_batch(std::span<const std::uint8_t> bytes, const std::string& name) {
+    CifarBatch b;
+    b.n = cifar_records_of(bytes.size(), name);
+    b.labels.resize(static_cast<std::size_t>(b.n));
+    b.pixels.resize(static_cast<std::size_t>(b.n * kCifarPixels));
+    for (std::int64_t i = 0; i < b.n; ++i) {
+        const std::uint8_t* rec = bytes.data() + i * kCifarRecord;
+        if (rec[0] > 9)
+            throw IoError(name + ": record " + std::to_string(i) + " (byte " + std::to_string(i * kCifarRecord) + "): label " +
+                          std::to_string(rec[0]) + " is not a class 0..9; the file is corrupt or not a CIFAR-10 batch");
+        b.labels[static_cast<std::size_t>(i)] = rec[0];
+        std::memcpy(b.pixels.data() + i * kCifarPixels, rec + 1, static_cast<std::size_t>(kCifarPixels));
+    }
+    return b;
+}
+
+CifarBatch read_cifar_batch(const std::string& path, const std::string& hint) {
+    check_data_file(path, "a CIFAR-10 binary batch file", hint);
+    return parse_cifar_batch(read_whole_file(path, "a CIFAR-10 binary batch file"), path);
+}
+
+std::int64_t cifar_batch_records(const std::string& path, const std::string& hint) {
+    check_data_file(path, "a CIFAR-10 binary batch file", hint);
+    std::error_code ec;
+    const auto size = fs::file_size(path, ec);
+    if (ec) throw IoError(path + ": cannot read its size (" + ec.message() + ")");
+    return cifar_records_of(size, path);
+}
+
+namespace {
+
+// A .npy file's header and where its values start (shared by the table and the image reader).
+struct NpyFile {
+    NpyHeader h;
+    const NpyDtype* dt = nullptr;
+    const std::uint8_t* data = nullptr;
+    std::size_t present = 0;  // bytes after the header
+};
+
+NpyFile npy_open(std::span<const std::uint8_t> bytes, const std::string& name) {
     const std::uint8_t* b = bytes.data();
     const std::size_t size = bytes.size();
     if (size < 10 || std::memcmp(b, "\x93NUMPY", 6) != 0)
@@ -381,16 +435,46 @@ Table parse_npy(std::span<const std::uint8_t> bytes, const std::string& name) {
     if (hlen > size - off)
         throw IoError(name + ": truncated .npy file: the header announces " + std::to_string(hlen) + " bytes of header, " +
                       std::to_string(size - off) + " follow");
-    const NpyHeader h =
-        NpyHeaderParser(std::string_view(reinterpret_cast<const char*>(b + off), static_cast<std::size_t>(hlen)), name).parse();
-    const NpyDtype* dt = nullptr;
+    NpyFile f;
+    f.h = NpyHeaderParser(std::string_view(reinterpret_cast<const char*>(b + off), static_cast<std::size_t>(hlen)), name)
+              .parse();
     for (const auto& d : kNpyDtypes)
-        if (h.descr == d.descr) dt = &d;
-    if (!dt)
-        throw IoError(name + ": header: unknown dtype '" + printable(h.descr) + "'; supported: " + kNpySupported +
-                      (!h.descr.empty() && h.descr[0] == '>' ? "; save big-endian data as little-endian, "
-                                                               "arr.astype(arr.dtype.newbyteorder('<'))"
-                                                             : ""));
+        if (f.h.descr == d.descr) f.dt = &d;
+    if (!f.dt)
+        throw IoError(name + ": header: unknown dtype '" + printable(f.h.descr) + "'; supported: " + kNpySupported +
+                      (!f.h.descr.empty() && f.h.descr[0] == '>' ? "; save big-endian data as little-endian, "
+                                                                   "arr.astype(arr.dtype.newbyteorder('<'))"
+                                                                 : ""));
+    const std::size_t data = off + static_cast<std::size_t>(hlen);
+    f.data = b + data;
+    f.present = size - data;
+    return f;
+}
+
+// The number of values the shape announces, checked for overflow and against the bytes present
+// (neither fewer nor more).
+std::int64_t npy_count(const NpyFile& f, const std::string& name) {
+    std::int64_t count = 1, nbytes = 0;
+    for (std::int64_t dim : f.h.shape)
+        if (__builtin_mul_overflow(count, dim, &count))
+            throw IoError(name + ": header: shape " + shape_text(f.h.shape) + " overflows 64-bit sizes; the header is corrupt");
+    if (__builtin_mul_overflow(count, static_cast<std::int64_t>(f.dt->size), &nbytes))
+        throw IoError(name + ": header: shape " + shape_text(f.h.shape) + " overflows 64-bit sizes; the header is corrupt");
+    if (f.present < static_cast<std::uint64_t>(nbytes))
+        throw IoError(name + ": truncated .npy file: the header announces " + std::to_string(count) + " values of " +
+                      std::to_string(f.dt->size) + " bytes (" + std::to_string(nbytes) + " bytes), " +
+                      std::to_string(f.present) + " bytes present");
+    if (f.present > static_cast<std::uint64_t>(nbytes))
+        throw IoError(name + ": trailing data: " + std::to_string(f.present - static_cast<std::size_t>(nbytes)) +
+                      " bytes after the " + std::to_string(count) + " values the header announces; the file is corrupt");
+    return count;
+}
+
+}  // namespace
+
+Table parse_npy(std::span<const std::uint8_t> bytes, const std::string& name) {
+    const NpyFile f = npy_open(bytes, name);
+    const NpyHeader& h = f.h;
     if (h.shape.empty() || h.shape.size() > 2)
         throw IoError(name + ": header: shape " + shape_text(h.shape) + " is " + std::to_string(h.shape.size()) +
                       "-D; expected a 1-D or 2-D array of rows");
@@ -398,20 +482,10 @@ Table parse_npy(std::span<const std::uint8_t> bytes, const std::string& name) {
     t.n = h.shape[0];
     t.d = h.shape.size() == 2 ? h.shape[1] : 1;
     if (t.n == 0 || t.d == 0) throw IoError(name + ": header: shape " + shape_text(h.shape) + " holds no values");
-    std::int64_t count = 0, nbytes = 0;
-    if (__builtin_mul_overflow(t.n, t.d, &count) ||
-        __builtin_mul_overflow(count, static_cast<std::int64_t>(dt->size), &nbytes))
-        throw IoError(name + ": header: shape " + shape_text(h.shape) + " overflows 64-bit sizes; the header is corrupt");
-    const std::size_t data = off + static_cast<std::size_t>(hlen), present = size - data;
-    if (present < static_cast<std::uint64_t>(nbytes))
-        throw IoError(name + ": truncated .npy file: the header announces " + std::to_string(count) + " values of " +
-                      std::to_string(dt->size) + " bytes (" + std::to_string(nbytes) + " bytes), " + std::to_string(present) +
-                      " bytes present");
-    if (present > static_cast<std::uint64_t>(nbytes))
-        throw IoError(name + ": trailing data: " + std::to_string(present - static_cast<std::size_t>(nbytes)) +
-                      " bytes after the " + std::to_string(count) + " values the header announces; the file is corrupt");
+    const std::int64_t count = npy_count(f, name);
     t.v.resize(static_cast<std::size_t>(count));
-    const std::uint8_t* p = b + data;
+    const std::uint8_t* p = f.data;
+    const NpyDtype* dt = f.dt;
     const auto n = static_cast<std::size_t>(t.n), d = static_cast<std::size_t>(t.d);
     for (std::size_t i = 0; i < static_cast<std::size_t>(count); ++i)
         // Fortran order stores column by column.
@@ -419,7 +493,46 @@ Table parse_npy(std::span<const std::uint8_t> bytes, const std::string& name) {
     return t;
 }
 
+U8Array parse_npy_u8(std::span<const std::uint8_t> bytes, const std::string& name) {
+    const NpyFile f = npy_open(bytes, name);
+    const NpyHeader& h = f.h;
+    if (h.descr != "|u1" && h.descr != "<u1")
+        throw IoError(name + ": header: dtype '" + h.descr + "'; image arrays must be uint8 (|u1) pixel levels 0..255 "
+                      "(numpy: arr.astype(numpy.uint8) once the values are integers in 0..255)");
+    if (h.shape.empty() || h.shape.size() > 8)
+        throw IoError(name + ": header: shape " + shape_text(h.shape) + " is " + std::to_string(h.shape.size()) +
+                      "-D; expected an array of images");
+    for (std::int64_t dim : h.shape)
+        if (dim == 0) throw IoError(name + ": header: shape " + shape_text(h.shape) + " holds no values");
+    const std::int64_t count = npy_count(f, name);
+    U8Array a;
+    a.shape = h.shape;
+    a.v.resize(static_cast<std::size_t>(count));
+    if (!h.fortran || h.shape.size() == 1) {
+        std::memcpy(a.v.data(), f.data, static_cast<std::size_t>(count));
+        return a;
+    }
+    // Fortran order: the first index varies fastest. Walk the C order with a multi-index and
+    // keep the Fortran offset of the same element alongside.
+    const std::size_t rank = h.shape.size();
+    std::vector<std::int64_t> fstride(rank, 1), idx(rank, 0);
+    for (std::size_t k = 1; k < rank; ++k) fstride[k] = fstride[k - 1] * h.shape[k - 1];
+    std::int64_t off = 0;
+    for (std::int64_t c = 0; c < count; ++c) {
+        a.v[static_cast<std::size_t>(c)] = f.data[off];
+        for (std::size_t k = rank; k-- > 0;) {
+            off += fstride[k];
+            if (++idx[k] < h.shape[k]) break;
+            off -= fstride[k] * h.shape[k];
+            idx[k] = 0;
+        }
+    }
+    return a;
+}
+
 Table read_npy(const std::string& path) { return parse_npy(read_whole_file(path, "a .npy file"), path); }
+
+U8Array read_npy_u8(const std::string& path) { return parse_npy_u8(read_whole_file(path, "a .npy file"), path); }
 
 Table parse_csv(std::string_view text, const std::string& name, char delim, std::string_view header) {
     // Editors on Windows start UTF-8 files with a byte-order mark; it is not part of the first cell.

@@ -1,5 +1,5 @@
 // The file parsers behind the density plugin's datasets: gzip'd IDX (fashion_mnist, mnist),
-// NumPy .npy and CSV tables. Each reads a path, or parses bytes already in memory (what a fuzz
+// CIFAR-10 binary batches (cifar10), NumPy .npy tables and uint8 image arrays, and CSV tables. Each reads a path, or parses bytes already in memory (what a fuzz
 // target feeds it); `name` is the file name messages start with.
 //
 // Every size a file announces is checked (overflow-checked arithmetic) against the bytes that
@@ -38,6 +38,23 @@ IdxImages read_idx_images(const std::string& path, const std::string& hint = "")
 std::vector<std::uint8_t> read_idx_labels(const std::string& path, std::int64_t expect = -1,
                                           const std::string& hint = "");
 
+// A CIFAR-10 binary batch (data_batch_1.bin ... test_batch.bin): records of 1 label byte (a
+// class 0..9) and 3072 pixel bytes, the R, G and B planes of a 32x32 image, each row-major.
+inline constexpr std::int64_t kCifarPixels = 3 * 32 * 32;
+inline constexpr std::int64_t kCifarRecord = 1 + kCifarPixels;
+struct CifarBatch {
+    std::int64_t n = 0;
+    std::vector<std::uint8_t> labels;  // n
+    std::vector<std::uint8_t> pixels;  // n * 3072: [n, 3, 32, 32], as stored
+};
+
+// Rejects an empty file, a size that is not a whole number of records and a label above 9.
+CifarBatch parse_cifar_batch(std::span<const std::uint8_t> bytes, const std::string& name);
+CifarBatch read_cifar_batch(const std::string& path, const std::string& hint = "");
+// The number of records of a batch file from its size alone (no read): the same size checks as
+// the parser, so a dataset can size its tensors before reading any file.
+std::int64_t cifar_batch_records(const std::string& path, const std::string& hint = "");
+
 // A table of n rows and d columns, row-major.
 struct Table {
     std::int64_t n = 0, d = 0;
@@ -47,6 +64,15 @@ struct Table {
 // A 1-D (one column) or 2-D NumPy array: <f4, <f8, <i4, <i8, |i1 or |u1, C or Fortran order.
 Table parse_npy(std::span<const std::uint8_t> bytes, const std::string& name);
 Table read_npy(const std::string& path);
+
+// A uint8 .npy array (|u1 or <u1) of any rank from 1 to 8 with at least one value, in C order
+// (a Fortran-order file is transposed on reading): the images of `npy_images`.
+struct U8Array {
+    std::vector<std::int64_t> shape;
+    std::vector<std::uint8_t> v;
+};
+U8Array parse_npy_u8(std::span<const std::uint8_t> bytes, const std::string& name);
+U8Array read_npy_u8(const std::string& path);
 
 // Numeric CSV: one row a line, `delim` between cells; blank lines are skipped, a UTF-8
 // byte-order mark is skipped. header: "yes" (the first row is a header), "no", or "auto" (a

@@ -1,5 +1,6 @@
 // Datasets: `fashion_mnist` and `mnist` (gzip'd IDX files), `npy` and `csv` tables, and
-// `labeled_moons` (a 2-D toy whose context is the moon a point belongs to).
+// `labeled_moons` (a 2-D toy whose context is the moon a point belongs to). The colour image
+// datasets (cifar10, image_folder, npy_images) are in datasets_images.cpp.
 //
 // Images are f32 pixel levels 0..255 (discrete, 8 bits: a dequantizer turns them continuous),
 // [784] flattened or [1, 28, 28]. With "context": "label" every image carries its class as a
@@ -158,18 +159,6 @@ Schema table_schema() {
         param_bool("standardize", true, "zero mean, unit std per column, from the training rows' statistics"),
         param_bool("shuffle", true, "shuffle the rows (seeded by the experiment's seed) before splitting"),
     };
-}
-
-// A valid file too large for memory is a fault of that file, not of the config (which the
-// registry would call any other exception): an IoError naming it.
-template <class Fn>
-Dataset loading(const std::string& path, Fn&& fn) {
-    try {
-        return fn();
-    } catch (const std::bad_alloc&) {
-        throw IoError(path + ": not enough memory to load it (" +
-                      std::to_string(available_memory_bytes() >> 20) + " MB available)");
-    }
 }
 
 // ------------------------------------------------------------------------------- labeled moons

@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <new>
 #include <string>
 #include <type_traits>
 
+#include <flowlab/dataset.hpp>
 #include <flowlab/errors.hpp>
 #include <flowlab/kernels.hpp>
 #include <flowlab/parallel.hpp>
@@ -23,9 +25,22 @@ void register_normalization(Registry& reg);   // normalization.cpp: actnorm, bat
 void register_elementwise(Registry& reg);     // elementwise.cpp: logit, sigmoid, affine
 void register_distributions(Registry& reg);   // distributions.cpp
 void register_datasets(Registry& reg);        // datasets.cpp: IDX, npy, csv, labeled moons
+void register_image_datasets(Registry& reg);  // datasets_images.cpp: cifar10, image_folder, npy_images
 
 // A fresh generator for a layer's initialisation: split from the model's, or seed 0 when the
 // factory is called without one (tests that build a layer by hand).
 inline Rng init_rng(const BuildContext& c) { return c.rng ? c.rng->split() : Rng(0); }
+
+// Runs a dataset loader. A valid file too large for memory is a fault of that file, not of the
+// config (which the registry would call any other exception): an IoError naming it.
+template <class Fn>
+Dataset loading(const std::string& path, Fn&& fn) {
+    try {
+        return fn();
+    } catch (const std::bad_alloc&) {
+        throw IoError(path + ": not enough memory to load it (" + std::to_string(available_memory_bytes() >> 20) +
+                      " MB available)");
+    }
+}
 
 }  // namespace flowlab::density

@@ -7,7 +7,7 @@
 
 FLOWLAB_PLUGIN("density", "0.1.0",
                "density estimation: MADE/MAF/IAF, spline coupling and autoregressive, LU linear, actnorm, "
-               "batch norm, logit/sigmoid/affine, learnable and conditional bases, IDX/npy/csv datasets") {
+               "batch norm, logit/sigmoid/affine, learnable and conditional bases, IDX/CIFAR-10/PNG folder/npy/csv datasets") {
     using namespace flowlab::density;
     register_made(reg);
     register_autoregressive(reg);
@@ -17,6 +17,7 @@ FLOWLAB_PLUGIN("density", "0.1.0",
     register_elementwise(reg);
     register_distributions(reg);
     register_datasets(reg);
+    register_image_datasets(reg);
     // Spline couplings and conditional bases build the standard plugin's "mlp" conditioner.
     reg.require_plugin("standard");
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "flowlab/errors.hpp"
+#include "flowlab/tensor.hpp"
 
 namespace flowlab {
 
@@ -50,8 +51,12 @@ bool png_write_rows(std::FILE* f, std::uint32_t width, std::uint32_t height, int
 }
 
 struct PngImage {
+    bool exact = false;  // in: read_png_levels' mode (no depth reduction, alpha kept for a check)
+    int source_depth = 0, source_color = 0;
+    bool too_large = false;  // the decoded image would not fit in memory: nothing was read
+    std::uint64_t need = 0;  // its bytes
     std::uint32_t width = 0, height = 0;
-    int channels = 0;  // after the transforms: 1 or 3
+    int channels = 0;  // after the transforms: 1 or 3 (2 or 4 in exact mode, with alpha)
     std::vector<unsigned char> pixels;
     std::vector<png_bytep> rows;  // lives outside png_read_all's frame, which longjmp leaves
 };
@@ -67,15 +72,35 @@ bool png_read_all(std::FILE* f, PngImage* img, PngMessage* m) {
     png_init_io(png, f);
     png_read_info(png, info);
     const int color = png_get_color_type(png, info);
+    img->source_color = color;
+    img->source_depth = png_get_bit_depth(png, info);
+    if (img->exact && img->source_depth == 16) {  // refused by the caller, so not decoded
+        png_destroy_read_struct(&png, &info, nullptr);
+        return true;
+    }
     if (png_get_bit_depth(png, info) == 16) png_set_strip_16(png);
     if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
     if (color == PNG_COLOR_TYPE_GRAY && png_get_bit_depth(png, info) < 8) png_set_expand_gray_1_2_4_to_8(png);
-    if (color & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
+    if (img->exact) {
+        // Transparency becomes an alpha channel, which the caller checks is opaque everywhere.
+        if (png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);
+    } else if (color & PNG_COLOR_MASK_ALPHA) {
+        png_set_strip_alpha(png);
+    }
+    png_set_interlace_handling(png);
     png_read_update_info(png, info);
     img->width = png_get_image_width(png, info);
     img->height = png_get_image_height(png, info);
     img->channels = png_get_channels(png, info);
     const std::size_t stride = png_get_rowbytes(png, info);
+    // The header's size is the file's claim: a small file may announce gigapixels.
+    img->need = static_cast<std::uint64_t>(stride) * img->height;
+    const std::uint64_t avail = available_memory_bytes();
+    if (avail != 0 && img->need > avail / 2) {
+        img->too_large = true;
+        png_destroy_read_struct(&png, &info, nullptr);
+        return true;
+    }
     img->pixels.resize(stride * img->height);
     img->rows.resize(img->height);
     for (std::uint32_t y = 0; y < img->height; ++y) img->rows[y] = img->pixels.data() + y * stride;
@@ -83,6 +108,27 @@ bool png_read_all(std::FILE* f, PngImage* img, PngMessage* m) {
     png_read_end(png, nullptr);
     png_destroy_read_struct(&png, &info, nullptr);
     return true;
+}
+
+// Opens `path`, checks the signature and decodes it; IoError naming the path on any failure.
+void read_png_file(const std::string& path, PngImage* img) {
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) throw IoError(path + ": cannot open: " + std::strerror(errno));
+    unsigned char sig[8] = {};
+    const bool is_png = std::fread(sig, 1, 8, f) == 8 && png_sig_cmp(sig, 0, 8) == 0;
+    if (!is_png) {
+        std::fclose(f);
+        throw IoError(path + ": not a PNG file");
+    }
+    std::rewind(f);
+    PngMessage msg;
+    const bool ok = png_read_all(f, img, &msg);
+    std::fclose(f);
+    if (!ok) throw IoError(path + ": corrupt PNG: " + (msg.text[0] ? msg.text : "libpng failed"));
+    if (img->too_large)
+        throw IoError(path + ": a " + std::to_string(img->width) + " x " + std::to_string(img->height) + " image needs " +
+                      std::to_string(img->need >> 20) + " MB decoded, more than half the available memory (" +
+                      std::to_string(available_memory_bytes() >> 20) + " MB)");
 }
 
 }  // namespace
@@ -127,20 +173,8 @@ void write_png_grid(const std::string& path, const Tensor& images, std::int64_t 
 }
 
 Tensor read_png(const std::string& path) {
-    std::FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f) throw IoError(path + ": cannot open: " + std::strerror(errno));
-    unsigned char sig[8] = {};
-    const bool is_png = std::fread(sig, 1, 8, f) == 8 && png_sig_cmp(sig, 0, 8) == 0;
-    if (!is_png) {
-        std::fclose(f);
-        throw IoError(path + ": not a PNG file");
-    }
-    std::rewind(f);
     PngImage img;
-    PngMessage msg;
-    const bool ok = png_read_all(f, &img, &msg);
-    std::fclose(f);
-    if (!ok) throw IoError(path + ": corrupt PNG: " + (msg.text[0] ? msg.text : "libpng failed"));
+    read_png_file(path, &img);
     if (img.channels == 2) img.channels = 1;  // grey+alpha whose alpha survived: keep grey
     const std::int64_t c = img.channels, h = img.height, w = img.width;
     const std::int64_t stride = h ? static_cast<std::int64_t>(img.pixels.size()) / h : 0;
@@ -152,6 +186,37 @@ Tensor read_png(const std::string& path) {
             for (std::int64_t x = 0; x < w; ++x)
                 p[(ch * h + y) * w + x] = static_cast<float>(img.pixels[static_cast<std::size_t>(y * stride + x * step + ch)]) / 255.0f;
     return t;
+}
+
+PngLevels read_png_levels(const std::string& path) {
+    PngImage img;
+    img.exact = true;
+    read_png_file(path, &img);
+    if (img.source_depth == 16)
+        throw IoError(path + ": a 16-bit PNG; an image dataset holds 8-bit levels: save it with 8 bits per channel "
+                      "(the conversion is a choice of rounding that flowlab does not make for you)");
+    const std::int64_t stored = img.channels, h = img.height, w = img.width;
+    if (stored < 1 || stored > 4) throw IoError(path + ": " + std::to_string(stored) + " channels after decoding; expected 1 to 4");
+    const bool alpha = stored == 2 || stored == 4;
+    const std::int64_t c = alpha ? stored - 1 : stored;
+    const std::size_t stride = h ? img.pixels.size() / static_cast<std::size_t>(h) : 0;
+    PngLevels out;
+    out.channels = c;
+    out.height = h;
+    out.width = w;
+    out.levels.resize(static_cast<std::size_t>(c * h * w));
+    for (std::int64_t y = 0; y < h; ++y) {
+        const unsigned char* row = img.pixels.data() + static_cast<std::size_t>(y) * stride;
+        for (std::int64_t x = 0; x < w; ++x) {
+            const unsigned char* px = row + x * stored;
+            if (alpha && px[stored - 1] != 255)
+                throw IoError(path + ": pixel (" + std::to_string(x) + ", " + std::to_string(y) + ") is transparent (alpha " +
+                              std::to_string(px[stored - 1]) + "); an image dataset takes opaque grey or RGB images: "
+                              "composite them onto a background, or drop the alpha channel, first");
+            for (std::int64_t ch = 0; ch < c; ++ch) out.levels[static_cast<std::size_t>((ch * h + y) * w + x)] = px[ch];
+        }
+    }
+    return out;
 }
 
 }  // namespace flowlab
