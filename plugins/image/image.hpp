@@ -23,6 +23,9 @@ void register_couplings(Registry& reg);    // coupling.cpp
 void register_conditioners(Registry& reg); // cnn.cpp
 void register_dequantizers(Registry& reg); // vardeq.cpp
 void register_ops(Registry& reg);          // conv_op.cpp: conv2d for network graphs
+void register_mixture_couplings(Registry& reg);   // mixture_coupling.cpp: Flow++'s mixture CDF couplings
+void register_flowpp_conditioner(Registry& reg);  // flowpp.cpp: Flow++'s gated conv/attention network
+void register_attention_ops(Registry& reg);       // attention_op.cpp: attention, concat_elu
 
 // An event shape [C, H, W], or a ShapeError naming the layer.
 inline void require_image(const Shape& s, const char* layer) {

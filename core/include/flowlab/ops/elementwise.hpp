@@ -1,11 +1,14 @@
 // Element-wise ops (core/src/ops/elementwise.cpp): broadcasting binary ops, ops with a scalar,
-// unary functions, the arithmetic operators on Var, and their plain Tensor kernels.
+// unary functions, the arithmetic operators on Var, and their plain Tensor kernels; and
+// concat_elu (core/src/ops/concat_elu.cpp).
 //
 // Broadcasting follows NumPy: shapes are aligned at the back, a dimension of 1 stretches. The
 // backward of a broadcast sums the gradient back to the input's shape.
 //
 // Example, an affine map with a log-scale:  Var z = (x - b) * exp(-a);
 #pragma once
+
+#include <cstdint>
 
 #include "flowlab/autodiff.hpp"
 
@@ -32,6 +35,9 @@ Var elu(const Var& a);         // x > 0 ? x : e^x - 1 (alpha = 1)
 Var square(const Var& a);
 Var sqrt(const Var& a);
 Var abs(const Var& a);
+// elu(concat(a, -a), dim): twice a's size along dim (PixelCNN++'s and Flow++'s activation), as
+// one op.
+Var concat_elu(const Var& a, std::int64_t dim);
 
 inline Var operator+(const Var& a, const Var& b) { return add(a, b); }
 inline Var operator-(const Var& a, const Var& b) { return sub(a, b); }

@@ -1,5 +1,5 @@
-// Linear algebra on oneDNN's GEMM (core/src/ops/linalg.cpp) and the fused linear layers
-// (core/src/ops/linear.cpp).
+// Linear algebra on oneDNN's GEMM (core/src/ops/linalg.cpp), the fused linear layers
+// (core/src/ops/linear.cpp) and batches of independent products (core/src/ops/batched_matmul.cpp).
 //
 // Example, an MLP layer:  Var h = linear_relu(x, w, b);   // x [B, in], w [in, out], b [out]
 #pragma once
@@ -10,6 +10,9 @@ namespace flowlab {
 
 // [M, K] x [K, N] -> [M, N]; trans_* transposes the operand first.
 Var matmul(const Var& a, const Var& b, bool trans_a = false, bool trans_b = false);
+// [N, M, K] x [N, K, L] -> [N, M, L]: N independent products (trans_* transposes each matrix
+// of that operand), e.g. attention's scores Q K^T per sample and head.
+Var batched_matmul(const Var& a, const Var& b, bool trans_a = false, bool trans_b = false);
 // x [B, in], w [in, out], b [out] (optional) -> [B, out]. One GEMM with a fused bias.
 Var linear(const Var& x, const Var& w, const Var& b = Var());
 // relu(linear(x, w, b)) as one op: the ReLU runs in the GEMM's epilogue, and the backward

@@ -1,5 +1,6 @@
 // Reductions (core/src/ops/reduce.cpp): sums, means and log-sum-exp over a dimension or the
-// whole tensor, and their plain Tensor kernels.
+// whole tensor, and their plain Tensor kernels; softmax (core/src/ops/softmax.cpp), the
+// normalisation that log-sum-exp computes, kept as a tensor.
 //
 // Example, a Gaussian log-density per sample:  Var lp = -0.5 * sum(square(z), 1) - c;  // [B]
 #pragma once
@@ -17,6 +18,8 @@ Var mean_all(const Var& a);  // scalar
 // Sum over every dimension but the first: [B, ...] -> [B]. The per-sample log-det reduction.
 Var sum_per_sample(const Var& a);
 Var logsumexp(const Var& a, std::int64_t dim, bool keepdim = false);
+// exp(a - logsumexp(a, dim, true)): each slice along dim sums to 1 (attention weights).
+Var softmax(const Var& a, std::int64_t dim);
 
 namespace kern {
 // Sum a (a broadcast of `shape`) back down to `shape`: the backward of a broadcast.
