@@ -1,4 +1,5 @@
 // flowlab list [KIND]: the registered types with their parameters, defaults and origin plugin.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <set>
@@ -38,12 +39,18 @@ void print_table(const Tab& t, const std::string& filter) {
     for (const auto& [name, e] : t.entries()) {
         std::printf("  %-22s %s\n", name.c_str(), e.doc.c_str());
         std::printf("  %-22s origin: %s\n", "", e.origin.c_str());
+        // Columns as wide as this entry's longest name and type, so long names stay aligned.
+        int name_w = 20, type_w = 12;
+        for (const auto& p : e.schema) {
+            name_w = std::max(name_w, static_cast<int>(p.name.size()));
+            type_w = std::max(type_w, static_cast<int>(std::string(param_type_name(p.type)).size()));
+        }
         for (const auto& p : e.schema) {
             std::string def = p.required() ? "required" : "default " + p.default_json;
             const std::string range = range_text(p);
             std::string choices;
             for (const auto& c : p.choices_) choices += (choices.empty() ? " one of " : "|") + c;
-            std::printf("      %-20s %-12s %s%s%s - %s\n", p.name.c_str(), param_type_name(p.type), def.c_str(),
+            std::printf("      %-*s %-*s %s%s%s - %s\n", name_w, p.name.c_str(), type_w, param_type_name(p.type), def.c_str(),
                         range.c_str(), choices.c_str(), p.doc.c_str());
         }
     }
