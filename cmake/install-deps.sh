@@ -12,7 +12,11 @@ packages=(
   libdnnl-dev libtbb-dev nlohmann-json3-dev libboost-dev libboost-program-options-dev catch2
   libpng-dev zlib1g-dev
   dataset-fashion-mnist
+  libopenmpi-dev openmpi-bin openssh-client
 )
+# Open MPI (libopenmpi-dev, openmpi-bin: mpirun) is for data-parallel training
+# (docs/DISTRIBUTED.md); without it flowlab builds and runs as one process. mpirun wants an ssh
+# client even on one machine (openmpi-bin only recommends it).
 # libdnnl-dev only recommends the OpenCL headers, but its CMake config requires them: without
 # this line a fresh machine stops at configure with "Could NOT find OpenCL".
 packages+=(ocl-icd-opencl-dev)

@@ -26,7 +26,8 @@ enum Exit {
     kNumeric = 6,
     kShape = 7,
     kCheckFailed = 8,
-    kInterrupted = 10
+    kInterrupted = 10,
+    kDistributed = 11  // a data-parallel run failed as a whole (docs/DISTRIBUTED.md)
 };
 
 // A wrong command line: main prints "flowlab: <what>", then the command's usage, and exits 2.

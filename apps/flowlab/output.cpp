@@ -13,6 +13,7 @@
 #include "flowlab/image_io.hpp"
 #include "flowlab/kernels.hpp"
 #include "flowlab/report.hpp"
+#include "flowlab/rng.hpp"
 
 namespace flowlab::cli {
 
@@ -77,14 +78,39 @@ Tensor example_contexts(Experiment& exp, std::int64_t n) {
 
 }  // namespace
 
-Tensor draw_samples(Experiment& exp, std::int64_t n, Rng& rng, double temperature) {
-    return exp.flow->sample(n, rng, temperature, example_contexts(exp, n));
+Tensor draw_samples(Experiment& exp, std::int64_t n, Rng& rng, double temperature, Communicator* comm) {
+    if (!comm || comm->size() == 1) return exp.flow->sample(n, rng, temperature, example_contexts(exp, n));
+    // Each rank draws its rows inside a RowSlice (the noise one process draws for them) into a
+    // zero-filled tensor of all n; the sum over the ranks is then the whole draw, bit for bit.
+    const Tensor contexts = example_contexts(exp, n);
+    const RowShare share = row_share(n, comm->rank(), comm->size());
+    Tensor mine;
+    if (share.rows > 0) {
+        RowSlice slice(share.offset, share.rows, n);
+        mine = exp.flow->sample(share.rows, rng, temperature,
+                                contexts.defined() ? contexts.rows(share.offset, share.rows) : Tensor());
+    }
+    // Rank 0 has rows whenever n > 0: its dtype is the draw's.
+    std::uint8_t f64 = mine.defined() && mine.dtype() == DType::f64 ? 1 : 0;
+    comm->broadcast(&f64, 1, 0);
+    Tensor all = Tensor::zeros(with_batch(n, exp.data.event_shape), f64 ? DType::f64 : DType::f32);
+    if (mine.defined()) {
+        const std::size_t row = all.nbytes() / static_cast<std::size_t>(n);
+        std::memcpy(static_cast<char*>(all.raw()) + static_cast<std::size_t>(share.offset) * row, mine.raw(), mine.nbytes());
+    }
+    if (f64)
+        comm->allreduce_sum(all.data<double>(), static_cast<std::size_t>(all.numel()));
+    else
+        comm->allreduce_sum(all.data<float>(), static_cast<std::size_t>(all.numel()));
+    return all;
 }
 
 // The flow's output lives in the dequantized space x' = (level + u) / levels, so
 // floor(x' * levels) recovers the pixel level.
-void write_image_samples(Experiment& exp, const std::string& path, std::int64_t n, double temperature, Rng& rng) {
-    Tensor xs = draw_samples(exp, n, rng, temperature).to(DType::f32);
+void write_image_samples(Experiment& exp, const std::string& path, std::int64_t n, double temperature, Rng& rng,
+                         Communicator* comm) {
+    Tensor xs = draw_samples(exp, n, rng, temperature, comm).to(DType::f32);
+    if (comm && comm->rank() != 0) return;
     const double levels = exp.data.discrete ? std::ldexp(1.0, exp.data.bits) : 0.0;
     float* p = xs.f32();
     std::int64_t finite = 0;
@@ -155,17 +181,20 @@ std::string density_grid_csv(Experiment& exp, int g) {
 
 }  // namespace
 
-void write_artifacts(Experiment& exp, const std::string& run_dir) {
+void write_artifacts(Experiment& exp, const std::string& run_dir, Communicator* comm) {
     const Params ev = exp.config.get_object("eval");
     const std::int64_t n = ev.get_int("samples");
     const Shape& ev_shape = exp.data.event_shape;
+    const bool root = !comm || comm->rank() == 0;
     Rng rng(static_cast<std::uint64_t>(exp.config.get_int("seed")) + 7, 0);
     if (n > 0 && ev_shape.size() == 1) {
-        Tensor xs = draw_samples(exp, n, rng, ev.get_number("temperature"));
-        write_text(run_dir + "/samples.csv", tensor_csv(xs));
+        Tensor xs = draw_samples(exp, n, rng, ev.get_number("temperature"), comm);
+        if (root) write_text(run_dir + "/samples.csv", tensor_csv(xs));
     }
     if (n > 0 && ev_shape.size() == 3)
-        write_image_samples(exp, run_dir + "/samples.png", std::min<std::int64_t>(n, 64), ev.get_number("temperature"), rng);
+        write_image_samples(exp, run_dir + "/samples.png", std::min<std::int64_t>(n, 64), ev.get_number("temperature"), rng,
+                            comm);
+    if (!root) return;  // the rest is rank 0's: a small grid and the report
     if (ev_shape.size() == 1 && ev_shape[0] == 2) {
         // Test data and the model density on a grid, for the report's 2-D plots.
         const Tensor& test = exp.data.test.x;

@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "../command.hpp"
+#include "../distributed.hpp"
 #include "../session.hpp"
 #include "flowlab/errors.hpp"
 
@@ -27,12 +28,18 @@ std::string json_number(double v) {
 int run(const Args& a) {
     if (a.positional().size() != 1) throw UsageError("eval takes one RUN_DIR or CHECKPOINT");
     const std::string split = a.text("split").empty() ? "test" : a.text("split");
-    Session s = Session::trained(a.positional()[0], session_options(a));
+    // Under mpirun every rank loads the model and takes its rows of every batch.
+    Communicator& comm = communicator();
+    SessionOptions so = session_options(a);
+    so.quiet = so.quiet || comm.rank() != 0;
+    Session s = Session::trained(a.positional()[0], so);
     const Params ev = s.config().get_object("eval");
+    configure_distributed(s.config());
     const EvalResult r = evaluate(s.experiment(), split, ev.get_int("batch_size"),
-                                  static_cast<int>(ev.get_int("importance_samples")));
+                                  static_cast<int>(ev.get_int("importance_samples")), &comm);
     if (r.n == 0) throw ConfigError("split '" + split + "' of this dataset is empty");
-    std::printf("{\"split\": \"%s\", \"n\": %lld, \"nll\": %s, \"bits_per_dim\": %s}\n", split.c_str(),
+    if (comm.rank() == 0)
+        std::printf("{\"split\": \"%s\", \"n\": %lld, \"nll\": %s, \"bits_per_dim\": %s}\n", split.c_str(),
                 static_cast<long long>(r.n), json_number(r.nll).c_str(), json_number(r.bpd).c_str());
     if (!std::isfinite(r.nll))
         throw NumericError(a.positional()[0] + ": the " + split + " NLL is not finite (" + json_number(r.nll) +
@@ -48,7 +55,8 @@ extern const Command kEvalCommand = {
     "RUN_DIR|CHECKPOINT [options]",
     "Loads a trained run (its newest checkpoint, or the checkpoint given; the parameter average when the\n"
     "run kept one) and prints {\"split\", \"n\", \"nll\", \"bits_per_dim\"}: the mean negative log-likelihood in\n"
-    "nats per example. A non-finite NLL is printed as null and exits with code 6.",
+    "nats per example. A non-finite NLL is printed as null and exits with code 6. Under mpirun the ranks share\n"
+    "the examples and rank 0 prints the one-process result.",
     declare,
     run,
 };

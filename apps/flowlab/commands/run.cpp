@@ -1,4 +1,6 @@
 // flowlab run CONFIG | run --resume RUN_DIR: train, evaluate, and write the run directory.
+// Under mpirun every rank runs this together: data-parallel training (docs/DISTRIBUTED.md),
+// rank 0 writing the run directory and speaking for the job.
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -7,6 +9,7 @@
 #include <unistd.h>
 
 #include "../command.hpp"
+#include "../distributed.hpp"
 #include "../output.hpp"
 #include "../session.hpp"
 #include "flowlab/architecture.hpp"
@@ -39,6 +42,11 @@ void print_summary(const Experiment& exp, const TrainSummary& s, const std::stri
         std::printf("  test NLL   n/a (the test split is empty)\n");
     else
         std::printf("  test NLL   not finite (the model gives some test data no density; see metrics.jsonl)\n");
+    if (s.ranks > 1)
+        std::printf("  %d ranks: a gradient reduction in flight %.2f ms per step, %.2f ms of it not hidden by the "
+                    "backward pass (%d bucket%s)\n",
+                    s.ranks, s.comm_seconds_per_step * 1e3, s.comm_wait_seconds_per_step * 1e3, s.gradient_buckets,
+                    s.gradient_buckets == 1 ? "" : "s");
     std::printf("  run directory: %s (report.html)\n", run_dir.c_str());
 }
 
@@ -47,50 +55,72 @@ int run(const Args& a) {
     const long stop_after = a.integer("stop-after", -1, 0, "a non-negative integer");
     if (a.positional().size() != 1) throw UsageError(resume ? "run --resume takes one RUN_DIR" : "run takes one CONFIG");
     const std::string& target = a.positional()[0];
-    const SessionOptions so = session_options(a);
+    Communicator& comm = communicator();
+    const bool root = comm.rank() == 0, dp = comm.size() > 1;
+    SessionOptions so = session_options(a);
+    const bool quiet = so.quiet;
+    so.quiet = quiet || !root;
+    // Every rank loads the config, its plugins and the data (a config error is then every
+    // rank's, and printed once).
     Session s = resume ? Session::from_run(target, so) : Session::from_config(target, so);
     const Params& cfg = s.config();
     const std::string name = cfg.get_string("name");
     const std::string run_dir = resume ? target : (a.text("output").empty() ? cfg.get_string("output") : a.text("output"));
     Experiment& exp = s.experiment();
-    if (resume && run_finished(exp, run_dir)) {  // nothing to do, and no file is touched
-        std::printf("%s: already finished (%s/summary.json); nothing to resume\n", name.c_str(), run_dir.c_str());
+    configure_distributed(cfg);
+    // Nothing to do, and no file is touched. Rank 0 decides for every rank.
+    std::uint8_t finished = root && resume && run_finished(exp, run_dir) ? 1 : 0;
+    comm.broadcast(&finished, 1, 0);
+    if (finished) {
+        if (root) std::printf("%s: already finished (%s/summary.json); nothing to resume\n", name.c_str(), run_dir.c_str());
         return kOk;
     }
-    std::filesystem::create_directories(run_dir);
-    // The resolved config: every default filled in, plus where each plugin came from.
-    write_run_config(run_dir, cfg, s.plugins(), model_input_of(exp.data));
-    // The flow's picture; without Graphviz only the DOT file, which the report points to. A dot
-    // that fails is worth a line; a missing Graphviz is the report's to say, not every run's.
-    const ArchitectureFiles arch = write_run_architecture(run_dir, cfg, *exp.flow);
-    if (!arch.note.empty() && arch.graphviz)
-        std::fprintf(stderr, "flowlab: architecture.svg not rendered: %s; architecture.dot is in %s\n",
-                     arch.note.c_str(), run_dir.c_str());
-    if (!so.quiet)
-        std::fprintf(stderr, "flowlab: %s - %lld parameters, %lld training examples, run directory %s\n", name.c_str(),
-                     static_cast<long long>(exp.flow->num_parameters()), static_cast<long long>(exp.data.train.size()),
-                     run_dir.c_str());
+    if (root) {
+        std::filesystem::create_directories(run_dir);
+        // The resolved config: every default filled in, where each plugin came from, the ranks.
+        write_run_config(run_dir, cfg, s.plugins(), model_input_of(exp.data), comm.size());
+        // The flow's picture; without Graphviz only the DOT file, which the report points to. A
+        // dot that fails is worth a line; a missing Graphviz is the report's to say.
+        const ArchitectureFiles arch = write_run_architecture(run_dir, cfg, *exp.flow);
+        if (!arch.note.empty() && arch.graphviz)
+            std::fprintf(stderr, "flowlab: architecture.svg not rendered: %s; architecture.dot is in %s\n",
+                         arch.note.c_str(), run_dir.c_str());
+        if (!quiet)
+            std::fprintf(stderr, "flowlab: %s - %lld parameters, %lld training examples%s, run directory %s\n",
+                         name.c_str(), static_cast<long long>(exp.flow->num_parameters()),
+                         static_cast<long long>(exp.data.train.size()),
+                         dp ? (", " + std::to_string(comm.size()) + " ranks").c_str() : "", run_dir.c_str());
+    }
     TrainOptions opt;
     opt.run_dir = run_dir;
     opt.quiet = so.quiet;
-    opt.progress_line = ::isatty(2) != 0;
+    opt.progress_line = root && ::isatty(2) != 0;
     opt.resume = resume;
     opt.stop_after = stop_after;
     opt.stop_flag = &g_stop;
+    if (dp) {
+        opt.comm = &comm;
+        comm.set_stop_flag(&g_stop);
+        comm.set_fault_hint("the newest checkpoint in " + run_dir + "/checkpoints is intact: continue with flowlab run --resume " +
+                            run_dir);
+    }
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     const TrainSummary summary = train(exp, opt);
     std::signal(SIGINT, SIG_DFL);
     std::signal(SIGTERM, SIG_DFL);
     if (summary.interrupted) {
-        std::printf("%s: stopped at step %lld of %lld; checkpoint written. Continue with: flowlab run --resume %s\n",
-                    name.c_str(), static_cast<long long>(summary.steps),
-                    static_cast<long long>(cfg.get_object("train").get_int("steps")), run_dir.c_str());
-        return g_stop ? kInterrupted : kOk;
+        if (root)
+            std::printf("%s: stopped at step %lld of %lld; checkpoint written. Continue with: flowlab run --resume %s\n",
+                        name.c_str(), static_cast<long long>(summary.steps),
+                        static_cast<long long>(cfg.get_object("train").get_int("steps")), run_dir.c_str());
+        // With several ranks the stop was agreed: g_stop may be set on one rank only.
+        return (dp ? stop_after < 0 || summary.steps - summary.start_step < stop_after : g_stop != 0) ? kInterrupted
+                                                                                                     : kOk;
     }
-    write_run_summary(run_dir, name, summary);
-    write_artifacts(exp, run_dir);
-    print_summary(exp, summary, run_dir);
+    if (root) write_run_summary(run_dir, name, summary);
+    write_artifacts(exp, run_dir, dp ? &comm : nullptr);
+    if (root) print_summary(exp, summary, run_dir);
     return kOk;
 }
 
@@ -107,7 +137,8 @@ extern const Command kRunCommand = {
     "step, write a checkpoint and exit with code 10; --resume RUN_DIR then continues bitwise as if never\n"
     "stopped (same thread count). Before the first step and at every evaluation each layer is checked on\n"
     "the first training batch (forward(inverse(x)) = x, log-dets cancel); a layer that fails stops the run\n"
-    "with exit code 8 and names it (train.check_layers: false turns the check off).",
+    "with exit code 8 and names it (train.check_layers: false turns the check off). Under mpirun -np N the N\n"
+    "ranks train one model data-parallel, train.batch_size being the global batch (docs/DISTRIBUTED.md).",
     declare,
     run,
 };

@@ -54,6 +54,12 @@ private:
 
 using BackwardFn = std::function<void(const Tensor& grad_out, const Tensor& out, GradSink& sink)>;
 
+// Called by backward(ready) for each leaf that requires a gradient (a parameter) as soon as its
+// gradient is complete - every op that reads it has run its rule - while the rest of the pass
+// goes on. Data-parallel training starts summing that gradient across processes from here. A
+// leaf whose readers produced no gradient for it is reported too, its grad still undefined.
+using LeafGradReady = std::function<void(Node& leaf)>;
+
 struct Node {
     Tensor value;
     Tensor grad;
@@ -90,6 +96,8 @@ public:
     void backward() const;
     // Seeds with an explicit output gradient of the same shape.
     void backward(const Tensor& grad_out) const;
+    // Seeds with 1, like backward(), and reports each leaf as its gradient completes.
+    void backward(const LeafGradReady& ready) const;
 
     // A leaf that shares the value but not the graph.
     Var detach() const { return Var(value(), false); }
@@ -97,6 +105,7 @@ public:
     const std::shared_ptr<Node>& node() const { return node_; }
 
 private:
+    void run_backward(const Tensor& grad_out, const LeafGradReady* ready) const;
     std::shared_ptr<Node> node_;
 };
 

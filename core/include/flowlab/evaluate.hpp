@@ -16,11 +16,16 @@ namespace flowlab {
 // nll: nats per example of the data as given (for integer data: the dequantization bound,
 // an importance-weighted one with K > 1 samples); bpd = nll / (D ln 2); dequantized_nll:
 // -log p(x') of the dequantized values (equal to nll without a dequantizer).
+class Communicator;
+
 struct EvalResult {
     double nll = 0.0, bpd = 0.0, dequantized_nll = 0.0;
     std::int64_t n = 0;
 };
+// With a communicator of several ranks every rank calls it, each takes its rows of every batch
+// (drawing the dequantisation noise one process draws for them) and every rank returns the
+// one-process result, up to the order of the sums.
 EvalResult evaluate(Experiment& exp, const std::string& split, std::int64_t batch_size,
-                    int importance_samples = 1);
+                    int importance_samples = 1, Communicator* comm = nullptr);
 
 }  // namespace flowlab

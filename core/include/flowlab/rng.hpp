@@ -39,4 +39,24 @@ private:
     std::uint64_t counter_;
 };
 
+// While alive, this thread's fill_uniform and fill_normal of a tensor of `rows` rows (its first
+// dimension) draw rows [offset, offset + rows) of the same fill of a `total`-row tensor, and
+// advance the counter as that whole fill would. Data-parallel training and evaluation
+// (communicator.hpp) open one around a rank's share of a batch, so that every rank draws exactly
+// the noise one process draws for those rows - dequantisation, sampling, stochastic estimators -
+// whatever the number of ranks, and the generators stay in step on every rank. Fills of any
+// other row count and the scalar draws (uniform(), normal(), below()) are unaffected.
+//
+//   { RowSlice share(256, 256, 512); dq.dequantize(x_rows_256_to_511, rng); }  // rank 1 of 2
+class RowSlice {
+public:
+    RowSlice(std::int64_t offset, std::int64_t rows, std::int64_t total);
+    ~RowSlice();
+    RowSlice(const RowSlice&) = delete;
+    RowSlice& operator=(const RowSlice&) = delete;
+
+private:
+    std::int64_t prev_[3];
+};
+
 }  // namespace flowlab

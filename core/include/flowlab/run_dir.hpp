@@ -24,9 +24,10 @@ inline ModelInput model_input_of(const Dataset& data) {
 }
 
 // RUN_DIR/config.json: {"config": <resolved experiment>, "flowlab_version", "loaded_plugins",
-// "model_input": {"event_shape", "context_shape", "dtype"}}. load_run_config() reads it back.
+// "model_input": {"event_shape", "context_shape", "dtype"}, "ranks": the processes of a
+// data-parallel run (1 without mpirun)}. load_run_config() reads it back.
 void write_run_config(const std::string& run_dir, const Params& config, const std::vector<PluginRecord>& plugins,
-                      const ModelInput& input);
+                      const ModelInput& input, int ranks = 1);
 // config.json's model_input, or nothing for a run written before it was recorded (or without
 // a readable config.json: load_run_config reports that).
 std::optional<ModelInput> read_model_input(const std::string& run_dir);

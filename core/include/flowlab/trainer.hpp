@@ -13,6 +13,7 @@
 
 #include "flowlab/builder.hpp"
 #include "flowlab/checkpoint.hpp"
+#include "flowlab/communicator.hpp"
 #include "flowlab/evaluate.hpp"
 
 namespace flowlab {
@@ -31,6 +32,10 @@ struct TrainOptions {
     // Polled after every step; when it becomes non-zero the current step finishes, a
     // checkpoint is written and train() returns with interrupted = true.
     const volatile int* stop_flag = nullptr;
+    // Data-parallel training (docs/DISTRIBUTED.md): the ranks of the run, each of which calls
+    // train() with its own. nullptr (or one rank) = one process, exactly as without it. Rank 0
+    // logs and writes the run directory; every rank returns the same summary.
+    Communicator* comm = nullptr;
 };
 
 struct TrainSummary {
@@ -52,6 +57,13 @@ struct TrainSummary {
     int thread_switches = 0;
     // Wall time of this call's run-time layer checks (train.check_layers), next to train_seconds.
     double layer_check_seconds = 0.0;
+    // Data-parallel runs: the ranks, the gradient buckets, and per step of this call the time a
+    // reduction was in flight (overlapping the backward pass or not) and the time the step
+    // waited for reductions after its backward pass (what the overlap did not hide).
+    int ranks = 1;
+    int gradient_buckets = 0;
+    double comm_seconds_per_step = 0.0;
+    double comm_wait_seconds_per_step = 0.0;
 };
 
 TrainSummary train(Experiment& exp, const TrainOptions& opt);

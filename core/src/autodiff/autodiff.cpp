@@ -1,6 +1,7 @@
 #include "flowlab/autodiff.hpp"
 
 #include <chrono>
+#include <unordered_map>
 #include <utility>
 
 #include "flowlab/errors.hpp"
@@ -154,7 +155,17 @@ void Var::backward() const {
     backward(Tensor::full(node_->value.shape(), 1.0, node_->value.dtype()));
 }
 
-void Var::backward(const Tensor& grad_out) const {
+void Var::backward(const Tensor& grad_out) const { run_backward(grad_out, nullptr); }
+
+void Var::backward(const LeafGradReady& ready) const {
+    if (!node_) undefined_var("Var::backward");
+    if (node_->value.numel() != 1)
+        throw ShapeError("backward(): output " + shape_str(node_->value.shape()) +
+                         " is not a single element; pass an output gradient");
+    run_backward(Tensor::full(node_->value.shape(), 1.0, node_->value.dtype()), &ready);
+}
+
+void Var::run_backward(const Tensor& grad_out, const LeafGradReady* ready) const {
     if (!node_) undefined_var("Var::backward");
     if (!node_->requires_grad)
         throw Error(std::string("backward(): the output of '") + node_->op +
@@ -172,10 +183,14 @@ void Var::backward(const Tensor& grad_out) const {
     std::vector<std::pair<Node*, std::size_t>> stack;
     stack.emplace_back(node_.get(), 0);
     seen.insert(node_.get());
+    // With `ready`: how many edges from the pass's ops still lead into each leaf; a leaf is
+    // complete when the last of them has run (or been skipped).
+    std::unordered_map<Node*, std::size_t> pending;
     while (!stack.empty()) {
         auto& [n, next] = stack.back();
         if (next < n->inputs.size()) {
             Node* in = n->inputs[next++].get();
+            if (ready && in && in->requires_grad && in->inputs.empty()) ++pending[in];
             if (in && in->requires_grad && seen.insert(in)) stack.emplace_back(in, 0);
         } else {
             order.push_back(n);
@@ -191,17 +206,25 @@ void Var::backward(const Tensor& grad_out) const {
     NoGradGuard no_grad;  // rules are plain kernels; a rule that uses Var ops builds no graph
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
         Node* n = *it;
-        if (!n->backward || !n->grad.defined()) continue;
-        GradSink sink(*n);
-        if (OpProfile* prof = op_profile()) {
-            const auto t0 = std::chrono::steady_clock::now();
-            n->backward(n->grad, n->value, sink);
-            profile_detail::add_backward(*prof, n->op, t0);
-        } else {
-            n->backward(n->grad, n->value, sink);
+        if (n->backward && n->grad.defined()) {
+            GradSink sink(*n);
+            if (OpProfile* prof = op_profile()) {
+                const auto t0 = std::chrono::steady_clock::now();
+                n->backward(n->grad, n->value, sink);
+                profile_detail::add_backward(*prof, n->op, t0);
+            } else {
+                n->backward(n->grad, n->value, sink);
+            }
+            n->grad = Tensor();  // intermediate gradients are not kept
         }
-        n->grad = Tensor();  // intermediate gradients are not kept
+        if (!ready) continue;
+        for (const auto& in : n->inputs) {
+            if (!in || !in->requires_grad || !in->inputs.empty()) continue;
+            auto c = pending.find(in.get());
+            if (c != pending.end() && --c->second == 0) (*ready)(*in);
+        }
     }
+    if (ready && node_->inputs.empty()) (*ready)(*node_);  // the output is itself a leaf
 }
 
 // ------------------------------------------------------------------------------------ graph

@@ -116,7 +116,10 @@ Params load_experiment_json(json root, const std::string& path, const std::strin
     // Nested sections with fixed schemas are validated now so that a typo fails before any work.
     json resolved = params_json(p);
     resolved["model"] = params_json(p.get_object("model").validated(model_schema(), "model"));
-    resolved["train"] = params_json(p.get_object("train").validated(train_schema(), "train"));
+    const Params train = p.get_object("train").validated(train_schema(), "train");
+    resolved["train"] = params_json(train);
+    resolved["train"]["distributed"] =
+        params_json(train.get_object("distributed").validated(distributed_schema(), "train.distributed"));
     resolved["eval"] = params_json(p.get_object("eval").validated(eval_schema(), "eval"));
     if (!resolved["plugins"].is_array())
         throw ConfigError(p.where("plugins") + ": expected a list of plugin names, e.g. [\"standard\"]");

@@ -172,6 +172,7 @@ std::string experiment_json_schema(const Registry& registry) {
     json train = object_schema(train_schema(), "", "training loop");
     train["properties"]["optimizer"] = {{"$ref", "#/$defs/optimizer"}};
     train["properties"]["schedule"] = {{"$ref", "#/$defs/schedule"}};
+    train["properties"]["distributed"] = object_schema(distributed_schema(), "", "data-parallel runs under mpirun");
     pr["train"] = train;
     pr["eval"] = object_schema(eval_schema(), "", "evaluation");
     return root.dump(2);

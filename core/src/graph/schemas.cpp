@@ -81,6 +81,25 @@ Schema train_schema() {
         param_bool("check_layers", true, "before the first step and at every evaluation, check each layer on the "
                                          "first training batch: forward(inverse(x)) = x and the log-dets cancel; a "
                                          "failure stops the run with exit code 8"),
+        param_object("distributed", "{}", "data-parallel runs under mpirun (docs/DISTRIBUTED.md): timeout_seconds, "
+                                          "check_every, bucket_mb, overlap"),
+    };
+}
+
+Schema distributed_schema() {
+    return {
+        param_number("timeout_seconds", 300.0, "how long a rank waits for the others in a collective (a gradient "
+                                               "reduction, a broadcast) before the job is aborted with exit code 11, "
+                                               "naming the ranks that did not join: a crashed or hung rank")
+            .min(0.1),
+        param_int("check_every", 100, "every N steps the ranks verify that they hold the same parameters (a "
+                                      "checksum); 0 = at the start and the end only")
+            .min(0),
+        param_number("bucket_mb", 1.0, "gradients are summed across the ranks in buckets of about this many MB, each "
+                                       "as soon as the backward pass has completed it")
+            .range(0.001, 1024),
+        param_bool("overlap", true, "sum each bucket while the backward pass goes on; false sums them all after the "
+                                    "pass (to measure what the overlap gains)"),
     };
 }
 

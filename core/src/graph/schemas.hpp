@@ -1,4 +1,4 @@
-// The experiment format's own schemas (top level, model, train, eval, split): shared by the
+// The experiment format's own schemas (top level, model, train and train.distributed, eval, split): shared by the
 // loader (config.cpp), the builder (builder.cpp) and the JSON Schema export (json_schema.cpp).
 #pragma once
 
@@ -9,6 +9,7 @@ namespace flowlab::graph {
 Schema experiment_schema();
 Schema model_schema();
 Schema train_schema();
+Schema distributed_schema();  // train.distributed
 Schema eval_schema();
 Schema split_schema();
 

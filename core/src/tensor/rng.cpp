@@ -30,6 +30,21 @@ inline double box_muller(std::uint64_t key, std::uint64_t c) {
     return std::sqrt(-2.0 * std::log1p(-u1)) * std::cos(2.0 * std::numbers::pi * u2);
 }
 
+// The open RowSlice of this thread: {offset, rows, total}; rows == 0 when none.
+thread_local std::int64_t t_slice[3] = {0, 0, 0};
+
+// Where a fill of t starts (relative to the counter) and how far it advances it, in units of
+// `per` counter values per element.
+struct FillSpan {
+    std::uint64_t start, advance;
+};
+FillSpan fill_span(const Tensor& t, std::uint64_t per) {
+    const auto n = static_cast<std::uint64_t>(t.numel());
+    if (t_slice[1] <= 0 || t.dim() < 1 || t.size(0) != t_slice[1]) return {0, per * n};
+    const std::uint64_t row = n / static_cast<std::uint64_t>(t_slice[1]);
+    return {per * row * static_cast<std::uint64_t>(t_slice[0]), per * row * static_cast<std::uint64_t>(t_slice[2])};
+}
+
 template <class T, class F>
 void fill_with(Tensor& t, const F& f) {
     T* p = t.data<T>();
@@ -59,19 +74,35 @@ std::uint64_t Rng::below(std::uint64_t n) {
     }
 }
 
+RowSlice::RowSlice(std::int64_t offset, std::int64_t rows, std::int64_t total) {
+    if (offset < 0 || rows < 0 || offset + rows > total)
+        throw Error("RowSlice: rows [" + std::to_string(offset) + ", " + std::to_string(offset + rows) +
+                    ") are not inside a batch of " + std::to_string(total));
+    for (int i = 0; i < 3; ++i) prev_[i] = t_slice[i];
+    t_slice[0] = offset;
+    t_slice[1] = rows;
+    t_slice[2] = total;
+}
+
+RowSlice::~RowSlice() {
+    for (int i = 0; i < 3; ++i) t_slice[i] = prev_[i];
+}
+
 void Rng::fill_uniform(Tensor& t, double lo, double hi) {
-    const std::uint64_t key = key_of(seed_), c0 = counter_;
+    const FillSpan span = fill_span(t, 1);
+    const std::uint64_t key = key_of(seed_), c0 = counter_ + span.start;
     const double w = hi - lo;
     auto f = [=](std::int64_t i) { return lo + w * to_unit(draw(key, c0 + static_cast<std::uint64_t>(i))); };
     if (t.dtype() == DType::f32)
         fill_with<float>(t, f);
     else
         fill_with<double>(t, f);
-    counter_ += static_cast<std::uint64_t>(t.numel());
+    counter_ += span.advance;
 }
 
 void Rng::fill_normal(Tensor& t, double mean, double stddev) {
-    const std::uint64_t key = key_of(seed_), c0 = counter_;
+    const FillSpan span = fill_span(t, 2);
+    const std::uint64_t key = key_of(seed_), c0 = counter_ + span.start;
     auto f = [=](std::int64_t i) {
         return mean + stddev * box_muller(key, c0 + 2 * static_cast<std::uint64_t>(i));
     };
@@ -79,7 +110,7 @@ void Rng::fill_normal(Tensor& t, double mean, double stddev) {
         fill_with<float>(t, f);
     else
         fill_with<double>(t, f);
-    counter_ += 2 * static_cast<std::uint64_t>(t.numel());
+    counter_ += span.advance;
 }
 
 std::vector<std::int64_t> Rng::permutation(std::int64_t n) {

@@ -24,7 +24,7 @@ json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr
 }  // namespace
 
 void write_run_config(const std::string& run_dir, const Params& config, const std::vector<PluginRecord>& plugins,
-                      const ModelInput& input) {
+                      const ModelInput& input, int ranks) {
     json loaded = json::array();
     for (const auto& p : plugins) loaded.push_back({{"name", p.name}, {"version", p.version}, {"path", p.path}});
     const json model_input = {{"event_shape", input.event_shape},
@@ -34,7 +34,8 @@ void write_run_config(const std::string& run_dir, const Params& config, const st
     json doc = {{"config", graph::config_in_graph_form(config)},
                 {"flowlab_version", FLOWLAB_VERSION_STRING},
                 {"loaded_plugins", loaded},
-                {"model_input", model_input}};
+                {"model_input", model_input},
+                {"ranks", ranks}};
     write_file_atomic(run_dir + "/config.json", doc.dump(2) + "\n");
 }
 
@@ -73,6 +74,12 @@ void write_run_summary(const std::string& run_dir, const std::string& name, cons
                 {"layer_check_seconds", number_or_null(s.layer_check_seconds)},
                 {"skipped_steps", s.skipped_steps},
                 {"early_stopped", s.early_stopped}};
+    if (s.ranks > 1) {
+        doc["ranks"] = s.ranks;
+        doc["gradient_buckets"] = s.gradient_buckets;
+        doc["comm_ms_per_step"] = number_or_null(s.comm_seconds_per_step * 1e3);
+        doc["comm_wait_ms_per_step"] = number_or_null(s.comm_wait_seconds_per_step * 1e3);
+    }
     write_file_atomic(run_dir + "/summary.json", doc.dump(2) + "\n");
 }
 

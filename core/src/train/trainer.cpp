@@ -3,7 +3,17 @@
 //
 // One step: batch -> dequantize -> inverse -> base log_prob + log_det -> mean NLL -> backward ->
 // clip the global gradient norm -> optimizer step. The gradient step lives in apply_gradients()
-// alone so that a data-parallel all-reduce can slot in there.
+// alone.
+//
+// Data parallel (TrainOptions::comm with several ranks, docs/DISTRIBUTED.md): every rank draws
+// the same global batch from the same sampler and takes its rows of it, drawing exactly the
+// noise one process draws for those rows (RowSlice); its loss is its rows' share of the global
+// mean, and the gradients are summed over the ranks in buckets while the backward pass runs
+// (GradientReducer), so that clipping, the optimizer and the schedule see what one process
+// sees. The loss and the stop flag are summed with them: every rank takes the same decisions.
+// Rank 0 writes the run directory; initialisation, resume and the layer checks happen on rank
+// 0 (or everywhere) and rank 0's result is shared, and a checksum every
+// train.distributed.check_every steps proves that the ranks still hold the same parameters.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -11,6 +21,10 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <thread>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -22,6 +36,7 @@
 #include "flowlab/experiment.hpp"
 #include "flowlab/parallel.hpp"
 #include "flowlab/profiler.hpp"
+#include "flowlab/rng.hpp"
 #include "graph/json_internal.hpp"
 #include "train/thread_governor.hpp"
 #include "train/trainer_internal.hpp"
@@ -100,6 +115,9 @@ void Trainer::data_init() {
         x0 = dq->dequantize(x0, r, c0.defined() ? Var(c0) : Var()).x.value();
     }
     exp_.flow->data_init(x0, c0);
+    // Every rank initialised on the whole first batch, as one process does; rank 0's result is
+    // then every rank's, whatever the ranks' thread counts did to the last bits.
+    share_root_state(false);
     if (!ema_.empty())
         for (std::size_t i = 0; i < params_.size(); ++i) ema_[i].copy_from(params_[i].value());
 }
@@ -131,14 +149,15 @@ EvalResult Trainer::eval_with_ema(const std::string& split) {
     Params ev = exp_.config.get_object("eval");
     const std::int64_t bs = ev.get_int("batch_size");
     const int k = static_cast<int>(ev.get_int("importance_samples"));
-    if (ema_.empty()) return evaluate(exp_, split, bs, k);
+    Communicator* comm = ranks_ > 1 ? comm_ : nullptr;
+    if (ema_.empty()) return evaluate(exp_, split, bs, k, comm);
     // Evaluate with the averaged parameters, then put the live ones back.
     std::vector<Tensor> live;
     for (std::size_t i = 0; i < params_.size(); ++i) {
         live.push_back(params_[i].value().clone());
         params_[i].mutable_value().copy_from(ema_[i]);
     }
-    EvalResult r = evaluate(exp_, split, bs, k);
+    EvalResult r = evaluate(exp_, split, bs, k, comm);
     for (std::size_t i = 0; i < params_.size(); ++i) params_[i].mutable_value().copy_from(live[i]);
     return r;
 }
@@ -146,7 +165,7 @@ EvalResult Trainer::eval_with_ema(const std::string& split) {
 // The run directory: stale temporary checkpoints go, metrics open (appended on a resume), and a
 // new run in an old directory drops the old summary, which would pass it as finished.
 void Trainer::open_run_dir() {
-    if (opt_.run_dir.empty()) return;
+    if (opt_.run_dir.empty() || !root_) return;
     fs::create_directories(opt_.run_dir);
     // Temporary files of a writer that was killed (SIGKILL, power loss) are never renamed.
     for (const auto& f : remove_stale_temp_files((fs::path(opt_.run_dir) / "checkpoints").string()))
@@ -162,30 +181,51 @@ void Trainer::open_run_dir() {
 // and optimizer state stay exactly as they were) and too many in a row abort the run.
 Trainer::StepStats Trainer::train_step(Tensor& xb, Tensor& cb) {
     const DataSplit& tr = exp_.data.train;
+    const bool dp = ranks_ > 1;
+    if (dp) comm_->set_step(step_ + 1);
     Var ctx;
     {
         ProfilePhase phase("data");
-        const std::int64_t* idx = sampler_.next();
-        gather_rows(tr.x, idx, batch_, xb);
+        // This rank's rows of the global batch (all of it with one rank).
+        const std::int64_t* idx = sampler_.next() + share_.offset;
+        gather_rows(tr.x, idx, share_.rows, xb);
         if (cb.defined()) {
-            gather_rows(tr.context, idx, batch_, cb);
+            gather_rows(tr.context, idx, share_.rows, cb);
             ctx = Var(cb);
         }
     }
-    Var x(xb), log_w;
-    if (Dequantizer* dq = exp_.flow->dequantizer()) {
-        Dequantized d = dq->dequantize(xb, deq_rng_, ctx);
-        x = d.x;
-        log_w = d.log_weight;
+    Var x(xb), log_w, lp;
+    {
+        // A rank draws the noise one process draws for its rows, and every generator advances
+        // as one process's does (rng.hpp).
+        std::optional<RowSlice> slice;
+        if (dp) slice.emplace(share_.offset, share_.rows, batch_);
+        if (Dequantizer* dq = exp_.flow->dequantizer()) {
+            Dequantized d = dq->dequantize(xb, deq_rng_, ctx);
+            x = d.x;
+            log_w = d.log_weight;
+        }
+        lp = exp_.flow->log_prob(x, ctx);
     }
-    Var lp = exp_.flow->log_prob(x, ctx);
     if (log_w.defined()) lp = lp + log_w;
-    Var loss = -mean_all(lp);
+    // A rank's share of the global batch mean: summed over the ranks, the gradients are the mean's.
+    Var loss = dp ? -(sum_all(lp) * (1.0 / static_cast<double>(batch_))) : -mean_all(lp);
     exp_.optimizer->zero_grad();
     op_profile_mark();
-    loss.backward();
     StepStats st;
-    st.loss = loss.value().item();
+    if (dp) {
+        reducer_->begin();
+        loss.backward([this](Node& leaf) { reducer_->on_ready(leaf); });
+        ProfilePhase phase("gradient reduction");
+        std::vector<double> control = {loss.value().item(), opt_.stop_flag && *opt_.stop_flag ? 1.0 : 0.0};
+        reducer_->finish(control);
+        st.loss = control[0];
+        stop_agreed_ = control[1] > 0.0;
+        comm_wait_ += reducer_->last_wait_seconds();
+    } else {
+        loss.backward();
+        st.loss = loss.value().item();
+    }
     ProfilePhase phase("gradient norm, clipping, optimizer");
     st.grad_norm = grad_norm(params_);
     st.lr = exp_.optimizer->base_lr() * exp_.schedule->factor(step_, steps_);
@@ -227,7 +267,17 @@ void Trainer::report_progress(const StepStats& st, TrainSummary& summary) {
     const double dims = static_cast<double>(numel(exp_.data.event_shape)) * kLn2;
     if (step_ % log_every_ == 0 || step_ == steps_) {
         const double mean_loss = window_n_ ? window_loss_ / static_cast<double>(window_n_) : NAN;
-        metric({{"step", step_}, {"loss", mean_loss}, {"lr", st.lr}, {"grad_norm", st.grad_norm}, {"samples_per_s", sps}});
+        json row{{"step", step_}, {"loss", mean_loss}, {"lr", st.lr}, {"grad_norm", st.grad_norm}, {"samples_per_s", sps}};
+        if (ranks_ > 1 && step_ > window_.start_step) {
+            // Per step of the window: a reduction in flight, and the wait it added after the pass.
+            const double n = static_cast<double>(step_ - window_.start_step);
+            const double busy = comm_->stats().busy_seconds;
+            row["comm_ms"] = (busy - window_busy_) / n * 1e3;
+            row["comm_wait_ms"] = (comm_wait_ - window_wait_) / n * 1e3;
+            window_busy_ = busy;
+            window_wait_ = comm_wait_;
+        }
+        metric(row);
         if (!opt_.progress_line)
             log("step " + std::to_string(step_) + "/" + std::to_string(steps_) + "  loss " + fmt("%.4f", mean_loss) +
                 "  " + fmt("%.3f", mean_loss / dims) + " bits/dim  lr " + fmt("%.2e", st.lr) + "  " + fmt("%.0f", sps) +
@@ -249,7 +299,7 @@ void Trainer::report_progress(const StepStats& st, TrainSummary& summary) {
 bool Trainer::periodic_eval(TrainSummary& summary) {
     if (eval_every_ == 0 || step_ % eval_every_ != 0 || step_ == steps_) return false;
     const auto e0 = std::chrono::steady_clock::now();
-    check_layers("an evaluation");
+    check_layers_everywhere("an evaluation");
     EvalResult er = eval_with_ema("test");
     json m{{"step", step_}, {"test_nll", er.nll}, {"test_bpd", er.bpd}};
     std::string line = "step " + std::to_string(step_) + "  test NLL " + fmt("%.4f", er.nll) + " nats  " +
@@ -292,8 +342,9 @@ void Trainer::finish(TrainSummary& summary, bool finished, std::int64_t done_thi
     summary.best_valid_nll = best_valid_;
     summary.best_step = best_step_;
     if (summary.early_stopped && !opt_.run_dir.empty()) {
-        // Evaluate the best model, as early stopping promises.
-        load_weights(exp_, (fs::path(opt_.run_dir) / "checkpoints" / "best.safetensors").string(), true);
+        // Evaluate the best model, as early stopping promises (rank 0 reads it for every rank).
+        on_root([&] { load_weights(exp_, (fs::path(opt_.run_dir) / "checkpoints" / "best.safetensors").string(), true); });
+        share_root_state(false);
         ema_.clear();
     }
     if (!ema_.empty() && !summary.interrupted) {
@@ -302,7 +353,7 @@ void Trainer::finish(TrainSummary& summary, bool finished, std::int64_t done_thi
         ema_.clear();
     }
     if (opt_.final_eval && !summary.interrupted) {
-        check_layers("the final evaluation");
+        check_layers_everywhere("the final evaluation");
         EvalResult er = eval_with_ema("test");
         summary.test_nll = er.nll;
         summary.test_bpd = er.bpd;
@@ -342,15 +393,34 @@ TrainSummary Trainer::run() {
     log_every_ = tp_.get_int("log_every");
     max_bad_ = tp_.get_int("max_bad_steps");
     const std::int64_t ckpt_every = tp_.get_int("checkpoint_every");
-    set_num_threads(static_cast<int>(tp_.get_int("threads")));  // 0 = all cores
+    int threads = static_cast<int>(tp_.get_int("threads"));  // 0 = all cores
+    // The ranks on one machine share its cores.
+    if (threads == 0 && ranks_ > 1)
+        threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, comm_->node_size()));
+    set_num_threads(threads);
     const int num_threads_pool = num_threads();
     const bool adaptive = tp_.get_bool("adaptive_threads") && num_threads_pool > 1;
     ThreadGovernor governor(adaptive ? num_threads_pool : 1);
     open_run_dir();
-    if (opt_.resume)
+    if (opt_.resume && ranks_ > 1) {
+        // Rank 0 reads the checkpoints (and sets aside corrupt ones); every rank gets its state.
+        on_root([&] { resume(); });
+        share_root_state(true);
+    } else if (opt_.resume) {
         resume();
-    else
+    } else {
         data_init();
+    }
+    if (ranks_ > 1) {
+        verify_same_parameters("at the start");
+        log("data parallel: " + std::to_string(ranks_) + " ranks (" + std::to_string(comm_->node_size()) +
+            " on this machine), " + std::to_string(num_threads_pool) + " thread" + (num_threads_pool == 1 ? "" : "s") +
+            " each, " + std::to_string(share_.rows) + " of the " + std::to_string(batch_) +
+            " examples of a batch on rank 0, gradients in " + std::to_string(reducer_->buckets()) + " bucket" +
+            (reducer_->buckets() == 1 ? "" : "s"));
+    }
+    const Communicator::Stats comm0 = ranks_ > 1 ? comm_->stats() : Communicator::Stats{};
+    window_busy_ = comm0.busy_seconds;
 
     TrainSummary summary;
     summary.start_step = step_;
@@ -361,13 +431,13 @@ TrainSummary Trainer::run() {
         summary.final_train_loss = last_logged_loss_;
         summary.early_stopped = early_stopped_;
     } else {
-        check_layers("before the first step");
+        check_layers_everywhere("before the first step");
     }
     // The batch buffers, reused by every step.
     const DataSplit& tr = exp_.data.train;
-    Tensor xb = Tensor::empty(with_batch(batch_, exp_.data.event_shape), tr.x.dtype());
+    Tensor xb = Tensor::empty(with_batch(share_.rows, exp_.data.event_shape), tr.x.dtype());
     Tensor cb;
-    if (tr.context.defined()) cb = Tensor::empty(with_batch(batch_, exp_.data.context_shape), tr.context.dtype());
+    if (tr.context.defined()) cb = Tensor::empty(with_batch(share_.rows, exp_.data.context_shape), tr.context.dtype());
 
     double train_seconds = 0.0;
     std::int64_t done_this_call = 0, single_steps = 0;
@@ -388,11 +458,14 @@ TrainSummary Trainer::run() {
                 (governor.current() == 1 ? " from step " : " again from step ") + std::to_string(step_) +
                 (governor.current() == 1 ? " (measured faster: the machine is busy)" : " (measured faster)"));
         if (opt_.on_step) opt_.on_step(step_);
+        if (ranks_ > 1 && check_every_ > 0 && step_ % check_every_ == 0)
+            verify_same_parameters(("after step " + std::to_string(step_)).c_str());
         report_progress(st, summary);
         if (periodic_eval(summary)) break;
         // No checkpoint while steps are being skipped: the last good one stays the newest.
         if (step_ % ckpt_every == 0 && step_ != steps_ && bad_run_ == 0) save_checkpoint();
-        const bool stop_requested = opt_.stop_flag && *opt_.stop_flag;
+        // With several ranks, the flag as summed with the step's gradients: all stop together.
+        const bool stop_requested = ranks_ > 1 ? stop_agreed_ : opt_.stop_flag && *opt_.stop_flag;
         if ((stop_requested || (opt_.stop_after >= 0 && done_this_call >= opt_.stop_after)) && step_ < steps_) {
             save_checkpoint();
             log(std::string(stop_requested ? "interrupted" : "stopped") + " at step " + std::to_string(step_) +
@@ -405,8 +478,132 @@ TrainSummary Trainer::run() {
     summary.thread_switches = governor.switches();
     if (adaptive && done_this_call > 0)
         summary.single_thread_share = static_cast<double>(single_steps) / static_cast<double>(done_this_call);
+    if (ranks_ > 1) {
+        verify_same_parameters(("after step " + std::to_string(step_)).c_str());
+        summary.ranks = ranks_;
+        summary.gradient_buckets = static_cast<int>(reducer_->buckets());
+        if (done_this_call > 0) {
+            const double n = static_cast<double>(done_this_call);
+            summary.comm_seconds_per_step = (comm_->stats().busy_seconds - comm0.busy_seconds) / n;
+            summary.comm_wait_seconds_per_step = comm_wait_ / n;
+        }
+    }
     finish(summary, finished, done_this_call, train_seconds);
     return summary;
+}
+
+// ------------------------------------------------------------------ data parallel
+
+void Trainer::on_root(const std::function<void()>& fn) {
+    if (ranks_ == 1) {
+        fn();
+        return;
+    }
+    // The kinds an error keeps on its way to the other ranks (their exit codes differ).
+    enum Kind { none, layer_check, numeric, config, io, shape, plugin, dist, other };
+    std::exception_ptr error;
+    Kind kind = none;
+    std::string what;
+    if (root_) {
+        try {
+            fn();
+        } catch (const LayerCheckError& e) {
+            error = std::current_exception(), kind = layer_check, what = e.what();
+        } catch (const NumericError& e) {
+            error = std::current_exception(), kind = numeric, what = e.what();
+        } catch (const ConfigError& e) {
+            error = std::current_exception(), kind = config, what = e.what();
+        } catch (const IoError& e) {
+            error = std::current_exception(), kind = io, what = e.what();
+        } catch (const ShapeError& e) {
+            error = std::current_exception(), kind = shape, what = e.what();
+        } catch (const PluginError& e) {
+            error = std::current_exception(), kind = plugin, what = e.what();
+        } catch (const DistributedError& e) {
+            error = std::current_exception(), kind = dist, what = e.what();
+        } catch (const std::exception& e) {
+            error = std::current_exception(), kind = other, what = e.what();
+        }
+    }
+    const std::string msg = broadcast_string(*comm_, std::to_string(static_cast<int>(kind)) + "\n" + what, 0);
+    if (root_) {
+        if (error) std::rethrow_exception(error);
+        return;
+    }
+    const std::size_t nl = msg.find('\n');
+    kind = static_cast<Kind>(std::atoi(msg.substr(0, nl).c_str()));
+    what = msg.substr(nl + 1);
+    switch (kind) {
+        case none: return;
+        case layer_check: throw LayerCheckError(what);
+        case numeric: throw NumericError(what);
+        case config: throw ConfigError(what);
+        case io: throw IoError(what);
+        case shape: throw ShapeError(what);
+        case plugin: throw PluginError(what);
+        case dist: throw DistributedError(what);
+        case other: throw Error(what);
+    }
+}
+
+void Trainer::share_root_state(bool all) {
+    if (ranks_ == 1) return;
+    auto share = [&](Tensor t) { comm_->broadcast(t.raw(), t.nbytes(), 0); };
+    for (auto& p : params_) share(p.mutable_value());
+    for (const auto& b : exp_.flow->named_buffers()) share(b.tensor);
+    if (!all) return;
+    for (const auto& o : exp_.optimizer->state()) share(o.tensor);
+    for (auto& e : ema_) share(e);
+    // The training state as a checkpoint's metadata records it (doubles round-trip exactly).
+    std::string text;
+    if (root_) {
+        std::map<std::string, std::string> md;
+        put_train_state(current_state(), md);
+        for (const auto& [k, v] : md) text += k + "\t" + v + "\n";
+    }
+    text = broadcast_string(*comm_, text, 0);
+    if (root_) return;
+    std::map<std::string, std::string> md;
+    std::istringstream lines(text);
+    for (std::string line; std::getline(lines, line);) {
+        const std::size_t tab = line.find('\t');
+        if (tab != std::string::npos) md[line.substr(0, tab)] = line.substr(tab + 1);
+    }
+    apply_state(parse_train_state(md, "rank 0's training state", {steps_, exp_.data.train.size(), batch_}));
+}
+
+void Trainer::verify_same_parameters(const char* when) {
+    // A checksum of every parameter's bits: equal on every rank, or the ranks train different
+    // models (e.g. different builds or plugins, or a reduction that is not the same everywhere).
+    std::uint64_t h = 0x9E3779B97F4A7C15ull;
+    for (const auto& p : params_) {
+        const auto* b = static_cast<const unsigned char*>(p.value().raw());
+        const std::size_t n = p.value().nbytes();
+        std::size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            std::uint64_t w;
+            std::memcpy(&w, b + i, 8);
+            h = (h ^ w) * 0x100000001b3ull;
+            h ^= h >> 29;
+        }
+        for (; i < n; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
+    }
+    const std::vector<std::uint64_t> all = comm_->allgather(h);
+    std::string bad;
+    int count = 0;
+    for (int r = 1; r < ranks_; ++r)
+        if (all[static_cast<std::size_t>(r)] != all[0]) bad += std::string(count++ ? ", " : "") + std::to_string(r);
+    if (count == 0) return;
+    throw DistributedError(std::string(when) + ": the parameters of rank" + (count > 1 ? "s " : " ") + bad +
+                           " differ from rank 0's (a checksum of every parameter): the ranks no longer train one "
+                           "model. Every rank must run the same flowlab build, plugins and config on the same "
+                           "data; the last good checkpoint is kept" +
+                           (last_good_.empty() ? std::string() : " (" + last_good_ + ")"));
+}
+
+void Trainer::check_layers_everywhere(const char* when) {
+    // Rank 0 checks (the ranks hold the same model); a failure stops every rank.
+    on_root([&] { check_layers(when); });
 }
 
 }  // namespace train_detail

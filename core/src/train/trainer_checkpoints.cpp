@@ -7,6 +7,7 @@
 // steps + resume + N steps gives bitwise the parameters of 2N steps straight; the logging
 // window is saved too, so its metrics.jsonl is the straight run's (timings aside).
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -50,15 +51,7 @@ const Tensor& require(const Checkpoint& ck, const std::string& name, const std::
     return *t;
 }
 
-void Trainer::save_checkpoint(bool best) {
-    if (opt_.run_dir.empty()) return;
-    fs::path dir = fs::path(opt_.run_dir) / "checkpoints";
-    fs::create_directories(dir);
-    Checkpoint ck;
-    for (const auto& p : named_) ck.tensors.push_back({"param/" + p.name, p.var.value()});
-    for (const auto& b : exp_.flow->named_buffers()) ck.tensors.push_back({"buffer/" + b.name, b.tensor});
-    for (const auto& s : exp_.optimizer->state()) ck.tensors.push_back({"optim/" + s.name, s.tensor});
-    for (std::size_t i = 0; i < ema_.size(); ++i) ck.tensors.push_back({"ema/" + named_[i].name, ema_[i]});
+TrainState Trainer::current_state() const {
     TrainState st;
     st.step = step_;
     st.optimizer_steps = exp_.optimizer->steps_taken();
@@ -73,8 +66,37 @@ void Trainer::save_checkpoint(bool best) {
     st.window_n = window_n_;
     st.last_logged_loss = last_logged_loss_;
     st.early_stopped = early_stopped_;
-    put_train_state(st, ck.metadata);
+    return st;
+}
+
+void Trainer::apply_state(const TrainState& st) {
+    step_ = st.step;
+    exp_.optimizer->set_steps_taken(st.optimizer_steps);
+    deq_rng_.set_state(st.deq_rng_seed, st.deq_rng_counter);
+    best_valid_ = st.best_valid_nll;
+    best_step_ = st.best_step;
+    evals_since_best_ = st.evals_since_best;
+    sampler_.restore(st);
+    window_loss_ = st.window_loss;
+    window_n_ = st.window_n;
+    last_logged_loss_ = st.last_logged_loss;
+    early_stopped_ = st.early_stopped;
+}
+
+// Rank 0 writes every checkpoint: the ranks hold the same state.
+void Trainer::save_checkpoint(bool best) {
+    if (opt_.run_dir.empty() || !root_) return;
+    fs::path dir = fs::path(opt_.run_dir) / "checkpoints";
+    fs::create_directories(dir);
+    Checkpoint ck;
+    for (const auto& p : named_) ck.tensors.push_back({"param/" + p.name, p.var.value()});
+    for (const auto& b : exp_.flow->named_buffers()) ck.tensors.push_back({"buffer/" + b.name, b.tensor});
+    for (const auto& s : exp_.optimizer->state()) ck.tensors.push_back({"optim/" + s.name, s.tensor});
+    for (std::size_t i = 0; i < ema_.size(); ++i) ck.tensors.push_back({"ema/" + named_[i].name, ema_[i]});
+    put_train_state(current_state(), ck.metadata);
     ck.metadata["name"] = exp_.config.get_string("name");
+    // The ranks that trained up to here: a resume on another number says what changes.
+    ck.metadata["ranks"] = std::to_string(ranks_);
     if (best) {
         write_checkpoint((dir / "best.safetensors").string(), ck);
         return;
@@ -172,19 +194,17 @@ void Trainer::resume() {
             else
                 ema_[j].copy_from(params_[j].value());
         }
-        step_ = st.step;
-        exp_.optimizer->set_steps_taken(st.optimizer_steps);
-        deq_rng_.set_state(st.deq_rng_seed, st.deq_rng_counter);
-        best_valid_ = st.best_valid_nll;
-        best_step_ = st.best_step;
-        evals_since_best_ = st.evals_since_best;
-        sampler_.restore(st);
-        window_loss_ = st.window_loss;
-        window_n_ = st.window_n;
-        last_logged_loss_ = st.last_logged_loss;
-        early_stopped_ = st.early_stopped;
+        apply_state(st);
         last_good_ = path;
+        auto rk = ck.metadata.find("ranks");
+        ranks_at_checkpoint_ = rk == ck.metadata.end() ? 1 : std::atoi(rk->second.c_str());
         log("resumed from " + path + " at step " + std::to_string(step_));
+        if (ranks_at_checkpoint_ != ranks_ && ranks_at_checkpoint_ > 0)
+            warn("warning: this run was trained on " + std::to_string(ranks_at_checkpoint_) + " rank" +
+                 (ranks_at_checkpoint_ == 1 ? "" : "s") + " and continues on " + std::to_string(ranks_) +
+                 ": the batches and their noise stay exactly those of the run (every rank takes its rows of the "
+                 "same global batch), but the gradient sums are rounded in another order, so the run is no "
+                 "longer bitwise the one it would have been");
         return;
     }
     throw IoError(opt_.run_dir + ": no usable checkpoint:" + errors);

@@ -7,14 +7,19 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "distributed/gradient_reducer.hpp"
 #include "flowlab/checkpoint.hpp"
+#include "flowlab/communicator.hpp"
 #include "flowlab/errors.hpp"
 #include "flowlab/experiment.hpp"
 #include "graph/json_internal.hpp"
+#include "graph/schemas.hpp"
 
 namespace flowlab::train_detail {
 
@@ -94,6 +99,26 @@ public:
         if (exp.data.train.size() < batch_)
             throw ConfigError(tp_.where("batch_size") + ": batch size " + std::to_string(batch_) +
                               " is larger than the training set (" + std::to_string(exp.data.train.size()) + ")");
+        // Data parallel: every rank takes its rows [offset, offset + rows) of each global batch.
+        if (opt.comm && opt.comm->size() > 1) {
+            comm_ = opt.comm;
+            rank_ = comm_->rank();
+            ranks_ = comm_->size();
+            root_ = rank_ == 0;
+        }
+        if (batch_ < ranks_)
+            throw ConfigError(tp_.where("batch_size") + ": batch size " + std::to_string(batch_) + " cannot be split over " +
+                              std::to_string(ranks_) + " ranks (each needs at least one example per step); raise "
+                              "train.batch_size to at least " + std::to_string(ranks_) + " or start fewer ranks");
+        share_ = row_share(batch_, rank_, ranks_);
+        // Validated again: a config built without the loader (a test's) gets the defaults too.
+        const Params dp = (tp_.has("distributed") ? tp_.get_object("distributed") : Params())
+                              .validated(graph::distributed_schema(), "train.distributed");
+        check_every_ = dp.get_int("check_every");
+        if (ranks_ > 1)
+            reducer_ = std::make_unique<distributed::GradientReducer>(
+                *comm_, params_, static_cast<std::size_t>(dp.get_number("bucket_mb") * 1024.0 * 1024.0),
+                dp.get_bool("overlap"));
     }
 
     TrainSummary run();
@@ -128,6 +153,7 @@ private:
     ResumePoint inspect(const std::string& path);
     // Warnings reach the user even with `quiet`: a fallback to an older checkpoint matters.
     void warn(const std::string& line) const {
+        if (!root_) return;  // rank 0 speaks for the run
         if (opt_.log)
             opt_.log(line);
         else {
@@ -140,7 +166,7 @@ private:
         if (!opt_.quiet) warn(line);
     }
     void progress(const std::string& line) const {
-        if (opt_.quiet || opt_.log) return;
+        if (opt_.quiet || opt_.log || !root_) return;
         std::cerr << "\r\033[K" << line << std::flush;
         progress_shown_ = true;
     }
@@ -157,6 +183,20 @@ private:
     void save_checkpoint(bool best = false);
     void resume();
     EvalResult eval_with_ema(const std::string& split);
+    // The training state besides the tensors, as a checkpoint records it, and its application.
+    TrainState current_state() const;
+    void apply_state(const TrainState& st);
+
+    // ---- data parallel (trainer.cpp); each is a no-op or a plain call with one rank
+    // Runs fn on rank 0 only; an error it throws is thrown on every rank (the same kind and
+    // message), so that the ranks stay in step.
+    void on_root(const std::function<void()>& fn);
+    // Rank 0's parameters and buffers to every rank; with `all`, the optimizer state, the
+    // average and the training state too (after rank 0 resumed from a checkpoint).
+    void share_root_state(bool all);
+    // Throws DistributedError naming the ranks whose parameters differ from rank 0's.
+    void verify_same_parameters(const char* when);
+    void check_layers_everywhere(const char* when);
 
     Experiment& exp_;
     const TrainOptions& opt_;
@@ -187,6 +227,19 @@ private:
     std::string last_good_;
     std::ofstream metrics_;
     mutable bool progress_shown_ = false;
+
+    // Data parallel: the ranks (one process: rank 0 of 1), this rank's rows of each batch, the
+    // bucketed gradient sums, and what the run's communication cost.
+    Communicator* comm_ = nullptr;
+    int rank_ = 0, ranks_ = 1;
+    bool root_ = true;
+    RowShare share_;
+    std::unique_ptr<distributed::GradientReducer> reducer_;
+    std::int64_t check_every_ = 0;
+    bool stop_agreed_ = false;
+    double comm_wait_ = 0.0;  // this call's, in seconds
+    double window_busy_ = 0.0, window_wait_ = 0.0;  // at the logging window's start
+    int ranks_at_checkpoint_ = 1;
 };
 
 }  // namespace flowlab::train_detail
