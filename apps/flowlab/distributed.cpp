@@ -1,10 +1,14 @@
 #include "distributed.hpp"
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <thread>
 
 #include "flowlab/errors.hpp"
+#include "flowlab/parallel.hpp"
 
 #if FLOWLAB_HAVE_MPI
 #include "flowlab/mpi.hpp"
@@ -56,6 +60,15 @@ void configure_distributed(const Params& config) {
 #else
     (void)config;
 #endif
+}
+
+void set_command_threads(const Params& config) {
+    const std::int64_t threads = config.has("train") ? config.get_object("train").get_int("threads") : 0;
+    if (threads > 0)
+        set_num_threads(static_cast<int>(threads));
+    else if (distributed())
+        set_num_threads(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
+                                        std::max(1, communicator().node_size())));
 }
 
 int finish_distributed(int exit_code, bool collective) {

@@ -23,6 +23,10 @@ bool is_root();
 bool distributed();
 // Takes train.distributed.timeout_seconds of the experiment being run.
 void configure_distributed(const Params& config);
+// The thread count of a command that evaluates or samples a trained model: train.threads when
+// the config sets one, else the machine's cores divided by the ranks on it (all of them in one
+// process), as a training run chooses.
+void set_command_threads(const Params& config);
 // The end of the job on this rank: for a command that ran on every rank, a barrier first, so
 // that no rank exits (and has the launcher end the others) while rank 0 still writes. Returns
 // exit_code.

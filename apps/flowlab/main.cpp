@@ -15,7 +15,7 @@
 //   ranks' parameters diverged)
 //
 // Under an MPI launcher (mpirun -np N flowlab run ...) every rank runs this program: run and
-// eval work on every rank together, any other command on rank 0 alone, and an error is
+// eval and sample work on every rank together, any other command on rank 0 alone, and an error is
 // printed once for the job (distributed.hpp).
 #include <cstdio>
 #include <malloc.h>
@@ -54,7 +54,7 @@ std::string overview() {
 // The commands that work on every rank of an MPI job together.
 bool runs_on_every_rank(const Command& c) {
     const std::string n = c.name;
-    return n == "run" || n == "eval";
+    return n == "run" || n == "eval" || n == "sample";
 }
 
 // A usage error: the message, then the usage of the command it concerns (or the overview).

@@ -35,6 +35,7 @@ int run(const Args& a) {
     Session s = Session::trained(a.positional()[0], so);
     const Params ev = s.config().get_object("eval");
     configure_distributed(s.config());
+    set_command_threads(s.config());
     const EvalResult r = evaluate(s.experiment(), split, ev.get_int("batch_size"),
                                   static_cast<int>(ev.get_int("importance_samples")), &comm);
     if (r.n == 0) throw ConfigError("split '" + split + "' of this dataset is empty");

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../command.hpp"
+#include "../distributed.hpp"
 #include "../output.hpp"
 #include "../session.hpp"
 #include "flowlab/errors.hpp"
@@ -71,16 +72,18 @@ void check_sample_memory(Experiment& exp, std::int64_t n, double temperature, do
 
 // The draw above was the warm-up (primitive cache, allocations); now `repeats` timed batches
 // of n, as the training benchmark does with its windows.
-void print_timing(Experiment& exp, const std::string& target, long n, long repeats, double temperature, Rng& rng) {
+void print_timing(Experiment& exp, const std::string& target, long n, long repeats, double temperature, Rng& rng,
+                  Communicator& comm) {
     std::vector<double> rates;
     for (long r = 0; r < repeats; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
-        Tensor xs = draw_samples(exp, n, rng, temperature);
+        Tensor xs = draw_samples(exp, n, rng, temperature, &comm);
         const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         rates.push_back(static_cast<double>(n) / dt);
     }
     std::vector<double> sorted = rates;
     std::sort(sorted.begin(), sorted.end());
+    if (comm.rank() != 0) return;
     std::printf("{\"sampling\": \"%s\", \"threads\": %d, \"batch\": %ld, \"repeats\": %ld, \"samples_per_s\": %.3f, \"runs\": [",
                 target.c_str(), num_threads(), n, repeats, sorted[sorted.size() / 2]);
     for (std::size_t i = 0; i < rates.size(); ++i) std::printf("%s%.3f", i ? ", " : "", rates[i]);
@@ -93,10 +96,15 @@ int run(const Args& a) {
     const double temperature = a.non_negative("temperature", 1.0);
     const long repeats = a.integer("repeats", 3, 1, "a positive integer");
     if (a.positional().size() != 1) throw UsageError("sample takes one RUN_DIR or CHECKPOINT");
-    Session s = Session::trained(a.positional()[0], session_options(a));
+    // Under mpirun each rank draws its rows of the N (the noise one process draws for them) and
+    // rank 0 writes them all.
+    Communicator& comm = communicator();
+    SessionOptions so = session_options(a);
+    so.quiet = so.quiet || comm.rank() != 0;
+    Session s = Session::trained(a.positional()[0], so);
     Experiment& exp = s.experiment();
-    const auto threads = s.config().get_object("train").get_int("threads");
-    if (threads > 0) set_num_threads(static_cast<int>(threads));
+    configure_distributed(s.config());
+    set_command_threads(s.config());
     Rng rng(seed, 0);
     const Shape& ev = exp.data.event_shape;
     std::string out = a.text("out");
@@ -113,17 +121,20 @@ int run(const Args& a) {
     check_sample_memory(exp, n, temperature, png ? 13.0 : csv ? 48.0 : 0.0);
     try {
         if (png) {
-            write_image_samples(exp, out, n, temperature, rng);
+            write_image_samples(exp, out, n, temperature, rng, &comm);
         } else {
-            Tensor xs = draw_samples(exp, n, rng, temperature);
-            if (csv) write_text(out, tensor_csv(xs.reshape({xs.size(0), -1})));
-            else write_npy(out, xs);
+            Tensor xs = draw_samples(exp, n, rng, temperature, &comm);
+            if (comm.rank() == 0) {
+                if (csv) write_text(out, tensor_csv(xs.reshape({xs.size(0), -1})));
+                else write_npy(out, xs);
+            }
         }
     } catch (const std::bad_alloc&) {  // the estimate fell short
         throw too_many_samples(n, numel(ev), "ran out of memory; draw fewer per call");
     }
-    std::printf("%s: %lld samples at temperature %g\n", out.c_str(), static_cast<long long>(n), temperature);
-    if (a.flag("time")) print_timing(exp, a.positional()[0], n, repeats, temperature, rng);
+    if (comm.rank() == 0)
+        std::printf("%s: %lld samples at temperature %g\n", out.c_str(), static_cast<long long>(n), temperature);
+    if (a.flag("time")) print_timing(exp, a.positional()[0], n, repeats, temperature, rng, comm);
     return kOk;
 }
 
@@ -135,7 +146,9 @@ extern const Command kSampleCommand = {
     "RUN_DIR|CHECKPOINT [-n N] [--temperature T] [--out FILE.png|.csv|.npy] [options]",
     "Loads a trained run (its newest checkpoint, or the checkpoint given; the parameter average when the\n"
     "run kept one) and writes N samples. Image samples go to a PNG grid with the pixel levels recovered;\n"
-    "vectors to CSV (one sample a line) or NumPy .npy. --time times further draws (sampling throughput).",
+    "vectors to CSV (one sample a line) or NumPy .npy. --time times further draws (sampling throughput).\n"
+    "Under mpirun the ranks share the N samples (each draws the noise one process draws for its rows) and\n"
+    "rank 0 writes them.",
     declare,
     run,
 };

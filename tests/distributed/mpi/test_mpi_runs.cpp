@@ -20,6 +20,23 @@ double json_number_after(const std::string& text, const std::string& key) {
     return std::strtod(text.c_str() + at + key.size() + 3, nullptr);
 }
 
+// Every number of a CSV file, in order.
+std::vector<double> csv_values(const std::string& text) {
+    std::vector<double> v;
+    const char* p = text.c_str();
+    while (*p) {
+        char* end = nullptr;
+        const double x = std::strtod(p, &end);
+        if (end == p) {
+            ++p;
+            continue;
+        }
+        v.push_back(x);
+        p = end;
+    }
+    return v;
+}
+
 }  // namespace
 
 TEST_CASE("two ranks train the quickstart as one process does", "[mpi][slow]") {
@@ -153,7 +170,7 @@ TEST_CASE("SIGTERM to one rank stops every rank at the same step with one checkp
     fs::remove_all(d);
 }
 
-TEST_CASE("the ranks share the evaluation and get the one-process NLL", "[mpi][slow]") {
+TEST_CASE("the ranks share the evaluation and the sampling and get the one-process results", "[mpi][slow]") {
     const fs::path d = fresh_dir("eval");
     // A dequantizer with two importance samples: each rank must draw one process's noise for
     // its examples, draw after draw.
@@ -183,6 +200,25 @@ TEST_CASE("the ranks share the evaluation and get the one-process NLL", "[mpi][s
     CHECK(std::abs(sharded - one) <= 1e-6 * std::abs(one) + 1e-6);
     CHECK(std::abs(two_ranks - one) <= 1e-6 * std::abs(one) + 1e-6);
     CHECK(count_of(eval2.out, "\"split\"") == 1);  // printed by rank 0 only
+
+    // flowlab sample: the ranks share the draw and rank 0 writes what one process writes.
+    const std::string sample = "sample " + (d / "run").string() + " -n 9 --temperature 0.8 --quiet --out ";
+    const Job s1 = run_shell(flowlab_cmd() + sample + (d / "one.csv").string());
+    const Job s2 = run_shell(mpirun(2) + flowlab_cmd() + sample + (d / "two.csv").string());
+    {
+        INFO(s1.out);
+        INFO(s2.out);
+        REQUIRE(s1.code == 0);
+        REQUIRE(s2.code == 0);
+    }
+    CHECK(count_of(s2.out, "9 samples at temperature 0.8") == 1);
+    const std::vector<double> a = csv_values(read_file(d / "one.csv")), b = csv_values(read_file(d / "two.csv"));
+    REQUIRE(a.size() == 9u * 784u);
+    REQUIRE(b.size() == a.size());
+    double worst = 0.0;
+    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]) / (1.0 + std::abs(a[i])));
+    WARN("samples, 2 ranks vs 1 process: largest difference " << worst);
+    CHECK(worst < 1e-5);
     fs::remove_all(d);
 }
 
