@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "residual.hpp"
@@ -73,6 +74,38 @@ void add_partials(GradSink& sink, std::size_t i, const std::vector<double>& part
     g[0] += static_cast<T>(s);
 }
 
+// The backward rule of an element-wise function of (h, beta) with a scalar beta: step(g, h, s,
+// b) gives one element's {gradient of h, term of beta's gradient} from its output gradient g,
+// h, the sigmoid s of beta h and beta; beta's terms are summed chunk by chunk in double and
+// scaled by beta_scale.
+template <class Step>
+BackwardFn scalar_beta_rule(const Var& h, const Var& beta, const Tensor& sig, std::int64_t n, double beta_scale,
+                            Step step) {
+    return [h, beta, sig, n, beta_scale, step](const Tensor& g, const Tensor&, GradSink& sink) {
+        if (!sink.needs(0) && !sink.needs(1)) return;
+        dispatch(g.dtype(), [&](auto tag) {
+            using T = decltype(tag);
+            const T* hp = h.value().template data<T>();
+            const T* sp = sig.template data<T>();
+            const T* gp = g.data<T>();
+            const T b = beta.value().template data<T>()[0];
+            T* gh = sink.needs(0) ? sink.buffer(0).template data<T>() : nullptr;
+            const bool need_beta = sink.needs(1);
+            std::vector<double> partials(static_cast<std::size_t>((n + kElementwiseGrain - 1) / kElementwiseGrain + 1), 0.0);
+            chunked(n, [&](std::int64_t i0, std::int64_t i1, std::int64_t c) {
+                double acc = 0.0;
+                for (std::int64_t i = i0; i < i1; ++i) {
+                    const auto [dh, db] = step(gp[i], hp[i], sp[i], b);
+                    if (gh) gh[i] += dh;
+                    if (need_beta) acc += static_cast<double>(db);
+                }
+                partials[static_cast<std::size_t>(c)] = beta_scale == 1.0 ? acc : acc * beta_scale;
+            });
+            if (need_beta) add_partials<T>(sink, 1, partials);
+        });
+    };
+}
+
 }  // namespace
 
 Activated lipswish(const Var& h, const Var& beta, bool derivative) {
@@ -112,56 +145,22 @@ Activated lipswish(const Var& h, const Var& beta, bool derivative) {
     });
     Activated out;
     // d a / d h is the derivative itself; d a / d beta = h^2 s (1 - s) / 1.1.
-    out.a = make_op("lipswish", std::move(a), {h, beta}, [h, beta, sig, n](const Tensor& g, const Tensor&, GradSink& sink) {
-        if (!sink.needs(0) && !sink.needs(1)) return;
-        dispatch(g.dtype(), [&](auto tag) {
-            using T = decltype(tag);
-            const T* hp = h.value().template data<T>();
-            const T* sp = sig.template data<T>();
-            const T* gp = g.data<T>();
-            const T b = beta.value().template data<T>()[0];
-            T* gh = sink.needs(0) ? sink.buffer(0).template data<T>() : nullptr;
-            const bool need_beta = sink.needs(1);
-            std::vector<double> partials(static_cast<std::size_t>((n + kElementwiseGrain - 1) / kElementwiseGrain + 1), 0.0);
-            chunked(n, [&](std::int64_t i0, std::int64_t i1, std::int64_t c) {
-                double acc = 0.0;
-                for (std::int64_t i = i0; i < i1; ++i) {
-                    const T u = b * hp[i], s = sp[i], s1 = s * (T(1) - s);
-                    if (gh) gh[i] += gp[i] * (s + u * s1) * T(kScale);
-                    if (need_beta) acc += static_cast<double>(gp[i] * hp[i] * hp[i] * s1);
-                }
-                partials[static_cast<std::size_t>(c)] = acc * kScale;
-            });
-            if (need_beta) add_partials<T>(sink, 1, partials);
-        });
-    });
+    out.a = make_op("lipswish", std::move(a), {h, beta},
+                    scalar_beta_rule(h, beta, sig, n, kScale, [](auto g, auto hv, auto s, auto b) {
+                        using T = decltype(g);
+                        const T u = b * hv, s1 = s * (T(1) - s);
+                        return std::pair<T, T>{g * (s + u * s1) * T(kScale), g * hv * hv * s1};
+                    }));
+    // d^2 a / d h^2 = beta s (1 - s) (2 + u (1 - 2 s)) / 1.1 and d (da/dh) / d beta = h times
+    // the same factor.
     if (derivative)
         out.d = make_op("lipswish_derivative", std::move(d), {h, beta},
-                        [h, beta, sig, n](const Tensor& g, const Tensor&, GradSink& sink) {
-                            if (!sink.needs(0) && !sink.needs(1)) return;
-                            dispatch(g.dtype(), [&](auto tag) {
-                                using T = decltype(tag);
-                                const T* hp = h.value().template data<T>();
-                                const T* sp = sig.template data<T>();
-                                const T* gp = g.data<T>();
-                                const T b = beta.value().template data<T>()[0];
-                                T* gh = sink.needs(0) ? sink.buffer(0).template data<T>() : nullptr;
-                                const bool need_beta = sink.needs(1);
-                                std::vector<double> partials(
-                                    static_cast<std::size_t>((n + kElementwiseGrain - 1) / kElementwiseGrain + 1), 0.0);
-                                chunked(n, [&](std::int64_t i0, std::int64_t i1, std::int64_t c) {
-                                    double acc = 0.0;
-                                    for (std::int64_t i = i0; i < i1; ++i) {
-                                        const T u = b * hp[i], s = sp[i];
-                                        const T dd = s * (T(1) - s) * (T(2) + u * (T(1) - T(2) * s)) * T(kScale);
-                                        if (gh) gh[i] += gp[i] * b * dd;
-                                        if (need_beta) acc += static_cast<double>(gp[i] * hp[i] * dd);
-                                    }
-                                    partials[static_cast<std::size_t>(c)] = acc;
-                                });
-                                if (need_beta) add_partials<T>(sink, 1, partials);
-                            });
-                        });
+                        scalar_beta_rule(h, beta, sig, n, 1.0, [](auto g, auto hv, auto s, auto b) {
+                            using T = decltype(g);
+                            const T u = b * hv;
+                            const T dd = s * (T(1) - s) * (T(2) + u * (T(1) - T(2) * s)) * T(kScale);
+                            return std::pair<T, T>{g * b * dd, g * hv * dd};
+                        }));
     return out;
 }
 
