@@ -37,6 +37,25 @@ std::vector<double> csv_values(const std::string& text) {
     return v;
 }
 
+// Over 200 steps the training amplifies any rounding difference, a 2-rank run's as much as a
+// one-process run whose learning rate moved by 1e-7 (`nudged_lr`): the 2-rank run must stay
+// within 3 times that floor of the one-process run, and its test NLL alike (relative nll_eps).
+void compare_long_runs(const fs::path& d, const std::string& name, const std::string& cfg, const std::string& nudged_lr,
+                       double nll_eps) {
+    REQUIRE(run_shell(flowlab_cmd() + "run " + cfg + " --output " + (d / "one").string()).code == 0);
+    REQUIRE(run_shell(mpirun(2) + flowlab_cmd() + "run " + cfg + " --output " + (d / "two").string()).code == 0);
+    REQUIRE(run_shell(flowlab_cmd() + "run " + cfg + " --set train.optimizer.lr=" + nudged_lr + " --output " +
+                      (d / "nudged").string())
+                .code == 0);
+    const ParamDiff ranks = compare_runs(d / "one", d / "two"), floor = compare_runs(d / "one", d / "nudged");
+    WARN(name << ", 200 steps, 2 ranks vs 1 process: " << ranks.str());
+    WARN(name << ", 200 steps, lr x (1 + 1e-7) vs 1 process: " << floor.str());
+    CHECK(ranks.global_rel_l2 < 3.0 * floor.global_rel_l2 + 1e-6);
+    const double nll_one = json_number_after(read_file(d / "one" / "summary.json"), "test_nll");
+    const double nll_two = json_number_after(read_file(d / "two" / "summary.json"), "test_nll");
+    CHECK(nll_two == Approx(nll_one).epsilon(nll_eps));
+}
+
 }  // namespace
 
 TEST_CASE("two ranks train the quickstart as one process does", "[mpi][slow]") {
@@ -59,21 +78,7 @@ TEST_CASE("two ranks train the quickstart as one process does", "[mpi][slow]") {
     CHECK(read_file(d / "two30" / "summary.json").find("\"ranks\": 2") != std::string::npos);
     CHECK(read_file(d / "one30" / "config.json").find("\"ranks\": 1") != std::string::npos);
 
-    // Over 200 steps the training amplifies any rounding difference, a 2-rank run's as much as
-    // a one-process run whose learning rate moved by 1e-7: the two must stay alike.
-    const std::string long_cfg = cfg + " --set train.steps=200";
-    REQUIRE(run_shell(flowlab_cmd() + "run " + long_cfg + " --output " + (d / "one").string()).code == 0);
-    REQUIRE(run_shell(mpirun(2) + flowlab_cmd() + "run " + long_cfg + " --output " + (d / "two").string()).code == 0);
-    REQUIRE(run_shell(flowlab_cmd() + "run " + long_cfg + " --set train.optimizer.lr=0.0010000001 --output " +
-                      (d / "nudged").string())
-                .code == 0);
-    const ParamDiff ranks = compare_runs(d / "one", d / "two"), floor = compare_runs(d / "one", d / "nudged");
-    WARN("quickstart, 200 steps, 2 ranks vs 1 process: " << ranks.str());
-    WARN("quickstart, 200 steps, lr x (1 + 1e-7) vs 1 process: " << floor.str());
-    CHECK(ranks.global_rel_l2 < 3.0 * floor.global_rel_l2 + 1e-6);
-    const double loss_one = json_number_after(read_file(d / "one" / "summary.json"), "test_nll");
-    const double loss_two = json_number_after(read_file(d / "two" / "summary.json"), "test_nll");
-    CHECK(loss_two == Approx(loss_one).epsilon(0.1));
+    compare_long_runs(d, "quickstart", cfg + " --set train.steps=200", "0.0010000001", 0.1);
     fs::remove_all(d);
 }
 
@@ -93,18 +98,7 @@ TEST_CASE("two ranks train the W2 MAF on Fashion-MNIST as one process does", "[m
     CHECK(near.global_rel_l2 < 1e-5);
     CHECK(near.worst_tensor_rel_l2 < 1e-4);
 
-    REQUIRE(run_shell(flowlab_cmd() + "run " + cfg + "200 --output " + (d / "one").string()).code == 0);
-    REQUIRE(run_shell(mpirun(2) + flowlab_cmd() + "run " + cfg + "200 --output " + (d / "two").string()).code == 0);
-    REQUIRE(run_shell(flowlab_cmd() + "run " + cfg + "200 --set train.optimizer.lr=0.00010000001 --output " +
-                      (d / "nudged").string())
-                .code == 0);
-    const ParamDiff ranks = compare_runs(d / "one", d / "two"), floor = compare_runs(d / "one", d / "nudged");
-    WARN("W2, 200 steps, 2 ranks vs 1 process: " << ranks.str());
-    WARN("W2, 200 steps, lr x (1 + 1e-7) vs 1 process: " << floor.str());
-    CHECK(ranks.global_rel_l2 < 3.0 * floor.global_rel_l2 + 1e-6);
-    const double nll_one = json_number_after(read_file(d / "one" / "summary.json"), "test_nll");
-    const double nll_two = json_number_after(read_file(d / "two" / "summary.json"), "test_nll");
-    CHECK(nll_two == Approx(nll_one).epsilon(1e-3));
+    compare_long_runs(d, "W2", cfg + "200", "0.00010000001", 1e-3);
     fs::remove_all(d);
 }
 
