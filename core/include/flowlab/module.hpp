@@ -10,6 +10,7 @@
 #pragma once
 
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -55,6 +56,7 @@ protected:
     virtual void on_training_changed(bool) {}
 
 private:
+    void claim_name(const std::string& name);
     struct Seen;  // what a walk has listed already (module.cpp)
     void collect(const std::string& prefix, Seen& seen, std::vector<NamedVar>* params,
                  std::vector<NamedTensor>* buffers) const;
@@ -62,6 +64,7 @@ private:
     std::vector<NamedVar> params_;
     std::vector<NamedTensor> buffers_;
     std::vector<std::pair<std::string, Module*>> children_;
+    std::unordered_set<std::string> names_;  // of params_, buffers_ and children_
     bool training_ = true;
 };
 

@@ -15,7 +15,9 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::int64_t kMaxLayers = 1'000'000;
+// Published flows have tens to hundreds of layers; past this a count is a typo, and building it
+// would take minutes before any other error could show.
+constexpr std::int64_t kMaxLayers = 10'000;
 
 // Keys of a node that belong to the graph, not to the node's type.
 const std::set<std::string>& graph_keys() {

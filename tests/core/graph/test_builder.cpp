@@ -39,6 +39,20 @@ TEST_CASE("a repeat block builds fresh layers and the info lists every node with
     CHECK(flow->num_parameters() == 3 * info[1].num_parameters);
 }
 
+TEST_CASE("a repeat count past the layer limit is a config error at the block, a deep flow builds", "[builder]") {
+    Rng rng(1);
+    Params typo = Params::parse(R"({"layers": [{"repeat": 20478, "layers": [{"type": "affine_coupling",
+        "conditioner": {"type": "mlp", "hidden": [4]}}, {"type": "reverse"}]}]})", "m.json");
+    CHECK(error_of<ConfigError>([&] { build_flow(typo, {4}, {}, standard_and_image_registry(), rng); })
+              .rfind("m.json:/layers/0/repeat: repeat 20478 makes 40956 layers, more than the limit of 10000", 0) == 0);
+    // 2,500 couplings are one flow module's children: names are checked in constant time, so this
+    // builds in linear time (it was quadratic when each name was compared with every other).
+    Params deep = Params::parse(R"({"layers": [{"repeat": 2500, "layers": [{"type": "affine_coupling",
+        "conditioner": {"type": "mlp", "hidden": [4]}}, {"type": "reverse"}]}]})", "m.json");
+    auto flow = build_flow(deep, {4}, {}, standard_and_image_registry(), rng);
+    CHECK(flow->layer_info().size() == 5000);
+}
+
 TEST_CASE("a bad node is reported at its JSON pointer, and shapes are checked through the chain", "[builder]") {
     Rng rng(1);
     Params typo = Params::parse(R"({"layers": [{"type": "reverse"}, {"type": "afine_coupling"}]})", "m.json");

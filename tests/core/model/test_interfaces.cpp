@@ -39,6 +39,8 @@ public:
         add_child("b", &b);
     }
     void add_again() { add_parameter("bias", Tensor::zeros({1})); }
+    void add_buffer_named(const std::string& name) { add_buffer(name, Tensor::zeros({1})); }
+    void add_child_named(const std::string& name, Module* m) { add_child(name, m); }
     Var bias;
     Leaf a, b;
 };
@@ -118,7 +120,15 @@ TEST_CASE("training mode propagates to children and a name is used once", "[modu
     CHECK_FALSE(t.training());
     CHECK_FALSE(t.a.training());
     CHECK(t.b.changes == 1);
-    CHECK_THROWS_AS(t.add_again(), Error);
+    CHECK(error_of<Error>([&] { t.add_again(); }) == "module: the name 'bias' is already a parameter");
+    CHECK(error_of<Error>([&] { t.add_buffer_named("a"); }) == "module: the name 'a' is already a child module");
+    t.add_buffer_named("counts");
+    CHECK(error_of<Error>([&] { t.add_child_named("counts", &t.a); }) == "module: the name 'counts' is already a buffer");
+    // A refused child leaves its name free.
+    CHECK_THROWS_AS(t.add_child_named("c", nullptr), Error);
+    Leaf c(2);
+    t.add_child_named("c", &c);
+    CHECK(t.num_parameters() == 1 + 3 + 4 + 2);
 }
 
 TEST_CASE("a bijector input of the wrong event shape is refused naming the layer", "[interfaces]") {
