@@ -4,6 +4,8 @@
 // docs/DISTRIBUTED.md says. Registered only when MPI is built (and not under the sanitizers).
 #include "mpi_support.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <thread>
 
 using namespace flowlab;
@@ -53,7 +55,13 @@ void compare_long_runs(const fs::path& d, const std::string& name, const std::st
     CHECK(ranks.global_rel_l2 < 3.0 * floor.global_rel_l2 + 1e-6);
     const double nll_one = json_number_after(read_file(d / "one" / "summary.json"), "test_nll");
     const double nll_two = json_number_after(read_file(d / "two" / "summary.json"), "test_nll");
-    CHECK(nll_two == Approx(nll_one).epsilon(nll_eps));
+    const double nll_nudged = json_number_after(read_file(d / "nudged" / "summary.json"), "test_nll");
+    WARN(name << ", test NLL after 200 steps: 1 process " << nll_one << ", 2 ranks " << nll_two << ", lr x (1 + 1e-7) "
+              << nll_nudged);
+    // The same floor for the NLL: the nudged run's distance, or nll_eps (relative) when that
+    // happens to be smaller.
+    const double nll_tol = std::max(nll_eps * std::abs(nll_one), 3.0 * std::abs(nll_nudged - nll_one));
+    CHECK(std::abs(nll_two - nll_one) <= nll_tol);
 }
 
 }  // namespace
@@ -78,7 +86,10 @@ TEST_CASE("two ranks train the quickstart as one process does", "[mpi][slow]") {
     CHECK(read_file(d / "two30" / "summary.json").find("\"ranks\": 2") != std::string::npos);
     CHECK(read_file(d / "one30" / "config.json").find("\"ranks\": 1") != std::string::npos);
 
-    compare_long_runs(d, "quickstart", cfg + " --set train.steps=200", "0.0010000001", 0.1);
+    // After 200 steps the quickstart's NLL still falls fast and follows rounding: on one machine
+    // 0.570 nats for one process, 0.638 for two ranks and 0.639 for one process with the learning
+    // rate moved by 1e-7. Hence the wide relative bound; an untrained flow is at 2.4 nats.
+    compare_long_runs(d, "quickstart", cfg + " --set train.steps=200", "0.0010000001", 0.2);
     fs::remove_all(d);
 }
 
