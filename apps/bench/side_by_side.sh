@@ -4,11 +4,15 @@
 # machine's speed hit both alike. Prints each run's JSON line, then the ratio of the medians
 # and both systems' median peak resident memory.
 #
-#   [THREADS=1|2] [BUSY=1] apps/bench/side_by_side.sh REFERENCE_DIR w1|w2|w3 [ROUNDS]
+#   [THREADS=1|2] [BUSY=1] [REPLICAS=N] apps/bench/side_by_side.sh REFERENCE_DIR w1|w2|w3 [ROUNDS]
 #
 # BUSY=1 is the busy-machine variant: one other process (sha256sum /dev/zero) keeps a core busy
 # for the whole run, and each round also runs flowlab on 1 thread, so the summary shows whether
 # flowlab's THREADS threads are at least as fast as its 1 thread under the same load.
+#
+# REPLICAS=N runs flowlab as N replicas sharing its THREADS threads (train.replicas: data parallel
+# on threads of one process); each round then also runs flowlab without replicas, and the
+# summary gives both ratios.
 #
 # REFERENCE_DIR holds the reference scripts (w1_moons_realnvp.py, w2_fmnist_maf.py, ...).
 # Both systems get THREADS threads (default 2): flowlab's oneDNN/TBB pools; for PyTorch with 2,
@@ -36,6 +40,10 @@ if [ "$threads" = 1 ]; then
 elif [ "$threads" != 2 ]; then
   echo "THREADS must be 1 or 2" >&2; exit 2
 fi
+replicas=${REPLICAS:-1}
+if [ "$replicas" -lt 1 ] || [ $((threads % replicas)) != 0 ]; then
+  echo "REPLICAS must divide THREADS ($threads)" >&2; exit 2
+fi
 out=$(mktemp -d)
 load=
 if [ "${BUSY:-0}" = 1 ]; then
@@ -48,12 +56,16 @@ for r in $(seq 1 "$rounds"); do
     "$flowlab" bench "$here/$cfg" --set train.threads=1 --warmup $warm --timed $timed --repeats 3 \
       | tee -a "$out/flowlab1.jsonl"
   fi
+  if [ "$replicas" -gt 1 ]; then
+    "$flowlab" bench "$here/$cfg" --set train.replicas=$replicas --set train.threads=$threads \
+      --warmup $warm --timed $timed --repeats 3 | tee -a "$out/flowlab_replicas.jsonl"
+  fi
   OMP_NUM_THREADS=$threads "$flowlab" bench "$here/$cfg" --set train.threads=$threads --warmup $warm --timed $timed --repeats 3 \
     | tee -a "$out/flowlab.jsonl"
   (cd "$ref" && env "${torch_env[@]}" /usr/bin/python3 "$script" "${torch_args[@]}" --warmup $warm --timed $timed \
     --repeats 3) | tail -n 1 | tee -a "$out/torch.jsonl"
 done
-/usr/bin/python3 - "$out" "${BUSY:-0}" <<'PY'
+/usr/bin/python3 - "$out" "${BUSY:-0}" "$replicas" <<'PY'
 import json, os, statistics, sys
 d = sys.argv[1]
 def rows(f):
@@ -71,5 +83,11 @@ if sys.argv[2] == "1":
     f1, f1v = med("flowlab1.jsonl")
     summary.update({"busy": True, "flowlab_1_thread_samples_per_s": round(f1, 1), "flowlab_1_thread_runs": f1v,
                     "threads_vs_1_thread": round(f / f1, 2)})
+if int(sys.argv[3]) > 1:
+    fr, frv = med("flowlab_replicas.jsonl")
+    summary.update({"replicas": int(sys.argv[3]), "flowlab_replicas_samples_per_s": round(fr, 1),
+                    "flowlab_replicas_runs": frv, "replicas_ratio": round(fr / t, 2),
+                    "replicas_vs_threads": round(fr / f, 2),
+                    "flowlab_replicas_peak_rss_mb": med("flowlab_replicas.jsonl", "peak_rss_mb")[0]})
 print(json.dumps(summary))
 PY

@@ -54,6 +54,13 @@ Session::Session(Session&&) noexcept = default;
 Session& Session::operator=(Session&&) noexcept = default;
 Session::~Session() = default;
 
+Experiment Session::replica() const {
+    if (!owned_) throw Error("a trained model's session has no replicas");
+    Experiment e = build_model(owned_->config, *registry_, owned_->data.event_shape, owned_->data.context_shape);
+    e.data = owned_->data;  // tensors share their storage
+    return e;
+}
+
 const std::vector<PluginRecord>& Session::plugins() const {
     return model_ ? model_->plugins() : registry_->plugins;
 }

@@ -46,6 +46,10 @@ public:
     const Params& config() const { return exp_->config; }
     Experiment& experiment() { return *exp_; }
     Flow& flow() { return *exp_->flow; }
+    // Another copy of a config or resume session's experiment, for a replica on another thread
+    // (train.replicas): the same config and plugins, a flow and optimizer of its own, the data
+    // shared, not copied.
+    Experiment replica() const;
     // The plugins loaded, in order, with their paths (what run records in config.json).
     const std::vector<PluginRecord>& plugins() const;
 

@@ -141,6 +141,44 @@ TEST_CASE("N steps, resume, N steps give bitwise the parameters of 2N steps stra
     fs::remove_all(split);
 }
 
+TEST_CASE("train.replicas trains the one-process model on threads, resumes exactly, writes one run directory",
+          "[runner]") {
+    const fs::path one = fresh_dir("rep-one"), straight = fresh_dir("rep-straight"), split = fresh_dir("rep-split");
+    const std::string common = " --quiet --set train.steps=46 --set eval.samples=64 ";
+    REQUIRE(run_cli("run " + kTiny + common + "--set train.threads=1 --output " + one.string()).code == 0);
+    const CliResult r = run_cli("run " + kTiny + common + "--set train.replicas=2 --output " + straight.string());
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    CHECK(fs::exists(straight / "summary.json"));
+    CHECK(fs::exists(straight / "samples.csv"));
+    CHECK(read_text(straight / "config.json").find("\"replicas\": 2") != std::string::npos);
+    // The same model as one process, up to the order of the gradient sums.
+    const Checkpoint a = read_checkpoint(latest_checkpoint(one)), b = read_checkpoint(latest_checkpoint(straight));
+    double d2 = 0.0, n2 = 0.0;
+    for (const auto& t : a.tensors) {
+        if (t.name.rfind("param/", 0) != 0) continue;
+        const Tensor* u = b.find(t.name);
+        REQUIRE(u);
+        const std::vector<double> x = t.tensor.to_vector(), y = u->to_vector();
+        REQUIRE(x.size() == y.size());
+        for (std::size_t k = 0; k < x.size(); ++k) d2 += (x[k] - y[k]) * (x[k] - y[k]), n2 += x[k] * x[k];
+    }
+    INFO("relative L2 difference to one process: " << std::sqrt(d2 / n2));
+    CHECK(n2 > 0.0);
+    CHECK(std::sqrt(d2 / n2) < 1e-5);
+    // Stopped half-way and resumed: bitwise the straight replicated run.
+    REQUIRE(run_cli("run " + kTiny + common + "--set train.replicas=2 --stop-after 23 --output " + split.string()).code == 0);
+    const CliResult resumed = run_cli("run --resume " + split.string() + " --quiet");
+    INFO(resumed.out);
+    REQUIRE(resumed.code == 0);
+    require_ends_as(b, split);
+    // More replicas than hardware threads is a config error that names the field.
+    const CliResult many = run_cli("run " + kTiny + " --quiet --set train.replicas=4096 --output " + split.string());
+    CHECK(many.code != 0);
+    CHECK_THAT(many.out, Catch::Contains("/train/replicas") && Catch::Contains("oversubscribe"));
+    for (const auto& d : {one, straight, split}) fs::remove_all(d);
+}
+
 TEST_CASE("the parameter EMA is the bias-corrected weighted mean of the iterates", "[runner]") {
     fs::path run = fresh_dir("ema");
     const std::string sets = " --quiet --set train.steps=3 --set train.checkpoint_every=1 --set train.threads=1"

@@ -3,7 +3,6 @@
 // reducer and the row shares. The runs under mpirun are in tests/distributed/mpi.
 #include <catch2/catch.hpp>
 
-#include <barrier>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -227,69 +226,6 @@ TEST_CASE("train.distributed is part of the config format: defaults resolved, ty
 
 namespace {
 
-// N ranks as N threads of this process: each collective meets at a barrier, rank 0 adds the
-// contributions up in rank order, every rank copies the result. The trainer's data-parallel
-// path runs through it without MPI (and so under the sanitizers too).
-class ThreadGroup {
-public:
-    explicit ThreadGroup(int n) : n_(n), sync_(n), ptrs_(static_cast<std::size_t>(n)), vals_(static_cast<std::size_t>(n)) {}
-    int n_;
-    std::barrier<> sync_;
-    std::vector<void*> ptrs_;
-    std::vector<std::uint64_t> vals_;
-    std::vector<float> f_;
-    std::vector<double> d_;
-};
-
-class ThreadRank : public Communicator {
-public:
-    ThreadRank(ThreadGroup& g, int rank) : g_(g), rank_(rank) {}
-    int rank() const override { return rank_; }
-    int size() const override { return g_.n_; }
-    int node_size() const override { return g_.n_; }
-    void allreduce_sum(float* d, std::size_t n) override { sum(d, n, g_.f_); }
-    void allreduce_sum(double* d, std::size_t n) override { sum(d, n, g_.d_); }
-    void broadcast(void* data, std::size_t bytes, int root) override {
-        g_.ptrs_[static_cast<std::size_t>(rank_)] = data;
-        g_.sync_.arrive_and_wait();
-        if (rank_ != root && bytes > 0) std::memcpy(data, g_.ptrs_[static_cast<std::size_t>(root)], bytes);
-        g_.sync_.arrive_and_wait();
-    }
-    std::vector<std::uint64_t> allgather(std::uint64_t v) override {
-        g_.vals_[static_cast<std::size_t>(rank_)] = v;
-        g_.sync_.arrive_and_wait();
-        std::vector<std::uint64_t> all = g_.vals_;
-        g_.sync_.arrive_and_wait();
-        return all;
-    }
-    void barrier() override { g_.sync_.arrive_and_wait(); }
-    Ticket start_allreduce_sum(float* d, std::size_t n) override {
-        sum(d, n, g_.f_);
-        return ++tickets_;
-    }
-    void wait(Ticket) override {}
-
-private:
-    template <class T>
-    void sum(T* d, std::size_t n, std::vector<T>& shared) {
-        g_.ptrs_[static_cast<std::size_t>(rank_)] = d;
-        g_.sync_.arrive_and_wait();
-        if (rank_ == 0) {
-            shared.assign(n, T(0));
-            for (int q = 0; q < g_.n_; ++q) {
-                const T* src = static_cast<const T*>(g_.ptrs_[static_cast<std::size_t>(q)]);
-                for (std::size_t i = 0; i < n; ++i) shared[i] = q == 0 ? src[i] : shared[i] + src[i];
-            }
-        }
-        g_.sync_.arrive_and_wait();
-        std::memcpy(d, shared.data(), n * sizeof(T));
-        g_.sync_.arrive_and_wait();
-    }
-    ThreadGroup& g_;
-    int rank_;
-    Ticket tickets_ = 0;
-};
-
 Experiment tiny_moons(const std::vector<std::string>& sets) {
     Params cfg = load_experiment(std::string(FLOWLAB_SOURCE_DIR) + "/tests/configs/tiny_moons.json", sets);
     return build_experiment(cfg, flowlab::test::standard_and_image_registry());
@@ -308,7 +244,9 @@ TEST_CASE("ranks of a data-parallel run train the model one process trains, with
     opt.quiet = true;
     const TrainSummary s1 = train(one, opt);
 
-    ThreadGroup group(2);
+    // Ranks as threads of this process (what train.replicas runs): the data-parallel path
+    // without MPI, and so under the sanitizers too.
+    ReplicaGroup group(2);
     std::vector<Experiment> ranks;
     ranks.push_back(tiny_moons(sets));
     ranks.push_back(tiny_moons(sets));
@@ -318,10 +256,9 @@ TEST_CASE("ranks of a data-parallel run train the model one process trains, with
         std::vector<std::thread> threads;
         for (int r = 0; r < 2; ++r)
             threads.emplace_back([&, r] {
-                ThreadRank comm(group, r);
                 TrainOptions o;
                 o.quiet = true;
-                o.comm = &comm;
+                o.comm = &group.member(r);
                 try {
                     s[static_cast<std::size_t>(r)] = train(ranks[static_cast<std::size_t>(r)], o);
                 } catch (const std::exception& e) {
@@ -347,4 +284,70 @@ TEST_CASE("ranks of a data-parallel run train the model one process trains, with
     // The evaluation, shared by the ranks, is one process's up to the order of the sums.
     CHECK(s[0].test_nll == Approx(s1.test_nll).epsilon(1e-6));
     CHECK(s[1].test_nll == s[0].test_nll);
+}
+
+TEST_CASE("a replica group's collectives give every member the same result", "[distributed]") {
+    constexpr int kN = 3;
+    ReplicaGroup group(kN);
+    std::vector<std::vector<float>> sums(kN);
+    std::vector<std::vector<double>> dsums(kN);
+    std::vector<std::vector<std::uint64_t> > gathered(kN);
+    std::vector<std::string> texts(kN);
+    {
+        std::vector<std::thread> threads;
+        for (int r = 0; r < kN; ++r)
+            threads.emplace_back([&, r] {
+                Communicator& c = group.member(r);
+                const auto i = static_cast<std::size_t>(r);
+                // 7 elements over 3 members: uneven slices.
+                std::vector<float> a(7), b(5);
+                for (std::size_t k = 0; k < a.size(); ++k) a[k] = static_cast<float>((r + 1) * 10 + static_cast<int>(k));
+                for (std::size_t k = 0; k < b.size(); ++k) b[k] = static_cast<float>(r);
+                // Deferred reductions run in the order they were started, at wait().
+                const auto t1 = c.start_allreduce_sum(a.data(), a.size());
+                const auto t2 = c.start_allreduce_sum(b.data(), b.size());
+                c.wait(t1);
+                c.wait(t2);
+                sums[i] = a;
+                sums[i].insert(sums[i].end(), b.begin(), b.end());
+                std::vector<double> d = {0.5 * r, 1.0};
+                c.allreduce_sum(d.data(), d.size());
+                dsums[i] = d;
+                gathered[i] = c.allgather(static_cast<std::uint64_t>(100 + r));
+                texts[i] = broadcast_string(c, r == 1 ? "from one" : "", 1);
+                c.barrier();
+            });
+        for (auto& t : threads) t.join();
+    }
+    const std::vector<float> want = {60, 63, 66, 69, 72, 75, 78, 3, 3, 3, 3, 3};
+    for (int r = 0; r < kN; ++r) {
+        const auto i = static_cast<std::size_t>(r);
+        CHECK(sums[i] == want);
+        CHECK(dsums[i] == std::vector<double>{1.5, 3.0});
+        CHECK(gathered[i] == std::vector<std::uint64_t>{100, 101, 102});
+        CHECK(texts[i] == "from one");
+        CHECK(group.member(r).node_size() == kN);
+    }
+    CHECK(group.member(0).stats().reductions == 3);
+    CHECK(group.failed_rank() == -1);
+}
+
+TEST_CASE("a replica that fails ends the others' waits with an error naming it", "[distributed]") {
+    ReplicaGroup group(2);
+    std::string seen;
+    std::thread waiting([&] {
+        try {
+            float x = 1.0f;
+            group.member(1).allreduce_sum(&x, 1);  // rank 0 never comes
+        } catch (const DistributedError& e) {
+            seen = e.what();
+        }
+    });
+    group.abort(0, "out of memory");
+    group.abort(1, "the wait was aborted");  // a later failure does not replace the first
+    waiting.join();
+    CHECK_THAT(seen, Catch::Contains("replica 0 failed: out of memory"));
+    CHECK(group.failed_rank() == 0);
+    // Later collectives fail at once.
+    CHECK_THROWS_AS(group.member(0).barrier(), DistributedError);
 }

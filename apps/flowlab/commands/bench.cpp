@@ -8,6 +8,7 @@
 #include <sys/resource.h>
 
 #include "../command.hpp"
+#include "../replicas.hpp"
 #include "../session.hpp"
 #include "flowlab/parallel.hpp"
 #include "flowlab/profiler.hpp"
@@ -87,7 +88,19 @@ int run(const Args& a) {
         marks.push_back(std::chrono::steady_clock::now());
         if (profile) set_op_profile(&prof);
     }
-    const TrainSummary sum = train(s.experiment(), opt);
+    const int replicas = replicas_of(s.config(), false);
+    if (profile && replicas > 1)
+        throw UsageError("--profile times the ops of one thread; run it with train.replicas=1");
+    // Rank 0 keeps the time; with replicas, the others train beside it.
+    const TrainSummary sum =
+        replicas > 1 ? run_replicas(s, replicas,
+                                    [&](Experiment& e, Communicator& c) {
+                                        TrainOptions o = opt;
+                                        o.comm = &c;
+                                        if (c.rank() != 0) o.on_step = nullptr;
+                                        return train(e, o);
+                                    })
+                     : train(s.experiment(), opt);
     set_op_profile(nullptr);
     const double batch = static_cast<double>(s.config().get_object("train").get_int("batch_size"));
     std::vector<double> rates;
@@ -98,9 +111,9 @@ int run(const Args& a) {
     std::vector<double> sorted = rates;
     std::sort(sorted.begin(), sorted.end());
     const double median = sorted.empty() ? 0.0 : sorted[sorted.size() / 2];
-    std::printf("{\"system\": \"flowlab\", \"config\": \"%s\", \"threads\": %d, \"batch\": %.0f, \"warmup\": %ld, "
-                "\"timed\": %ld, \"repeats\": %ld, \"samples_per_s\": %.1f, \"step_ms\": %.3f, \"windows\": [",
-                a.positional()[0].c_str(), num_threads(), batch, warmup, timed, repeats, median,
+    std::printf("{\"system\": \"flowlab\", \"config\": \"%s\", \"threads\": %d, \"replicas\": %d, \"batch\": %.0f, "
+                "\"warmup\": %ld, \"timed\": %ld, \"repeats\": %ld, \"samples_per_s\": %.1f, \"step_ms\": %.3f, \"windows\": [",
+                a.positional()[0].c_str(), num_threads() * replicas, replicas, batch, warmup, timed, repeats, median,
                 median > 0 ? 1e3 * batch / median : 0.0);
     for (std::size_t i = 0; i < rates.size(); ++i) std::printf("%s%.1f", i ? ", " : "", rates[i]);
     std::printf("], \"single_thread_share\": %.3f, \"thread_switches\": %d, \"peak_rss_mb\": %.1f}\n",

@@ -11,6 +11,7 @@
 #include "../command.hpp"
 #include "../distributed.hpp"
 #include "../output.hpp"
+#include "../replicas.hpp"
 #include "../session.hpp"
 #include "flowlab/architecture.hpp"
 #include "flowlab/run_dir.hpp"
@@ -68,6 +69,7 @@ int run(const Args& a) {
     const std::string run_dir = resume ? target : (a.text("output").empty() ? cfg.get_string("output") : a.text("output"));
     Experiment& exp = s.experiment();
     configure_distributed(cfg);
+    const int replicas = replicas_of(cfg, dp);
     // Nothing to do, and no file is touched. Rank 0 decides for every rank.
     std::uint8_t finished = root && resume && run_finished(exp, run_dir) ? 1 : 0;
     comm.broadcast(&finished, 1, 0);
@@ -89,7 +91,10 @@ int run(const Args& a) {
             std::fprintf(stderr, "flowlab: %s - %lld parameters, %lld training examples%s, run directory %s\n",
                          name.c_str(), static_cast<long long>(exp.flow->num_parameters()),
                          static_cast<long long>(exp.data.train.size()),
-                         dp ? (", " + std::to_string(comm.size()) + " ranks").c_str() : "", run_dir.c_str());
+                         dp ? (", " + std::to_string(comm.size()) + " ranks").c_str()
+                            : replicas > 1 ? (", " + std::to_string(replicas) + " replicas").c_str()
+                                           : "",
+                         run_dir.c_str());
     }
     TrainOptions opt;
     opt.run_dir = run_dir;
@@ -104,9 +109,26 @@ int run(const Args& a) {
         comm.set_fault_hint("the newest checkpoint in " + run_dir + "/checkpoints is intact: continue with flowlab run --resume " +
                             run_dir);
     }
+    // What every rank or replica does: train, then, unless stopped, its share of the samples
+    // (rank 0 writing the summary first).
+    auto work = [&](Experiment& e, Communicator* c) {
+        const bool r0 = !c || c->rank() == 0;
+        TrainOptions o = opt;
+        o.comm = c;
+        o.quiet = opt.quiet || !r0;
+        o.progress_line = opt.progress_line && r0;
+        const TrainSummary sum = train(e, o);
+        if (!sum.interrupted) {
+            if (r0) write_run_summary(run_dir, name, sum);
+            write_artifacts(e, run_dir, c && c->size() > 1 ? c : nullptr);
+        }
+        return sum;
+    };
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
-    const TrainSummary summary = train(exp, opt);
+    const TrainSummary summary =
+        replicas > 1 ? run_replicas(s, replicas, [&](Experiment& e, Communicator& c) { return work(e, &c); })
+                     : work(exp, opt.comm);
     std::signal(SIGINT, SIG_DFL);
     std::signal(SIGTERM, SIG_DFL);
     if (summary.interrupted) {
@@ -115,11 +137,9 @@ int run(const Args& a) {
                         name.c_str(), static_cast<long long>(summary.steps),
                         static_cast<long long>(cfg.get_object("train").get_int("steps")), run_dir.c_str());
         // With several ranks the stop was agreed: g_stop may be set on one rank only.
-        return (dp ? stop_after < 0 || summary.steps - summary.start_step < stop_after : g_stop != 0) ? kInterrupted
+        return (dp || replicas > 1 ? stop_after < 0 || summary.steps - summary.start_step < stop_after : g_stop != 0) ? kInterrupted
                                                                                                      : kOk;
     }
-    if (root) write_run_summary(run_dir, name, summary);
-    write_artifacts(exp, run_dir, dp ? &comm : nullptr);
     if (root) print_summary(exp, summary, run_dir);
     return kOk;
 }
@@ -138,7 +158,8 @@ extern const Command kRunCommand = {
     "stopped (same thread count). Before the first step and at every evaluation each layer is checked on\n"
     "the first training batch (forward(inverse(x)) = x, log-dets cancel); a layer that fails stops the run\n"
     "with exit code 8 and names it (train.check_layers: false turns the check off). Under mpirun -np N the N\n"
-    "ranks train one model data-parallel, train.batch_size being the global batch (docs/DISTRIBUTED.md).",
+    "ranks train one model data-parallel, train.batch_size being the global batch, and so do the threads of\n"
+    "one process with train.replicas=N (docs/DISTRIBUTED.md).",
     declare,
     run,
 };

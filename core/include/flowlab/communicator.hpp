@@ -31,6 +31,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -104,6 +105,41 @@ public:
 
 private:
     Ticket tickets_ = 0;
+};
+
+// Ranks as threads of one process (train.replicas: each replica a copy of the model on its own
+// thread, docs/DISTRIBUTED.md). Collectives meet at a barrier; sums are in rank order, so every
+// member gets the same bits. A member that fails calls abort(), which ends every collective
+// of the others, now and later, with a DistributedError naming it, instead of a wait forever.
+//
+//   flowlab::ReplicaGroup group(2);
+//   std::vector<std::thread> threads;
+//   for (int r = 0; r < 2; ++r)
+//       threads.emplace_back([&, r] {
+//           flowlab::TrainOptions o;
+//           o.comm = &group.member(r);
+//           try { flowlab::train(experiments[r], o); }
+//           catch (const std::exception& e) { group.abort(r, e.what()); }
+//       });
+//   for (auto& t : threads) t.join();
+class ReplicaGroup {
+public:
+    explicit ReplicaGroup(int size);
+    ~ReplicaGroup();
+    ReplicaGroup(const ReplicaGroup&) = delete;
+    ReplicaGroup& operator=(const ReplicaGroup&) = delete;
+
+    int size() const;
+    Communicator& member(int rank);
+    void abort(int rank, const std::string& why);
+    // The rank whose abort() came first, or -1.
+    int failed_rank() const;
+
+    struct State;
+
+private:
+    std::unique_ptr<State> state_;
+    std::vector<std::unique_ptr<Communicator>> members_;
 };
 
 // Rank `rank`'s contiguous share of n rows split over `size` ranks as evenly as possible (the

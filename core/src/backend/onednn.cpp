@@ -1,5 +1,7 @@
 #include "backend/onednn.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <new>
@@ -34,8 +36,14 @@ void* Context::scratchpad(std::size_t bytes) {
 
 dnnl::stream& Context::stream() {
     // oneDNN streams are not meant to be shared by threads that execute at once; a CPU stream
-    // is a handle, so each thread keeps its own.
-    thread_local dnnl::stream s(get().engine());
+    // is a handle, so each thread keeps its own. A thread's first stream also sets its OpenMP
+    // thread count to one (parallel.cpp: the parallelism is TBB's): a thread that neither the
+    // main thread nor TBB started - a replica's, an embedding program's - would otherwise run
+    // each primitive on all cores' OpenMP threads, beside the other threads' work.
+    thread_local dnnl::stream s = [] {
+        omp_set_num_threads(1);
+        return dnnl::stream(get().engine());
+    }();
     return s;
 }
 

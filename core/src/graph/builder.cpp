@@ -123,6 +123,15 @@ void build_model_parts(Experiment& exp, const Registry& registry, const Shape& e
         throw ConfigError(train.where("threads") + ": " + std::to_string(threads) + " threads on a machine with " +
                           std::to_string(hw) + " hardware threads would oversubscribe the cores and run slower; " +
                           "use at most " + std::to_string(hw) + ", or 0 for all of them");
+    // Replicas share the process's threads, one at least each.
+    const std::int64_t replicas = train.get_int("replicas");
+    const std::int64_t budget = threads > 0 ? threads : static_cast<std::int64_t>(hw);
+    if (budget > 0 && replicas > budget)
+        throw ConfigError(train.where("replicas") + ": " + std::to_string(replicas) + " replicas need a thread each, " +
+                          "and " + (threads > 0 ? "train.threads is " + std::to_string(threads)
+                                                : "this machine has " + std::to_string(hw) + " hardware threads") +
+                          "; more threads than cores would oversubscribe them and run slower: use at most " +
+                          std::to_string(budget) + " replicas");
     exp.optimizer = registry.make_optimizer(train.get_object("optimizer"), exp.flow->named_parameters());
     exp.schedule = registry.make_schedule(train.get_object("schedule"));
 }

@@ -68,7 +68,11 @@ Schema train_schema() {
         param_object("schedule", "null", "learning-rate schedule (null: the loaded plugins' default)").allow_null(),
         param_int("eval_every", 0, "evaluate on the test split every N steps (0 = at the end only)").min(0),
         param_int("log_every", 100, "log the training loss every N steps").min(1),
-        param_int("threads", 0, "threads for GEMMs and element-wise kernels (0 = all cores)").range(0, 4096),
+        param_int("threads", 0, "threads for GEMMs and element-wise kernels (0 = all cores); with replicas, "
+                                "shared among them").range(0, 4096),
+        param_int("replicas", 1, "copies of the model on threads of this process, each taking its share of every batch "
+                                 "(data parallel without MPI: faster for convolutional flows on a few cores; the "
+                                 "gradient sums change order, so results differ in the last bits)").range(1, 4096),
         param_bool("adaptive_threads", true, "with more than one thread, measure now and then whether one thread is "
                                              "faster (a busy machine) and use it while it is; results are the same "
                                              "bits either way"),

@@ -394,9 +394,13 @@ TrainSummary Trainer::run() {
     max_bad_ = tp_.get_int("max_bad_steps");
     const std::int64_t ckpt_every = tp_.get_int("checkpoint_every");
     int threads = static_cast<int>(tp_.get_int("threads"));  // 0 = all cores
-    // The ranks on one machine share its cores.
-    if (threads == 0 && ranks_ > 1)
-        threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, comm_->node_size()));
+    const int hw = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    const int replicas = static_cast<int>(tp_.get_int("replicas"));
+    // The replicas of one process share its threads; the ranks on one machine share its cores.
+    if (replicas > 1)
+        threads = std::max(1, (threads > 0 ? threads : hw) / replicas);
+    else if (threads == 0 && ranks_ > 1)
+        threads = std::max(1, hw / std::max(1, comm_->node_size()));
     set_num_threads(threads);
     const int num_threads_pool = num_threads();
     const bool adaptive = tp_.get_bool("adaptive_threads") && num_threads_pool > 1;
@@ -413,8 +417,10 @@ TrainSummary Trainer::run() {
     }
     if (ranks_ > 1) {
         verify_same_parameters("at the start");
-        log("data parallel: " + std::to_string(ranks_) + " ranks (" + std::to_string(comm_->node_size()) +
-            " on this machine), " + std::to_string(num_threads_pool) + " thread" + (num_threads_pool == 1 ? "" : "s") +
+        log("data parallel: " +
+            (replicas > 1 ? std::to_string(ranks_) + " replicas on threads of this process, "
+                          : std::to_string(ranks_) + " ranks (" + std::to_string(comm_->node_size()) + " on this machine), ") +
+            std::to_string(num_threads_pool) + " thread" + (num_threads_pool == 1 ? "" : "s") +
             " each, " + std::to_string(share_.rows) + " of the " + std::to_string(batch_) +
             " examples of a batch on rank 0, gradients in " + std::to_string(reducer_->buckets()) + " bucket" +
             (reducer_->buckets() == 1 ? "" : "s"));
