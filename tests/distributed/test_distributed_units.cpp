@@ -208,6 +208,20 @@ TEST_CASE("without overlap the reducer starts every bucket after the pass", "[di
     CHECK(params[0].grad().to_vector()[0] == Approx(2 * 0.25));
 }
 
+TEST_CASE("a gradient replaced after it was reported complete stops the step with an error", "[distributed]") {
+    // The reduction may be writing into the reported storage; a replacement is a bug upstream.
+    std::vector<Var> params;
+    for (int i = 0; i < 2; ++i) params.emplace_back(Tensor::full({500}, 0.5), true);
+    MirrorComm comm(2);
+    distributed::GradientReducer reducer(comm, params, 2000, true);  // one parameter per bucket
+    Var loss = sum_all(params[0] * params[1]);
+    reducer.begin();
+    loss.backward([&](Node& leaf) { reducer.on_ready(leaf); });
+    params[1].mutable_grad() = params[1].grad().clone();
+    std::vector<double> control;
+    CHECK_THROWS_WITH(reducer.finish(control), Catch::Contains("changed after the backward pass reported it complete"));
+}
+
 TEST_CASE("train.distributed is part of the config format: defaults resolved, typos named", "[distributed]") {
     const std::string path = std::string(FLOWLAB_SOURCE_DIR) + "/configs/quickstart.json";
     const Params cfg = load_experiment(path);

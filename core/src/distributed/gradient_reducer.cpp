@@ -78,6 +78,9 @@ void GradientReducer::start_ready_buckets() {
     while (next_ < buckets_.size() && buckets_[next_].ready == buckets_[next_].params.size()) {
         Bucket& b = buckets_[next_];
         b.in_place = b.params.size() == 1 && params_[b.params[0]].grad().defined();
+        b.storage.clear();
+        for (std::size_t k : b.params)
+            b.storage.push_back(params_[k].grad().defined() ? params_[k].grad().raw() : nullptr);
         if (b.in_place) {
             Tensor& g = params_[b.params[0]].mutable_grad();
             b.ticket = comm_.start_allreduce_sum(g.data<float>(), static_cast<std::size_t>(g.numel()));
@@ -120,6 +123,14 @@ void GradientReducer::finish(std::vector<double>& control) {
     // Started after the buckets, so it completes after them: one wait covers everything.
     comm_.allreduce_sum(control.data(), control.size());
     for (const auto& b : buckets_) comm_.wait(b.ticket);
+    for (const auto& b : buckets_)
+        for (std::size_t i = 0; i < b.params.size(); ++i) {
+            const Tensor& g = params_[b.params[i]].grad();
+            if ((g.defined() ? g.raw() : nullptr) != b.storage[i])
+                throw Error("data-parallel gradient sums: the gradient of parameter " + std::to_string(b.params[i]) +
+                            " changed after the backward pass reported it complete (a bug in flowlab's autodiff or "
+                            "in a layer's backward rule; please report it with the config)");
+        }
     last_wait_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     // Write the sums back, each into a gradient tensor of its own.
     for (const auto& b : buckets_)

@@ -54,6 +54,10 @@ private:
         // A bucket of one parameter is summed in that parameter's gradient itself (no copies):
         // a complete leaf's gradient is its own, and nothing writes it again in the pass.
         bool in_place = false;
+        // Each gradient's storage when the bucket started: finish() checks that the pass did
+        // not replace one afterwards (a reduction writing into freed memory, or a sum missing
+        // a late contribution).
+        std::vector<const void*> storage;
     };
     void mark(std::size_t param);
     void start_ready_buckets();

@@ -1,6 +1,7 @@
 // Convolutions through oneDNN's convolution primitives (forward, backward data, backward
 // weights), cached per geometry in the shared oneDNN context; the OIHW weights are reordered
 // per call into the layout oneDNN picked.
+#include <algorithm>
 #include <mutex>
 #include <unordered_map>
 
@@ -29,6 +30,11 @@ struct ConvPrims {
     memory::desc src, dst, w_user, bias;
     dnnl::convolution_forward::primitive_desc fwd_pd;
     dnnl::convolution_forward fwd;
+    // Every primitive here takes its scratchpad from the executing thread (Context::scratchpad):
+    // with the library's own, a primitive made on one thread and run on another - replicas
+    // sharing the cache - wrote into the first thread's buffer.
+    memory::desc fwd_scratch, w_to_fwd_scratch, bwd_data_scratch, w_to_bwd_scratch, bwd_weights_scratch,
+        dw_to_user_scratch;
     memory::desc w_fwd;
     dnnl::reorder w_to_fwd;  // user OIHW -> fwd layout; empty if equal
     bool has_bwd = false;
@@ -49,6 +55,25 @@ std::string describe(const ConvKey& k) {
            layout_name(k.lo) + "), kernel " + std::to_string(k.kh) + "x" + std::to_string(k.kw);
 }
 
+dnnl::primitive_attr user_scratchpad() {
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return attr;
+}
+
+// A reorder from `from` to `to` whose scratchpad the caller passes (`scratch` its size).
+dnnl::reorder make_reorder(const memory::desc& from, const memory::desc& to, const dnnl::engine& engine,
+                           memory::desc& scratch) {
+    const dnnl::reorder::primitive_desc pd(engine, from, engine, to, user_scratchpad());
+    scratch = pd.scratchpad_desc();
+    return dnnl::reorder(pd);
+}
+
+// The calling thread's scratchpad as the memory argument for a primitive wanting `d`.
+memory scratch_arg(backend::Context& ctx, const memory::desc& d) {
+    return memory(d, ctx.engine(), backend::Context::scratchpad(std::max<std::size_t>(d.get_size(), 64)));
+}
+
 ConvPrims build_conv(const ConvKey& k, const dnnl::engine& engine) {
     using dt = memory::data_type;
     const std::int64_t oh = (k.h + 2 * k.pad - k.kh) / k.stride + 1, ow = (k.w + 2 * k.pad - k.kw) / k.stride + 1;
@@ -64,7 +89,7 @@ ConvPrims build_conv(const ConvKey& k, const dnnl::engine& engine) {
                                                  p.src, w_any, p.bias, p.dst, st, pad, pad)
                : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
                                                  p.src, w_any, p.dst, st, pad, pad);
-    dnnl::primitive_attr attr;
+    dnnl::primitive_attr attr = user_scratchpad();
     if (k.relu) {
         dnnl::post_ops po;
         po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
@@ -72,8 +97,9 @@ ConvPrims build_conv(const ConvKey& k, const dnnl::engine& engine) {
     }
     p.fwd_pd = dnnl::convolution_forward::primitive_desc(fd, attr, engine);
     p.fwd = dnnl::convolution_forward(p.fwd_pd);
+    p.fwd_scratch = p.fwd_pd.scratchpad_desc();
     p.w_fwd = p.fwd_pd.weights_desc();
-    if (p.w_fwd != p.w_user) p.w_to_fwd = dnnl::reorder(memory(p.w_user, engine), memory(p.w_fwd, engine));
+    if (p.w_fwd != p.w_user) p.w_to_fwd = make_reorder(p.w_user, p.w_fwd, engine, p.w_to_fwd_scratch);
     return p;
 }
 
@@ -97,25 +123,26 @@ void build_backward(const ConvKey& k, ConvPrims& p, const dnnl::engine& engine) 
     memory::desc w_any(dims_of({k.o, k.c, k.kh, k.kw}), dt::f32, tag::any);
     const memory::dims st = dims_of({k.stride, k.stride}), pad = dims_of({k.pad, k.pad});
     dnnl::convolution_backward_data::desc bdd(dnnl::algorithm::convolution_direct, p.src, w_any, p.dst, st, pad, pad);
-    dnnl::convolution_backward_data::primitive_desc bd_pd(bdd, engine, p.fwd_pd);
+    dnnl::convolution_backward_data::primitive_desc bd_pd(bdd, user_scratchpad(), engine, p.fwd_pd);
     p.bwd_data = dnnl::convolution_backward_data(bd_pd);
+    p.bwd_data_scratch = bd_pd.scratchpad_desc();
     p.w_bwd = bd_pd.weights_desc();
-    if (p.w_bwd != p.w_fwd && p.w_bwd != p.w_user)
-        p.w_to_bwd = dnnl::reorder(memory(p.w_user, engine), memory(p.w_bwd, engine));
+    if (p.w_bwd != p.w_fwd && p.w_bwd != p.w_user) p.w_to_bwd = make_reorder(p.w_user, p.w_bwd, engine, p.w_to_bwd_scratch);
     dnnl::convolution_backward_weights::desc bwd =
         k.bias ? dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, p.src, w_any, p.bias,
                                                           p.dst, st, pad, pad)
                : dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, p.src, w_any, p.dst,
                                                           st, pad, pad);
-    dnnl::convolution_backward_weights::primitive_desc bw_pd(bwd, engine, p.fwd_pd);
+    dnnl::convolution_backward_weights::primitive_desc bw_pd(bwd, user_scratchpad(), engine, p.fwd_pd);
     p.bwd_weights = dnnl::convolution_backward_weights(bw_pd);
+    p.bwd_weights_scratch = bw_pd.scratchpad_desc();
     p.dw = bw_pd.diff_weights_desc();
-    if (p.dw != p.w_user) p.dw_to_user = dnnl::reorder(memory(p.dw, engine), memory(p.w_user, engine));
+    if (p.dw != p.w_user) p.dw_to_user = make_reorder(p.dw, p.w_user, engine, p.dw_to_user_scratch);
     p.has_bwd = true;
 }
 
 // The backward primitives are made on first use (evaluation never needs them); the caller
-// holds the context's mutex.
+// holds the context's mutex while they are made, not while they run.
 void make_backward(const ConvKey& k, ConvPrims& p, const dnnl::engine& engine) {
     if (p.has_bwd) return;
     try {
@@ -132,12 +159,12 @@ Tensor scratch_for(const memory::desc& d) {
 
 // The weights in the layout `want`: the parameter itself when it already is, else a reorder.
 memory weights_as(backend::Context& ctx, const ConvPrims& p, const Tensor& w, const memory::desc& want,
-                  const dnnl::reorder& re, Tensor& holder) {
+                  const dnnl::reorder& re, const memory::desc& re_scratch, Tensor& holder) {
     memory user(p.w_user, ctx.engine(), const_cast<void*>(w.raw()));
     if (want == p.w_user) return user;
     holder = scratch_for(want);
     memory out(want, ctx.engine(), holder.raw());
-    re.execute(ctx.stream(), user, out);
+    re.execute(ctx.stream(), {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, out}, {DNNL_ARG_SCRATCHPAD, scratch_arg(ctx, re_scratch)}});
     return out;
 }
 
@@ -152,19 +179,21 @@ Var conv2d_onednn(const Var& x, const Var& w, const Var& b, const Conv2dOptions&
 
     backend::Context& ctx = backend::Context::get();
     ConvPrims& p = conv_prims(call.key);  // throws Error if oneDNN has no implementation
-    std::unique_lock<std::mutex> lock(ctx.mutex());
+    // No lock while running: with the scratchpads the caller's, primitives run on several
+    // threads at once (replicas).
     Tensor w_held;
-    memory wm = weights_as(ctx, p, W, p.w_fwd, p.w_to_fwd, w_held);
+    memory wm = weights_as(ctx, p, W, p.w_fwd, p.w_to_fwd, p.w_to_fwd_scratch, w_held);
     memory xm(p.src, ctx.engine(), const_cast<void*>(X.raw()));
     memory ym(p.dst, ctx.engine(), y.raw());
     if (B) {
         memory bm(p.bias, ctx.engine(), const_cast<void*>(B->raw()));
-        p.fwd.execute(ctx.stream(), {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_BIAS, bm}, {DNNL_ARG_DST, ym}});
+        p.fwd.execute(ctx.stream(), {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_BIAS, bm}, {DNNL_ARG_DST, ym},
+                                     {DNNL_ARG_SCRATCHPAD, scratch_arg(ctx, p.fwd_scratch)}});
     } else {
-        p.fwd.execute(ctx.stream(), {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, ym}});
+        p.fwd.execute(ctx.stream(), {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, ym},
+                                     {DNNL_ARG_SCRATCHPAD, scratch_arg(ctx, p.fwd_scratch)}});
     }
     ctx.stream().wait();
-    lock.unlock();
 
     std::vector<Var> inputs = {x, w};
     if (b.defined()) inputs.push_back(b);
@@ -177,8 +206,10 @@ Var conv2d_onednn(const Var& x, const Var& w, const Var& b, const Conv2dOptions&
                        const Tensor gm = opt.relu ? relu_mask<float>(gy, yv) : gy;
                        backend::Context& c = backend::Context::get();
                        ConvPrims& pr = conv_prims(call.key);
-                       std::lock_guard<std::mutex> guard(c.mutex());
-                       make_backward(call.key, pr, c.engine());
+                       {
+                           std::lock_guard<std::mutex> guard(c.mutex());
+                           make_backward(call.key, pr, c.engine());
+                       }
                        memory gym(pr.dst, c.engine(), const_cast<void*>(gm.raw()));
                        if (need_x) {
                            Tensor gx = Tensor::empty(x.shape(), DType::f32);
@@ -186,10 +217,13 @@ Var conv2d_onednn(const Var& x, const Var& w, const Var& b, const Conv2dOptions&
                            memory wm2 = pr.w_bwd == pr.w_fwd && w_held.defined()
                                             ? memory(pr.w_fwd, c.engine(), const_cast<void*>(w_held.raw()))
                                             : weights_as(c, pr, w.value(), pr.w_bwd,
-                                                         pr.w_bwd == pr.w_fwd ? pr.w_to_fwd : pr.w_to_bwd, held);
+                                                         pr.w_bwd == pr.w_fwd ? pr.w_to_fwd : pr.w_to_bwd,
+                                                         pr.w_bwd == pr.w_fwd ? pr.w_to_fwd_scratch : pr.w_to_bwd_scratch,
+                                                         held);
                            memory gxm(pr.src, c.engine(), gx.raw());
                            pr.bwd_data.execute(c.stream(),
-                                               {{DNNL_ARG_DIFF_DST, gym}, {DNNL_ARG_WEIGHTS, wm2}, {DNNL_ARG_DIFF_SRC, gxm}});
+                                               {{DNNL_ARG_DIFF_DST, gym}, {DNNL_ARG_WEIGHTS, wm2}, {DNNL_ARG_DIFF_SRC, gxm},
+                                                {DNNL_ARG_SCRATCHPAD, scratch_arg(c, pr.bwd_data_scratch)}});
                            c.stream().wait();
                            g.add(0, std::move(gx));
                        }
@@ -200,7 +234,8 @@ Var conv2d_onednn(const Var& x, const Var& w, const Var& b, const Conv2dOptions&
                            memory xm2(pr.src, c.engine(), const_cast<void*>(x.value().raw()));
                            Tensor gb;
                            std::unordered_map<int, memory> args = {
-                               {DNNL_ARG_SRC, xm2}, {DNNL_ARG_DIFF_DST, gym}, {DNNL_ARG_DIFF_WEIGHTS, dwm}};
+                               {DNNL_ARG_SRC, xm2}, {DNNL_ARG_DIFF_DST, gym}, {DNNL_ARG_DIFF_WEIGHTS, dwm},
+                               {DNNL_ARG_SCRATCHPAD, scratch_arg(c, pr.bwd_weights_scratch)}};
                            if (call.key.bias) {
                                gb = Tensor::empty({call.go.c}, DType::f32);
                                args.insert({DNNL_ARG_DIFF_BIAS, memory(pr.bias, c.engine(), gb.raw())});
@@ -208,7 +243,8 @@ Var conv2d_onednn(const Var& x, const Var& w, const Var& b, const Conv2dOptions&
                            pr.bwd_weights.execute(c.stream(), args);
                            if (pr.dw != pr.w_user) {
                                memory user(pr.w_user, c.engine(), gw.raw());
-                               pr.dw_to_user.execute(c.stream(), dwm, user);
+                               pr.dw_to_user.execute(c.stream(), {{DNNL_ARG_FROM, dwm}, {DNNL_ARG_TO, user},
+                                                                  {DNNL_ARG_SCRATCHPAD, scratch_arg(c, pr.dw_to_user_scratch)}});
                            }
                            c.stream().wait();
                            if (need_w) g.add(1, std::move(gw));

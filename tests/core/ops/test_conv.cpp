@@ -6,6 +6,7 @@
 #include <cmath>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "flowlab/conv.hpp"
@@ -191,6 +192,34 @@ TEST_CASE("the f32 backward of each conv2d path matches the f64 loop's gradients
         for (int i = 0; i < 3; ++i) {
             INFO("gradient of input " << i);
             CHECK(rel_diff(grads[0][static_cast<std::size_t>(i)], grads[1][static_cast<std::size_t>(i)]) < 2e-4);
+        }
+    }
+}
+
+TEST_CASE("every conv2d path runs on threads other than the one that made its primitives, and on two at once", "[conv]") {
+    // Replicas share the primitive cache across threads; a primitive with the library's
+    // scratchpad used the creating thread's buffer (heap corruption on the other thread).
+    for (const LayoutCase& p : cases_for(Use::fast_path)) {
+        INFO(describe(p));
+        const Conv2dOptions o = options_of(p);
+        Tensor x = randn(input_shape(p), 20), w = randn({p.c.o, p.c.c, p.c.k, p.c.k}, 21, DType::f32, 0.3), b = randn({p.c.o}, 22);
+        auto run = [&] {
+            Var xv(x.clone(), true), wv(w.clone(), true), bv(b.clone(), true);
+            Var y = conv2d(xv, wv, bv, o);
+            sum_all(y * y).backward();
+            return std::vector<Tensor>{y.value().clone(), xv.grad(), wv.grad(), bv.grad()};
+        };
+        const std::vector<Tensor> here = run();  // makes the primitives on this thread
+        // On another thread, then on two at once.
+        std::vector<Tensor> there, a, b2;
+        std::thread t([&] { there = run(); });
+        t.join();
+        std::thread t1([&] { a = run(); }), t2([&] { b2 = run(); });
+        t1.join();
+        t2.join();
+        for (const auto* got : {&there, &a, &b2}) {
+            REQUIRE(got->size() == here.size());
+            for (std::size_t i = 0; i < here.size(); ++i) CHECK(rel_diff((*got)[i], here[i]) == 0.0);
         }
     }
 }

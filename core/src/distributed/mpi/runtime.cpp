@@ -47,6 +47,8 @@ constexpr int kTagStatus = 1, kTagError = 2, kTagRing = 3;
 // Every rank's status goes out at least this often, even while it waits: a peer silent for
 // several beats is stopped or dead, not merely slow.
 constexpr double kHeartbeatSeconds = 0.5, kSilentSeconds = 2.0;
+// How long past the timeout a waiting caller ends its rank itself (see Impl::wait).
+constexpr double kBackstopSeconds = 15.0;
 // The exit code of a job ended by a fault (the flowlab program's code 11).
 constexpr int kFaultExitCode = 11;
 // The most one MPI call moves (its count is an int).
@@ -582,7 +584,26 @@ void Runtime::Impl::wait(Ticket t) {
         caller_waiting = true;
     }
     nap_cv.notify_all();
-    done_cv.wait(l, [&] { return completed >= t || failed_rank >= 0; });
+    // The communication thread ends the job at the timeout, but only between MPI calls: a peer
+    // that died mid-transfer can leave one of them stuck inside the library (seen once: a rank
+    // that aborted on a corrupted heap held the other in a reduction for 14 minutes against a
+    // timeout of 5). So the waiting thread gives up too, a little later, without calling MPI:
+    // it ends this rank, and the launcher the job.
+    const auto t0 = Clock::now();
+    while (!done_cv.wait_for(l, std::chrono::seconds(1), [&] { return completed >= t || failed_rank >= 0; })) {
+        const double waited = since(t0), limit = timeout.load() + kBackstopSeconds;
+        if (waited <= limit) continue;
+        const std::int64_t s = step.load();
+        std::fprintf(stderr,
+                     "flowlab: distributed error: %srank %d waited %s for a collective that the MPI library neither "
+                     "completed nor gave up (train.distributed.timeout_seconds is %s): a crashed or hung rank? "
+                     "Ending this rank%s%s\n",
+                     s >= 0 ? ("step " + std::to_string(s) + ": ").c_str() : "", rank, fmt_seconds(waited).c_str(),
+                     fmt_seconds(timeout.load()).c_str(), hint.empty() ? "" : "; ", hint.c_str());
+        std::fflush(stderr);
+        std::fflush(stdout);
+        std::_Exit(kFaultExitCode);
+    }
     caller_waiting = false;
     if (completed < t)
         throw PeerFailed("rank " + std::to_string(failed_rank) + " failed" +
