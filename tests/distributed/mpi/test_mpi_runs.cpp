@@ -288,6 +288,28 @@ TEST_CASE("a hung rank ends the job after the timeout with exit code 11, naming 
     fs::remove_all(d);
 }
 
+TEST_CASE("a reduction stuck inside MPI ends the job soon after the timeout, by the waiting thread", "[mpi][slow]") {
+    // Both ranks' communication threads stop at step 30 as in an MPI call that never returns,
+    // so no rank's own timeout check runs: the training threads' backstop must end the job.
+    const fs::path d = fresh_dir("stuck");
+    const double timeout = 2.0;
+    const std::string cfg = config("quickstart.json") + kOneThread +
+                            " --set train.steps=100000 --set train.checkpoint_every=10 --set train.log_every=10"
+                            " --set train.distributed.timeout_seconds=" + std::to_string(timeout);
+    const auto t0 = std::chrono::steady_clock::now();
+    const Job j = run_shell("timeout 120 " + mpirun(2) + "-x FLOWLAB_TEST_MPI_STALL_STEP=30 " + flowlab_cmd() + "run " +
+                            cfg + " --output " + (d / "run").string());
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    WARN("reductions stuck in MPI: the job ended after " << took << " s with exit code " << j.code);
+    INFO(j.out);
+    CHECK(j.code != 124);  // not ended by the test's own timeout
+    CHECK(j.code != 0);
+    CHECK(j.out.find("for a collective that the MPI library neither completed nor gave up") != std::string::npos);
+    CHECK(j.out.find("step 30: rank ") != std::string::npos);
+    CHECK_NOTHROW(read_checkpoint(run_checkpoints((d / "run").string()).front()));
+    fs::remove_all(d);
+}
+
 TEST_CASE("a config error under mpirun is printed once", "[mpi]") {
     const Job j = run_shell(mpirun(2) + flowlab_cmd() + "run " + config("quickstart.json") + " --set train.bach_size=3");
     INFO(j.out);

@@ -32,6 +32,7 @@
 #include <climits>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
@@ -109,6 +110,13 @@ struct Runtime::Impl {
     std::atomic<std::int64_t> step{-1};
     std::atomic<const volatile int*> stop_flag{nullptr};
     std::atomic<double> timeout{300.0};
+    // Fault injection for the tests: FLOWLAB_TEST_MPI_STALL_STEP=N stops this rank's
+    // communication thread at its first gradient reduction of step N, as an MPI call that never
+    // returns would (tests/distributed/mpi: the waiting thread's backstop ends the rank).
+    const std::int64_t stall_step = [] {
+        const char* v = std::getenv("FLOWLAB_TEST_MPI_STALL_STEP");
+        return v && *v ? std::strtoll(v, nullptr, 10) : -1LL;
+    }();
     std::atomic<std::uint64_t> busy_ns{0}, reductions{0}, bytes{0};
     int rank = 0, size = 1, node_size = 1;
     std::thread thread;
@@ -438,6 +446,8 @@ bool Runtime::Impl::ring_sum(const Op& op, MPI_Datatype type, std::vector<T>& in
 }
 
 void Runtime::Impl::execute(const Op& op) {
+    if (stall_step >= 0 && op.kind == Op::sum_f32 && step.load() >= stall_step)
+        for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
     MPI_Request rq = MPI_REQUEST_NULL;
     const int count = static_cast<int>(op.count);
     switch (op.kind) {
