@@ -83,6 +83,7 @@ void GradientReducer::start_ready_buckets() {
             b.storage.push_back(params_[k].grad().defined() ? params_[k].grad().raw() : nullptr);
         if (b.in_place) {
             Tensor& g = params_[b.params[0]].mutable_grad();
+            b.held = g;
             b.ticket = comm_.start_allreduce_sum(g.data<float>(), static_cast<std::size_t>(g.numel()));
             b.started = true;
             ++next_;
@@ -123,7 +124,7 @@ void GradientReducer::finish(std::vector<double>& control) {
     // Started after the buckets, so it completes after them: one wait covers everything.
     comm_.allreduce_sum(control.data(), control.size());
     for (const auto& b : buckets_) comm_.wait(b.ticket);
-    for (const auto& b : buckets_)
+    for (auto& b : buckets_) {
         for (std::size_t i = 0; i < b.params.size(); ++i) {
             const Tensor& g = params_[b.params[i]].grad();
             if ((g.defined() ? g.raw() : nullptr) != b.storage[i])
@@ -131,6 +132,8 @@ void GradientReducer::finish(std::vector<double>& control) {
                             " changed after the backward pass reported it complete (a bug in flowlab's autodiff or "
                             "in a layer's backward rule; please report it with the config)");
         }
+        b.held = Tensor();  // after the comparison: the storage cannot have been reused meanwhile
+    }
     last_wait_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     // Write the sums back, each into a gradient tensor of its own.
     for (const auto& b : buckets_)

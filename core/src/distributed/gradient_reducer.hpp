@@ -58,6 +58,9 @@ private:
         // not replace one afterwards (a reduction writing into freed memory, or a sum missing
         // a late contribution).
         std::vector<const void*> storage;
+        // An in-place bucket's gradient, held until finish(): whatever the pass does, the
+        // reduction never writes into freed memory.
+        Tensor held;
     };
     void mark(std::size_t param);
     void start_ready_buckets();
