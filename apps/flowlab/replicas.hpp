@@ -1,7 +1,7 @@
 // train.replicas: data-parallel training on threads of one process (docs/DISTRIBUTED.md,
-// "Replicas in one process"). Each replica is a copy of the model on its own thread, taking its
-// share of every batch; gradients are summed across them before clipping and the optimizer
-// step, as across the ranks of an MPI run.
+// "Replicas: data parallel in one process"). Each replica is a copy of the model on its own
+// thread, taking its share of every batch; gradients are summed across them before clipping
+// and the optimizer step, as across the ranks of an MPI run.
 #pragma once
 
 #include <functional>

@@ -44,9 +44,10 @@ void print_summary(const Experiment& exp, const TrainSummary& s, const std::stri
     else
         std::printf("  test NLL   not finite (the model gives some test data no density; see metrics.jsonl)\n");
     if (s.ranks > 1)
-        std::printf("  %d ranks: a gradient reduction in flight %.2f ms per step, %.2f ms of it not hidden by the "
+        std::printf("  %d %s: a gradient reduction in flight %.2f ms per step, %.2f ms of it not hidden by the "
                     "backward pass (%d bucket%s)\n",
-                    s.ranks, s.comm_seconds_per_step * 1e3, s.comm_wait_seconds_per_step * 1e3, s.gradient_buckets,
+                    s.ranks, exp.config.get_object("train").get_int("replicas") > 1 ? "replicas" : "ranks",
+                    s.comm_seconds_per_step * 1e3, s.comm_wait_seconds_per_step * 1e3, s.gradient_buckets,
                     s.gradient_buckets == 1 ? "" : "s");
     std::printf("  run directory: %s (report.html)\n", run_dir.c_str());
 }
