@@ -2,6 +2,8 @@
 // context's cached matmul primitives.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #include "backend/onednn.hpp"
 #include "ops/conv_internal.hpp"
@@ -44,63 +46,111 @@ inline std::int64_t img_off(const Geometry& g, std::int64_t n, std::int64_t c, s
     return ((n * g.c + c) * g.h + y) * g.w + x;
 }
 
-template <ConvLayout L>
+// The thin side has 1-8 channels: with the count a compile-time constant (CC > 0; 0 = the
+// run-time g.c) the per-tap copies and sums unroll, and the columns in which every tap is
+// inside the image (all but p at each edge, "same" convolutions have p = (kw - 1) / 2) run
+// without bounds checks. Generic per-tap loops cost W3 8 % of its step.
+template <ConvLayout L, int CC>
 void expand_rows(const float* img, float* cols, const Geometry& g, std::int64_t kh, std::int64_t kw, std::int64_t p,
                  int s, std::int64_t n0, std::int64_t n1) {
-    const std::int64_t K = kh * kw * g.c;
+    const std::int64_t C = CC > 0 ? CC : g.c, K = kh * kw * C;
+    const std::int64_t cstride = L == ConvLayout::nhwc ? 1 : g.h * g.w;  // between channels of a pixel
+    const std::int64_t xstride = L == ConvLayout::nhwc ? C : 1;          // between pixels of a row
+    const std::int64_t x_lo = std::min(p, g.w), x_hi = std::max(x_lo, g.w - p);
     for (std::int64_t n = n0; n < n1; ++n)
         for (std::int64_t y = 0; y < g.h; ++y)
-            for (std::int64_t x = 0; x < g.w; ++x) {
-                float* row = cols + ((n * g.h + y) * g.w + x) * K;
-                for (std::int64_t a = 0; a < kh; ++a) {
-                    const std::int64_t yy = y + s * (a - p);
+            for (std::int64_t a = 0; a < kh; ++a) {
+                const std::int64_t yy = y + s * (a - p);
+                float* base = cols + (n * g.h + y) * g.w * K + a * kw * C;
+                if (yy < 0 || yy >= g.h) {
+                    for (std::int64_t x = 0; x < g.w; ++x) std::fill_n(base + x * K, kw * C, 0.0f);
+                    continue;
+                }
+                const float* src = img + img_off<L>(g, n, 0, yy, 0);
+                auto tap = [&](std::int64_t x, std::int64_t e) {
+                    const std::int64_t xx = x + s * (e - p);
+                    float* dst = base + x * K + e * C;
+                    if (xx < 0 || xx >= g.w) {
+                        for (std::int64_t c = 0; c < C; ++c) dst[c] = 0.0f;
+                    } else {
+                        const float* sp = src + xx * xstride;
+                        for (std::int64_t c = 0; c < C; ++c) dst[c] = sp[c * cstride];
+                    }
+                };
+                for (std::int64_t x = 0; x < x_lo; ++x)
+                    for (std::int64_t e = 0; e < kw; ++e) tap(x, e);
+                for (std::int64_t x = x_lo; x < x_hi; ++x) {
+                    float* row = base + x * K;
                     for (std::int64_t e = 0; e < kw; ++e) {
-                        const std::int64_t xx = x + s * (e - p);
-                        float* dst = row + (a * kw + e) * g.c;
-                        if (yy < 0 || yy >= g.h || xx < 0 || xx >= g.w) {
-                            for (std::int64_t c = 0; c < g.c; ++c) dst[c] = 0.0f;
-                        } else {
-                            for (std::int64_t c = 0; c < g.c; ++c) dst[c] = img[img_off<L>(g, n, c, yy, xx)];
-                        }
+                        const float* sp = src + (x + s * (e - p)) * xstride;
+                        for (std::int64_t c = 0; c < C; ++c) row[e * C + c] = sp[c * cstride];
                     }
                 }
+                for (std::int64_t x = x_hi; x < g.w; ++x)
+                    for (std::int64_t e = 0; e < kw; ++e) tap(x, e);
             }
 }
 
-template <ConvLayout L>
+template <ConvLayout L, int CC>
 void reduce_rows(const float* cols, const float* bias, float* img, const Geometry& g, std::int64_t kh, std::int64_t kw,
                  std::int64_t p, int s, bool relu, std::int64_t n0, std::int64_t n1) {
-    const std::int64_t K = kh * kw * g.c;
-    std::vector<float> acc(static_cast<std::size_t>(g.c));
+    const std::int64_t C = CC > 0 ? CC : g.c, K = kh * kw * C;
+    const std::int64_t cstride = L == ConvLayout::nhwc ? 1 : g.h * g.w;
+    const std::int64_t x_lo = std::min(p, g.w), x_hi = std::max(x_lo, g.w - p);
+    constexpr std::int64_t kMax = CC > 0 ? CC : 1;
+    std::vector<float> heap(CC > 0 ? 0 : static_cast<std::size_t>(C));
+    float stack[kMax];
+    float* acc = CC > 0 ? stack : heap.data();
     for (std::int64_t n = n0; n < n1; ++n)
-        for (std::int64_t y = 0; y < g.h; ++y)
+        for (std::int64_t y = 0; y < g.h; ++y) {
+            // The kernel rows that land inside the image, the same for every column.
+            std::int64_t a_lo = kh, a_hi = 0;
+            for (std::int64_t a = 0; a < kh; ++a) {
+                const std::int64_t yy = y - s * (a - p);
+                if (yy >= 0 && yy < g.h) a_lo = std::min(a_lo, a), a_hi = std::max(a_hi, a + 1);
+            }
             for (std::int64_t x = 0; x < g.w; ++x) {
-                for (std::int64_t c = 0; c < g.c; ++c) acc[static_cast<std::size_t>(c)] = bias ? bias[c] : 0.0f;
-                for (std::int64_t a = 0; a < kh; ++a) {
+                const bool inner = x >= x_lo && x < x_hi;
+                for (std::int64_t c = 0; c < C; ++c) acc[c] = bias ? bias[c] : 0.0f;
+                for (std::int64_t a = a_lo; a < a_hi; ++a) {
                     const std::int64_t yy = y - s * (a - p);
-                    if (yy < 0 || yy >= g.h) continue;
+                    const float* row = cols + (n * g.h + yy) * g.w * K + a * kw * C;
                     for (std::int64_t e = 0; e < kw; ++e) {
                         const std::int64_t xx = x - s * (e - p);
-                        if (xx < 0 || xx >= g.w) continue;
-                        const float* src = cols + ((n * g.h + yy) * g.w + xx) * K + (a * kw + e) * g.c;
-                        for (std::int64_t c = 0; c < g.c; ++c) acc[static_cast<std::size_t>(c)] += src[c];
+                        if (!inner && (xx < 0 || xx >= g.w)) continue;
+                        const float* src = row + xx * K + e * C;
+                        for (std::int64_t c = 0; c < C; ++c) acc[c] += src[c];
                     }
                 }
-                for (std::int64_t c = 0; c < g.c; ++c) {
-                    const float v = acc[static_cast<std::size_t>(c)];
-                    img[img_off<L>(g, n, c, y, x)] = relu && v < 0.0f ? 0.0f : v;
-                }
+                float* dst = img + img_off<L>(g, n, 0, y, x);
+                for (std::int64_t c = 0; c < C; ++c) dst[c * cstride] = relu && acc[c] < 0.0f ? 0.0f : acc[c];
             }
+        }
+}
+
+// Calls fn with the channel count as a compile-time constant when it is a common thin one.
+template <class Fn>
+void with_channels(std::int64_t c, Fn&& fn) {
+    switch (c) {
+        case 1: fn(std::integral_constant<int, 1>{}); return;
+        case 2: fn(std::integral_constant<int, 2>{}); return;
+        case 3: fn(std::integral_constant<int, 3>{}); return;
+        case 4: fn(std::integral_constant<int, 4>{}); return;
+        case 8: fn(std::integral_constant<int, 8>{}); return;
+        default: fn(std::integral_constant<int, 0>{}); return;
+    }
 }
 
 Tensor expand(const Tensor& img, ConvLayout l, const Geometry& g, std::int64_t kh, std::int64_t kw, std::int64_t p,
               int s) {
     Tensor cols = Tensor::empty({g.b * g.h * g.w, kh * kw * g.c}, DType::f32);
     parallel_samples(g.b, g.h * g.w * kh * kw * g.c, [&](std::int64_t n0, std::int64_t n1) {
-                     if (l == ConvLayout::nhwc)
-                         expand_rows<ConvLayout::nhwc>(img.f32(), cols.f32(), g, kh, kw, p, s, n0, n1);
-                     else
-                         expand_rows<ConvLayout::nchw>(img.f32(), cols.f32(), g, kh, kw, p, s, n0, n1);
+                     with_channels(g.c, [&](auto cc) {
+                         if (l == ConvLayout::nhwc)
+                             expand_rows<ConvLayout::nhwc, decltype(cc)::value>(img.f32(), cols.f32(), g, kh, kw, p, s, n0, n1);
+                         else
+                             expand_rows<ConvLayout::nchw, decltype(cc)::value>(img.f32(), cols.f32(), g, kh, kw, p, s, n0, n1);
+                     });
                  });
     return cols;
 }
@@ -109,10 +159,14 @@ Tensor reduce(const Tensor& cols, const float* bias, ConvLayout l, const Geometr
               std::int64_t p, int s, bool relu) {
     Tensor img = Tensor::empty(layout_shape({g.b, g.c, g.h, g.w}, l), DType::f32);
     parallel_samples(g.b, g.h * g.w * kh * kw * g.c, [&](std::int64_t n0, std::int64_t n1) {
-                     if (l == ConvLayout::nhwc)
-                         reduce_rows<ConvLayout::nhwc>(cols.f32(), bias, img.f32(), g, kh, kw, p, s, relu, n0, n1);
-                     else
-                         reduce_rows<ConvLayout::nchw>(cols.f32(), bias, img.f32(), g, kh, kw, p, s, relu, n0, n1);
+                     with_channels(g.c, [&](auto cc) {
+                         if (l == ConvLayout::nhwc)
+                             reduce_rows<ConvLayout::nhwc, decltype(cc)::value>(cols.f32(), bias, img.f32(), g, kh, kw, p, s, relu,
+                                                                 n0, n1);
+                         else
+                             reduce_rows<ConvLayout::nchw, decltype(cc)::value>(cols.f32(), bias, img.f32(), g, kh, kw, p, s, relu,
+                                                                 n0, n1);
+                     });
                  });
     return img;
 }
