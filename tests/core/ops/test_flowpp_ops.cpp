@@ -121,6 +121,54 @@ TEST_CASE("f32 softmax and concat_elu, with their vectorised exponential, match 
     CHECK(ef.item(5) == -1.0f);
 }
 
+TEST_CASE("f32 softmax along an inner dimension and f32 sigmoid, vectorised, match f64 with their gradients",
+          "[ops][softmax][sigmoid]") {
+    // A mixture's component weights: softmax over dimension 1 of [B, K, C, H, W], the strided
+    // path, with inner sizes below and above a vector's width.
+    for (const Shape& shape : {Shape{3, 5, 2, 3, 1}, Shape{2, 4, 3, 7, 5}}) {
+        INFO("shape " << shape.size() << "-d, inner " << shape[2] * shape[3] * shape[4]);
+        const Tensor x = rnd(shape, 7, 4.0).to(DType::f32).to(DType::f64);
+        const Tensor r = rnd(shape, 8);
+        Tensor vals[2], grads[2];
+        for (DType dt : {DType::f64, DType::f32}) {
+            Var xv(x.to(dt), true);
+            Var y = softmax(xv, 1);
+            sum_all(y * Var(r.to(dt))).backward();
+            vals[dt == DType::f32] = y.value().to(DType::f64);
+            grads[dt == DType::f32] = xv.grad().to(DType::f64);
+        }
+        CHECK(kern::max_abs_diff(vals[0], vals[1]) < 2e-6);
+        CHECK(kern::max_abs_diff(grads[0], grads[1]) < 2e-5);
+        // Every column sums to one.
+        const Tensor sums = sum(Var(vals[1]), 1).value();
+        for (std::int64_t i = 0; i < sums.numel(); ++i) CHECK(sums.item(i) == Approx(1.0).epsilon(1e-6));
+    }
+    // The sigmoid and the ops whose backward is one (softplus, log_sigmoid), over a range that
+    // reaches both branches and both tails.
+    Tensor x = rnd({4, 257}, 9, 12.0).to(DType::f32).to(DType::f64);
+    x.set_item(0, 0.0);
+    x.set_item(1, -120.0);
+    x.set_item(2, 120.0);
+    for (int op = 0; op < 3; ++op) {
+        INFO("op " << op);
+        Tensor vals[2], grads[2];
+        for (DType dt : {DType::f64, DType::f32}) {
+            Var xv(x.to(dt), true);
+            Var y = op == 0 ? sigmoid(xv) : op == 1 ? softplus(xv) : log_sigmoid(xv);
+            sum_all(y).backward();
+            vals[dt == DType::f32] = y.value().to(DType::f64);
+            grads[dt == DType::f32] = xv.grad().to(DType::f64);
+        }
+        CHECK(kern::max_abs_diff(vals[0], vals[1]) < 2e-5 * (op == 0 ? 1.0 : 120.0));
+        CHECK(kern::max_abs_diff(grads[0], grads[1]) < 1e-6);
+        for (std::int64_t i = 0; i < x.numel(); ++i) CHECK(std::isfinite(grads[1].item(i)));
+    }
+    const Tensor s = sigmoid(Var(x.to(DType::f32))).value();
+    CHECK(s.item(0) == 0.5);
+    CHECK(s.item(1) < 1e-37);
+    CHECK(s.item(2) == 1.0);
+}
+
 TEST_CASE("concat_elu is elu of the input and its negation, joined, with a correct gradient", "[ops][concat_elu]") {
     const Tensor x = rnd({2, 3, 4}, 6, 1.5);
     for (std::int64_t dim : {0, 1, 2}) {
