@@ -34,14 +34,14 @@ inline T softplus_of(T x) {
 
 // The logistic function: f64 (the checks) through the library's exp, f32 branch-free through
 // fast_exp.hpp's so that the loop vectorises (glibc's scalar expf made the gated convolutions'
-// sigmoid ten times slower than its backward). Below -87 it returns 1.6e-38 instead of a
-// denormal.
+// sigmoid ten times slower than its backward). Below -87, where the exponential stops at
+// 1.6e-38, it returns 0 (the true value is a denormal or underflows).
 template <class T>
 inline T sigmoid_of(T x) {
     if constexpr (std::is_same_v<T, float>) {
         const float e = detail::fast_expf(x >= 0.0f ? -x : x);  // e^-|x|, never overflows
         const float r = 1.0f / (1.0f + e);
-        return x >= 0.0f ? r : e * r;
+        return x >= 0.0f ? r : (x < -87.0f ? 0.0f : e * r);
     } else {
         return stable_sigmoid(x);
     }
