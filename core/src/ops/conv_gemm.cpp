@@ -146,10 +146,11 @@ Tensor expand(const Tensor& img, ConvLayout l, const Geometry& g, std::int64_t k
     Tensor cols = Tensor::empty({g.b * g.h * g.w, kh * kw * g.c}, DType::f32);
     parallel_samples(g.b, g.h * g.w * kh * kw * g.c, [&](std::int64_t n0, std::int64_t n1) {
                      with_channels(g.c, [&](auto cc) {
+                         constexpr int C = decltype(cc)::value;
                          if (l == ConvLayout::nhwc)
-                             expand_rows<ConvLayout::nhwc, decltype(cc)::value>(img.f32(), cols.f32(), g, kh, kw, p, s, n0, n1);
+                             expand_rows<ConvLayout::nhwc, C>(img.f32(), cols.f32(), g, kh, kw, p, s, n0, n1);
                          else
-                             expand_rows<ConvLayout::nchw, decltype(cc)::value>(img.f32(), cols.f32(), g, kh, kw, p, s, n0, n1);
+                             expand_rows<ConvLayout::nchw, C>(img.f32(), cols.f32(), g, kh, kw, p, s, n0, n1);
                      });
                  });
     return cols;
@@ -160,12 +161,11 @@ Tensor reduce(const Tensor& cols, const float* bias, ConvLayout l, const Geometr
     Tensor img = Tensor::empty(layout_shape({g.b, g.c, g.h, g.w}, l), DType::f32);
     parallel_samples(g.b, g.h * g.w * kh * kw * g.c, [&](std::int64_t n0, std::int64_t n1) {
                      with_channels(g.c, [&](auto cc) {
+                         constexpr int C = decltype(cc)::value;
                          if (l == ConvLayout::nhwc)
-                             reduce_rows<ConvLayout::nhwc, decltype(cc)::value>(cols.f32(), bias, img.f32(), g, kh, kw, p, s, relu,
-                                                                 n0, n1);
+                             reduce_rows<ConvLayout::nhwc, C>(cols.f32(), bias, img.f32(), g, kh, kw, p, s, relu, n0, n1);
                          else
-                             reduce_rows<ConvLayout::nchw, decltype(cc)::value>(cols.f32(), bias, img.f32(), g, kh, kw, p, s, relu,
-                                                                 n0, n1);
+                             reduce_rows<ConvLayout::nchw, C>(cols.f32(), bias, img.f32(), g, kh, kw, p, s, relu, n0, n1);
                      });
                  });
     return img;
