@@ -98,6 +98,9 @@ const std::vector<LayoutCase> kLayoutCases = {
     {Use::fast_path, {2, 16, 4, 6, 5, 5, 1, 2, true}, ConvLayout::nhwc, ConvLayout::nhwc, true},
     {Use::fast_path, {2, 16, 5, 4, 8, 3, 1, 1, false}, ConvLayout::nhwc, ConvLayout::nchw, false},
     {Use::fast_path, {1, 16, 1, 1, 3, 3, 1, 1, true}, ConvLayout::nhwc, ConvLayout::nchw, true},
+    // Weight gradients over 4,096 pixels, whose B side outgrows L2: GEMMs tiled by 32 rows.
+    {Use::fast_path, {4, 64, 32, 32, 96, 1, 1, 0, true}, ConvLayout::nhwc, ConvLayout::nhwc, true},
+    {Use::fast_path, {4, 64, 32, 32, 4, 3, 1, 1, true}, ConvLayout::nhwc, ConvLayout::nchw, false},
 };
 
 std::vector<LayoutCase> cases_for(Use use) {
