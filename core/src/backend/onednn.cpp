@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <new>
 
 #include <tbb/parallel_for.h>
@@ -128,7 +129,7 @@ GemmTiling gemm_tiling(std::int64_t m, std::int64_t n, std::int64_t k) {
     const bool by_rows = m >= n;
     // Every row tile reads all of B. When B is larger than a core's L2 (the weight gradients of
     // convolutions: k = pixels of the batch), 16-row tiles read it from memory 8 times for 128
-    // rows and ran 1.3 times slower than 32-row ones (W3, 1 thread: 10 % of the step).
+    // rows: 6.1 ms on one core for W3's 128 x 128 x 12,544 product, 4.3-4.8 ms in 32-row tiles.
     const bool b_streams = by_rows && 4.0 * static_cast<double>(k) * static_cast<double>(n) > kL2Bytes;
     const std::int64_t extent = by_rows ? m : n, unit = by_rows ? (b_streams ? kDeepRowUnit : kRowUnit) : kColUnit;
     const std::int64_t units = (extent + unit - 1) / unit;
