@@ -63,6 +63,15 @@ int usage() {
     return 2;
 }
 
+// A whole positive integer, or false (a typo is an error, not a silent 0).
+bool positive(const char* text, int& out) {
+    char* end = nullptr;
+    const long v = std::strtol(text, &end, 10);
+    if (end == text || *end != '\0' || v < 1 || v > 1 << 20) return false;
+    out = static_cast<int>(v);
+    return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -71,10 +80,11 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         if (i + 1 >= argc) return usage();
-        if (arg == "--threads") {
-            threads = std::atoi(argv[++i]);
-        } else if (arg == "--repeats") {
-            repeats = std::max(1, std::atoi(argv[++i]));
+        if (arg == "--threads" || arg == "--repeats") {
+            if (!positive(argv[++i], arg == "--threads" ? threads : repeats)) {
+                std::fprintf(stderr, "flowlab_gemm_shapes: %s wants a positive whole number, got '%s'\n", arg.c_str(), argv[i]);
+                return usage();
+            }
         } else if (arg == "--shape") {
             long long m, n, k;
             int ta, tb;

@@ -115,8 +115,9 @@ void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t 
 GemmTiling gemm_tiling(std::int64_t m, std::int64_t n, std::int64_t k) {
     // Tiles depend on the shape only, never on the thread count, so that a result is the same
     // bits with 1 thread or 8. Each tile carries at least kTileFlops (a TBB hand-off costs about
-    // a microsecond, a tile tens of them) and is a multiple of 16 rows or 128 columns (W2's
-    // 100-row GEMMs ran 15% faster in 128-column tiles than in 64-column ones). Measured and not
+    // a microsecond, a tile tens of them) and is a multiple of 16 rows (32 when B streams from
+    // memory, below) or 128 columns (W2's 100-row GEMMs ran 15% faster in 128-column tiles than
+    // in 64-column ones). Measured and not
     // kept: splitting deep products (weight gradients) along the summed dimension, no change
     // on W3.
     constexpr double kTileFlops = 4e6;
