@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <random>
 #include <sstream>
@@ -137,6 +138,13 @@ TEST_CASE("N steps, resume, N steps give bitwise the parameters of 2N steps stra
     Checkpoint a = read_checkpoint(latest_checkpoint(straight));
     CHECK(a.metadata.at("step") == "46");
     require_ends_as(a, split);
+    // The summary's time covers the steps from start_step: all of the straight run, half of the split one.
+    const auto summary = [](const fs::path& run) {
+        std::ifstream f(run / "summary.json");
+        return std::string(std::istreambuf_iterator<char>(f), {});
+    };
+    CHECK(summary(straight).find("\"start_step\": 0,") != std::string::npos);
+    CHECK(summary(split).find("\"start_step\": 23,") != std::string::npos);
     fs::remove_all(straight);
     fs::remove_all(split);
 }

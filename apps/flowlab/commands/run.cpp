@@ -34,8 +34,15 @@ void declare(po::options_description& o) {
 
 void print_summary(const Experiment& exp, const TrainSummary& s, const std::string& run_dir) {
     const std::string name = exp.config.get_string("name");
-    std::printf("%s: %lld steps in %.1f s (%.0f samples/s)\n", name.c_str(), static_cast<long long>(s.steps),
-                s.train_seconds, s.samples_per_s);
+    // After a resume the time covers this call's steps only: say so, or a 12,000-step run would
+    // read as trained in the minutes of its last stretch.
+    if (s.start_step > 0)
+        std::printf("%s: %lld steps, %lld of them (from step %lld) in this call: %.1f s (%.0f samples/s)\n",
+                    name.c_str(), static_cast<long long>(s.steps), static_cast<long long>(s.steps - s.start_step),
+                    static_cast<long long>(s.start_step), s.train_seconds, s.samples_per_s);
+    else
+        std::printf("%s: %lld steps in %.1f s (%.0f samples/s)\n", name.c_str(), static_cast<long long>(s.steps),
+                    s.train_seconds, s.samples_per_s);
     std::printf("  train loss %.4f nats\n", s.final_train_loss);
     if (std::isfinite(s.test_nll))
         std::printf("  test NLL   %.4f nats (%.4f bits/dim)\n", s.test_nll, s.test_bpd);
