@@ -145,6 +145,17 @@ TEST_CASE("N steps, resume, N steps give bitwise the parameters of 2N steps stra
     };
     CHECK(summary(straight).find("\"start_step\": 0,") != std::string::npos);
     CHECK(summary(split).find("\"start_step\": 23,") != std::string::npos);
+    // ... and the checkpoints carry the time of the steps before, so the total spans both calls.
+    const auto seconds = [&](const fs::path& run, const std::string& key) {
+        const std::string s = summary(run);
+        const std::size_t at = s.find("\"" + key + "\": ");
+        REQUIRE(at != std::string::npos);
+        return std::stod(s.substr(at + key.size() + 4));
+    };
+    CHECK(seconds(straight, "total_train_seconds") == seconds(straight, "train_seconds"));
+    CHECK(seconds(split, "total_train_seconds") > seconds(split, "train_seconds"));
+    CHECK(std::stod(read_checkpoint(latest_checkpoint(split)).metadata.at("train_seconds")) ==
+          seconds(split, "total_train_seconds"));
     fs::remove_all(straight);
     fs::remove_all(split);
 }

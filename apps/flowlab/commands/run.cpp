@@ -43,6 +43,11 @@ void print_summary(const Experiment& exp, const TrainSummary& s, const std::stri
     else
         std::printf("%s: %lld steps in %.1f s (%.0f samples/s)\n", name.c_str(), static_cast<long long>(s.steps),
                     s.train_seconds, s.samples_per_s);
+    if (s.start_step > 0 && std::isfinite(s.total_train_seconds)) {
+        std::printf("  training steps over the whole run: %.1f s", s.total_train_seconds);
+        if (s.total_train_seconds >= 3600.0) std::printf(" (%.2f h)", s.total_train_seconds / 3600.0);
+        std::printf("\n");
+    }
     std::printf("  train loss %.4f nats\n", s.final_train_loss);
     if (std::isfinite(s.test_nll))
         std::printf("  test NLL   %.4f nats (%.4f bits/dim)\n", s.test_nll, s.test_bpd);

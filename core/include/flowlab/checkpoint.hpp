@@ -74,6 +74,9 @@ struct TrainState {
     std::int64_t window_n = 0;
     double last_logged_loss = NAN;     // mean of the last logged window (the final train loss)
     bool early_stopped = false;        // written by the early stop: the run is over
+    // Wall time of the training steps up to here, summed over every call of the run (evaluations
+    // and checkpoints excluded); NaN: unknown, a checkpoint from before flowlab recorded it.
+    double train_seconds = NAN;
 };
 
 // Writes the state into checkpoint metadata (exactly: doubles round-trip bit for bit).
@@ -81,7 +84,7 @@ void put_train_state(const TrainState& state, std::map<std::string, std::string>
 // Reads and validates every field: type, range, consistency between fields and with `run`.
 // Throws IoError "path: metadata 'field' = "value": what; hint" for corrupt values and
 // CheckpointMismatch for a checkpoint that does not fit `run`. Fields added after the first
-// format version (logging window, early_stopped) default when absent. Pure, like
+// format version (logging window, early_stopped, train_seconds) default when absent. Pure, like
 // parse_checkpoint.
 TrainState parse_train_state(const std::map<std::string, std::string>& metadata, const std::string& path,
                              const RunShape& run = {});

@@ -6,6 +6,7 @@
 // in run_dir.hpp.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -45,7 +46,8 @@ struct TrainSummary {
     double test_nll = 0.0;           // nats per sample
     double test_bpd = 0.0;           // bits per dimension (dequantisation terms included)
     double samples_per_s = 0.0;      // training throughput
-    double train_seconds = 0.0;
+    double train_seconds = 0.0;        // this call's training steps (from start_step)
+    double total_train_seconds = NAN;  // every call's, as checkpoints carry it; NaN: unknown
     std::int64_t skipped_steps = 0;  // non-finite steps skipped, over the whole run
     bool interrupted = false;        // stopped by stop_flag or stop_after before the last step
     bool early_stopped = false;

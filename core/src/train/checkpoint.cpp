@@ -414,6 +414,7 @@ void put_train_state(const TrainState& st, std::map<std::string, std::string>& m
     m["train_loss_count"] = std::to_string(st.window_n);
     m["last_logged_loss"] = fmt_double(st.last_logged_loss);
     m["early_stopped"] = st.early_stopped ? "1" : "0";
+    if (std::isfinite(st.train_seconds)) m["train_seconds"] = fmt_double(st.train_seconds);
 }
 
 TrainState parse_train_state(const std::map<std::string, std::string>& m, const std::string& path, const RunShape& run) {
@@ -476,6 +477,11 @@ TrainState parse_train_state(const std::map<std::string, std::string>& m, const 
         if (std::isinf(st.last_logged_loss)) r.fail("last_logged_loss", "not finite");
     }
     if (r.has("early_stopped")) st.early_stopped = r.flag("early_stopped");
+    if (r.has("train_seconds")) {
+        st.train_seconds = r.f64("train_seconds");
+        if (!std::isfinite(st.train_seconds) || st.train_seconds < 0.0)
+            r.fail("train_seconds", "not a finite number of seconds >= 0");
+    }
     return st;
 }
 

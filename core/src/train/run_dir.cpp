@@ -72,6 +72,7 @@ void write_run_summary(const std::string& run_dir, const std::string& name, cons
                 {"samples_per_s", number_or_null(s.samples_per_s)},
                 {"start_step", s.start_step},  // train_seconds and samples_per_s cover the steps from here
                 {"train_seconds", number_or_null(s.train_seconds)},
+                {"total_train_seconds", number_or_null(s.total_train_seconds)},  // null: unknown
                 {"layer_check_seconds", number_or_null(s.layer_check_seconds)},
                 {"skipped_steps", s.skipped_steps},
                 {"early_stopped", s.early_stopped}};

@@ -338,6 +338,7 @@ void Trainer::finish(TrainSummary& summary, bool finished, std::int64_t done_thi
     // Over the whole run, like `steps`: every step either applied an update or was skipped.
     summary.skipped_steps = step_ - exp_.optimizer->steps_taken();
     summary.train_seconds = train_seconds;
+    summary.total_train_seconds = seconds_before_ + train_seconds;
     summary.samples_per_s = train_seconds > 0 ? static_cast<double>(done_this_call * batch_) / train_seconds : 0.0;
     summary.best_valid_nll = best_valid_;
     summary.best_step = best_step_;
@@ -456,6 +457,7 @@ TrainSummary Trainer::run() {
         ++done_this_call;
         const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         train_seconds += dt;
+        call_seconds_ = train_seconds;
         const int chosen = governor.current();
         if (adaptive && governor.threads() == 1) ++single_steps;
         if (governor.record(dt, adaptive ? delay.seconds() - waited0 : 0.0)) set_single_threaded(governor.threads() == 1);

@@ -66,6 +66,7 @@ TrainState Trainer::current_state() const {
     st.window_n = window_n_;
     st.last_logged_loss = last_logged_loss_;
     st.early_stopped = early_stopped_;
+    st.train_seconds = seconds_before_ + call_seconds_;
     return st;
 }
 
@@ -81,6 +82,8 @@ void Trainer::apply_state(const TrainState& st) {
     window_n_ = st.window_n;
     last_logged_loss_ = st.last_logged_loss;
     early_stopped_ = st.early_stopped;
+    seconds_before_ = st.train_seconds;
+    call_seconds_ = 0.0;
 }
 
 // Rank 0 writes every checkpoint: the ranks hold the same state.

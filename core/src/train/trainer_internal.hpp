@@ -221,6 +221,8 @@ private:
     // The logging window (losses since the last logged row) and the last logged mean.
     double window_loss_ = 0.0, last_logged_loss_ = NAN;
     std::int64_t window_n_ = 0;
+    // Training-step time before this call (from the checkpoint; NaN: unknown) and in it.
+    double seconds_before_ = 0.0, call_seconds_ = 0.0;
     bool early_stopped_ = false;
     // The newest checkpoint known good (loaded by the resume, or written by this run): rotation
     // keeps it next to the new one.

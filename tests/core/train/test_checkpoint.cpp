@@ -158,6 +158,7 @@ std::map<std::string, std::string> state_at(std::int64_t step) {
         st.window_n = 2;
     }
     st.last_logged_loss = 1.0 / 3.0;
+    st.train_seconds = 0.1 * static_cast<double>(step) + 1.0 / 7.0;
     std::map<std::string, std::string> m;
     put_train_state(st, m);
     return m;
@@ -240,16 +241,23 @@ TEST_CASE("training-state metadata round-trips exactly through a checkpoint", "[
     CHECK(st.window_loss == 0.1 + 0.2);
     CHECK(st.window_n == 2);
     CHECK(st.last_logged_loss == 1.0 / 3.0);
+    CHECK(st.train_seconds == 0.1 * 23.0 + 1.0 / 7.0);
     CHECK(std::isinf(st.best_valid_nll));
     CHECK(st.best_step == -1);
     CHECK(parse_train_state(state_at(0), "ck", kRun).sampler_pos == 0);
     CHECK(parse_train_state(state_at(46), "ck", kRun).sampler_pos == 15 * 64);  // 46 = 31 + 15
     // Checkpoints written before the logging window was saved still load, with an empty one.
     auto old = state_at(23);
-    for (const char* k : {"train_loss_sum", "train_loss_count", "last_logged_loss", "early_stopped"}) old.erase(k);
+    for (const char* k : {"train_loss_sum", "train_loss_count", "last_logged_loss", "early_stopped", "train_seconds"})
+        old.erase(k);
     TrainState o = parse_train_state(old, "ck", kRun);
     CHECK(o.window_n == 0);
     CHECK(o.window_loss == 0.0);
+    // Their training time is unknown, and stays out of the checkpoints that follow them.
+    CHECK(std::isnan(o.train_seconds));
+    std::map<std::string, std::string> again;
+    put_train_state(o, again);
+    CHECK(again.count("train_seconds") == 0);
 }
 
 TEST_CASE("training-state metadata with an invalid field is rejected naming the file and the field", "[checkpoint]") {
@@ -283,6 +291,9 @@ TEST_CASE("training-state metadata with an invalid field is rejected naming the 
         {"train_loss_count", "24", "out of range", false},
         {"last_logged_loss", "-inf", "not finite", false},
         {"early_stopped", "2", "not 0 or 1", false},
+        {"train_seconds", "-1", "not a finite number of seconds", false},
+        {"train_seconds", "nan", "not a finite number of seconds", false},
+        {"train_seconds", "12s", "not a number", false},
         {"format", "flowlab-checkpoint-9", "unknown checkpoint format", true},
     };
     for (const auto& c : cases) {
