@@ -331,15 +331,15 @@ bool Trainer::periodic_eval(TrainSummary& summary) {
 
 // After the loop: the last checkpoint, the summary's figures, the best or averaged weights as
 // the model, and the final test evaluation.
-void Trainer::finish(TrainSummary& summary, bool finished, std::int64_t done_this_call, double train_seconds) {
+void Trainer::finish(TrainSummary& summary, bool finished, std::int64_t done_this_call) {
     if (progress_shown_ && !opt_.quiet) std::cerr << std::endl;
     if (!summary.interrupted && !summary.early_stopped && !finished) save_checkpoint();
     summary.steps = step_;
     // Over the whole run, like `steps`: every step either applied an update or was skipped.
     summary.skipped_steps = step_ - exp_.optimizer->steps_taken();
-    summary.train_seconds = train_seconds;
-    summary.total_train_seconds = seconds_before_ + train_seconds;
-    summary.samples_per_s = train_seconds > 0 ? static_cast<double>(done_this_call * batch_) / train_seconds : 0.0;
+    summary.train_seconds = call_seconds_;
+    summary.total_train_seconds = seconds_before_ + call_seconds_;
+    summary.samples_per_s = call_seconds_ > 0 ? static_cast<double>(done_this_call * batch_) / call_seconds_ : 0.0;
     summary.best_valid_nll = best_valid_;
     summary.best_step = best_step_;
     if (summary.early_stopped && !opt_.run_dir.empty()) {
@@ -446,7 +446,7 @@ TrainSummary Trainer::run() {
     Tensor cb;
     if (tr.context.defined()) cb = Tensor::empty(with_batch(share_.rows, exp_.data.context_shape), tr.context.dtype());
 
-    double train_seconds = 0.0;
+    call_seconds_ = 0.0;
     std::int64_t done_this_call = 0, single_steps = 0;
     window_ = {std::chrono::steady_clock::now(), step_, 0.0};
     RunDelay delay;
@@ -456,8 +456,7 @@ TrainSummary Trainer::run() {
         const StepStats st = train_step(xb, cb);
         ++done_this_call;
         const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        train_seconds += dt;
-        call_seconds_ = train_seconds;
+        call_seconds_ += dt;
         const int chosen = governor.current();
         if (adaptive && governor.threads() == 1) ++single_steps;
         if (governor.record(dt, adaptive ? delay.seconds() - waited0 : 0.0)) set_single_threaded(governor.threads() == 1);
@@ -496,7 +495,7 @@ TrainSummary Trainer::run() {
             summary.comm_wait_seconds_per_step = comm_wait_ / n;
         }
     }
-    finish(summary, finished, done_this_call, train_seconds);
+    finish(summary, finished, done_this_call);
     return summary;
 }
 

@@ -140,7 +140,7 @@ private:
     StepStats train_step(Tensor& xb, Tensor& cb);
     void report_progress(const StepStats& st, TrainSummary& summary);
     bool periodic_eval(TrainSummary& summary);
-    void finish(TrainSummary& summary, bool finished, std::int64_t done_this_call, double train_seconds);
+    void finish(TrainSummary& summary, bool finished, std::int64_t done_this_call);
 
     // A checkpoint that passed every check, ready to be applied.
     struct ResumePoint {
