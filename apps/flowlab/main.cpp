@@ -27,6 +27,7 @@
 #include "distributed.hpp"
 #include "flowlab/errors.hpp"
 #include "flowlab/params.hpp"
+#include "flowlab/stop_signals.hpp"
 #include "flowlab/version.hpp"
 
 using namespace flowlab;
@@ -155,6 +156,9 @@ int main(int argc, char** argv) {
     // the peak resident memory is the same).
     mallopt(M_MMAP_THRESHOLD, 1 << 30);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    // Before any thread starts (MPI's, TBB's), so that every thread inherits the block of
+    // SIGINT/SIGTERM: `run` takes them on a thread of their own (flowlab/stop_signals.hpp).
+    route_stop_signals();
     try {
         start_distributed();
     } catch (const std::exception& e) {

@@ -2,7 +2,6 @@
 // Under mpirun every rank runs this together: data-parallel training (docs/DISTRIBUTED.md),
 // rank 0 writing the run directory and speaking for the job.
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 
@@ -15,12 +14,12 @@
 #include "../session.hpp"
 #include "flowlab/architecture.hpp"
 #include "flowlab/run_dir.hpp"
+#include "flowlab/stop_signals.hpp"
 
 namespace flowlab::cli {
 namespace {
 
-volatile int g_stop = 0;
-void on_signal(int) { g_stop = 1; }
+volatile int g_stop = 0;  // set by the stop-signal thread
 
 void declare(po::options_description& o) {
     o.add_options()  //
@@ -137,13 +136,14 @@ int run(const Args& a) {
         }
         return sum;
     };
-    std::signal(SIGINT, on_signal);
-    std::signal(SIGTERM, on_signal);
-    const TrainSummary summary =
-        replicas > 1 ? run_replicas(s, replicas, [&](Experiment& e, Communicator& c) { return work(e, &c); })
-                     : work(exp, opt.comm);
-    std::signal(SIGINT, SIG_DFL);
-    std::signal(SIGTERM, SIG_DFL);
+    // SIGINT/SIGTERM stop training after the current step (routed to a thread of their own by
+    // main: stop_signals.hpp says why no handler may interrupt the computation).
+    TrainSummary summary;
+    {
+        StopSignalScope stop_signals(&g_stop);
+        summary = replicas > 1 ? run_replicas(s, replicas, [&](Experiment& e, Communicator& c) { return work(e, &c); })
+                               : work(exp, opt.comm);
+    }
     if (summary.interrupted) {
         if (root)
             std::printf("%s: stopped at step %lld of %lld; checkpoint written. Continue with: flowlab run --resume %s\n",

@@ -78,8 +78,17 @@ std::string render_dot_to_svg(const std::string& dot_file, const std::string& sv
     posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     std::string a0 = dot, a1 = "-Tsvg", a2 = "-o", a3 = tmp, a4 = dot_file;
     char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), a4.data(), nullptr};
+    // The child starts with no signal blocked: flowlab blocks SIGINT/SIGTERM in its threads
+    // (stop_signals.hpp) and a blocked mask would survive the exec.
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    sigset_t none;
+    sigemptyset(&none);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
     pid_t child = -1;
-    const int rc = ::posix_spawn(&child, dot.c_str(), &actions, nullptr, argv, environ);
+    const int rc = ::posix_spawn(&child, dot.c_str(), &actions, &attr, argv, environ);
+    posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&actions);
     auto clean = [&] {
         std::error_code ec;
