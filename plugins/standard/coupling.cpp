@@ -12,7 +12,8 @@
 // The update is one fused op over the whole [B, D] input: it writes the transformed features and
 // copies the others, so the layer needs no slice/concat or gather/scatter on the output, only
 // one slice (or gather) for the conditioner's input. The log-det is a second op whose value the
-// same kernel computes; both backward rules accumulate into raw's gradient buffer in place.
+// same kernel computes; both backward rules accumulate into raw's gradient buffer in place,
+// from factors the forward kernel kept (no tanh or exp of their own).
 #include <cmath>
 #include <memory>
 #include <string>
@@ -49,9 +50,12 @@ struct SoftClamp {
 
 // ------------------------------------------------------------------------------------ affine
 
-// out and log_det for rows [r0, r1). inverse: data -> latent.
+// out and log_det for rows [r0, r1). inverse: data -> latent. With `aux` (rows of 2 * d_t, when
+// a backward pass will follow): ds/draw and the update's factor e (exp(s) inverse, exp(-s)
+// forward) of each transformed column, so that the two backward rules need no tanh or exp of
+// their own (they were two thirds of the layer's transcendental calls).
 template <class T>
-void affine_fwd_kernel(const T* x, const T* raw, T* out, T* ld, std::int64_t r0, std::int64_t r1,
+void affine_fwd_kernel(const T* x, const T* raw, T* out, T* ld, T* aux, std::int64_t r0, std::int64_t r1,
                        const Mask& m, SoftClamp<T> clamp, bool inverse) {
     const std::int64_t D = m.dim, dt = m.d_trans();
     const std::int32_t* slot = m.slot.data();
@@ -59,6 +63,7 @@ void affine_fwd_kernel(const T* x, const T* raw, T* out, T* ld, std::int64_t r0,
         const T* xr = x + b * D;
         const T* rr = raw + b * 2 * dt;
         T* orow = out + b * D;
+        T* ar = aux ? aux + b * 2 * dt : nullptr;
         T acc = T(0);
         for (std::int64_t j = 0; j < D; ++j) {
             const std::int32_t k = slot[j];
@@ -68,7 +73,12 @@ void affine_fwd_kernel(const T* x, const T* raw, T* out, T* ld, std::int64_t r0,
             }
             const T s = clamp.s(rr[k]);
             const T t = rr[dt + k];
-            orow[j] = inverse ? xr[j] * std::exp(s) + t : (xr[j] - t) * std::exp(-s);
+            const T e = std::exp(inverse ? s : -s);
+            orow[j] = inverse ? xr[j] * e + t : (xr[j] - t) * e;
+            if (ar) {
+                ar[k] = clamp.ds(s);
+                ar[dt + k] = e;
+            }
             acc += s;
         }
         ld[b] = inverse ? acc : -acc;
@@ -78,14 +88,15 @@ void affine_fwd_kernel(const T* x, const T* raw, T* out, T* ld, std::int64_t r0,
 // Gradients of the update for rows [r0, r1), accumulated into gx and graw (either may be null).
 // Uses the op's output instead of its input: inverse: x*e^s = out - t; forward: d out/ds = -out.
 template <class T>
-void affine_bwd_kernel(const T* gy, const T* out, const T* raw, T* gx, T* graw, std::int64_t r0, std::int64_t r1,
-                       const Mask& m, SoftClamp<T> clamp, bool inverse) {
+void affine_bwd_kernel(const T* gy, const T* out, const T* raw, const T* aux, T* gx, T* graw, std::int64_t r0,
+                       std::int64_t r1, const Mask& m, bool inverse) {
     const std::int64_t D = m.dim, dt = m.d_trans();
     const std::int32_t* slot = m.slot.data();
     for (std::int64_t b = r0; b < r1; ++b) {
         const T* g = gy + b * D;
         const T* o = out + b * D;
         const T* rr = raw + b * 2 * dt;
+        const T* ar = aux + b * 2 * dt;
         T* gxr = gx ? gx + b * D : nullptr;
         T* grr = graw ? graw + b * 2 * dt : nullptr;
         for (std::int64_t j = 0; j < D; ++j) {
@@ -94,20 +105,15 @@ void affine_bwd_kernel(const T* gy, const T* out, const T* raw, T* gx, T* graw, 
                 if (gxr) gxr[j] += g[j];
                 continue;
             }
-            const T s = clamp.s(rr[k]);
             const T t = rr[dt + k];
-            if (inverse) {
-                const T e = std::exp(s);
-                if (gxr) gxr[j] += g[j] * e;
-                if (grr) {
-                    grr[k] += g[j] * (o[j] - t) * clamp.ds(s);
+            const T ds = ar[k], e = ar[dt + k];
+            if (gxr) gxr[j] += g[j] * e;
+            if (grr) {
+                if (inverse) {
+                    grr[k] += g[j] * (o[j] - t) * ds;
                     grr[dt + k] += g[j];
-                }
-            } else {
-                const T e = std::exp(-s);
-                if (gxr) gxr[j] += g[j] * e;
-                if (grr) {
-                    grr[k] -= g[j] * o[j] * clamp.ds(s);
+                } else {
+                    grr[k] -= g[j] * o[j] * ds;
                     grr[dt + k] -= g[j] * e;
                 }
             }
@@ -117,47 +123,50 @@ void affine_bwd_kernel(const T* gy, const T* out, const T* raw, T* gx, T* graw, 
 
 // d log_det / d raw: +-ds/draw on the s columns.
 template <class T>
-void affine_logdet_bwd_kernel(const T* gld, const T* raw, T* graw, std::int64_t r0, std::int64_t r1,
-                              std::int64_t dt, SoftClamp<T> clamp, bool inverse) {
+void affine_logdet_bwd_kernel(const T* gld, const T* aux, T* graw, std::int64_t r0, std::int64_t r1, std::int64_t dt,
+                              bool inverse) {
     for (std::int64_t b = r0; b < r1; ++b) {
         const T g = inverse ? gld[b] : -gld[b];
-        const T* rr = raw + b * 2 * dt;
+        const T* ar = aux + b * 2 * dt;
         T* grr = graw + b * 2 * dt;
-        for (std::int64_t k = 0; k < dt; ++k) grr[k] += g * clamp.ds(clamp.s(rr[k]));
+        for (std::int64_t k = 0; k < dt; ++k) grr[k] += g * ar[k];
     }
 }
 
 FlowResult affine_update(const Var& x, const Var& raw, const std::shared_ptr<const Mask>& mask, double clamp,
                          bool inverse) {
     const Tensor& rv = raw.value();
+    // The backward rules' factors, only when a backward pass can follow.
+    Tensor aux;
+    if (grad_enabled() && (x.requires_grad() || raw.requires_grad())) aux = Tensor::empty(rv.shape(), rv.dtype());
     OutAndLogDet fwd = rows_with_log_det(
         x.value(), rv, row_grain(mask->dim),
         [&](const auto* xp, const auto* rp, auto* op, auto* lp, std::int64_t r0, std::int64_t r1) {
             using T = std::remove_pointer_t<decltype(op)>;
-            affine_fwd_kernel<T>(xp, rp, op, lp, r0, r1, *mask, SoftClamp<T>{static_cast<T>(clamp)}, inverse);
+            affine_fwd_kernel<T>(xp, rp, op, lp, aux.defined() ? aux.data<T>() : nullptr, r0, r1, *mask,
+                                 SoftClamp<T>{static_cast<T>(clamp)}, inverse);
         });
     Var out_v = make_op(inverse ? "affine_coupling_inverse" : "affine_coupling_forward", std::move(fwd.out), {x, raw},
-                        [rv, mask, clamp, inverse](const Tensor& gy, const Tensor& y, GradSink& sink) {
+                        [rv, aux, mask, inverse](const Tensor& gy, const Tensor& y, GradSink& sink) {
                             with_grad_buffers(sink, y.dtype(), [&](auto tag, auto* gx, auto* gr) {
                                 using T = decltype(tag);
                                 const T* gp = gy.data<T>();
                                 const T* yp = y.data<T>();
                                 const T* rp = rv.data<T>();
-                                SoftClamp<T> sc{static_cast<T>(clamp)};
+                                const T* ap = aux.data<T>();
                                 parallel_for(y.size(0), row_grain(mask->dim), [&](std::int64_t r0, std::int64_t r1) {
-                                    affine_bwd_kernel<T>(gp, yp, rp, gx, gr, r0, r1, *mask, sc, inverse);
+                                    affine_bwd_kernel<T>(gp, yp, rp, ap, gx, gr, r0, r1, *mask, inverse);
                                 });
                             });
                         });
     Var ld_v = make_op("affine_coupling_log_det", std::move(fwd.log_det), {raw},
-                       [rv, dt = mask->d_trans(), clamp, inverse](const Tensor& gld, const Tensor&, GradSink& sink) {
-                           with_grad_buffer(sink, rv.dtype(), [&](auto tag, auto* gr) {
+                       [aux, dt = mask->d_trans(), inverse](const Tensor& gld, const Tensor&, GradSink& sink) {
+                           with_grad_buffer(sink, aux.dtype(), [&](auto tag, auto* gr) {
                                using T = decltype(tag);
                                const T* gp = gld.data<T>();
-                               const T* rp = rv.data<T>();
-                               SoftClamp<T> sc{static_cast<T>(clamp)};
-                               parallel_for(rv.size(0), row_grain(2 * dt), [&](std::int64_t r0, std::int64_t r1) {
-                                   affine_logdet_bwd_kernel<T>(gp, rp, gr, r0, r1, dt, sc, inverse);
+                               const T* ap = aux.data<T>();
+                               parallel_for(aux.size(0), row_grain(2 * dt), [&](std::int64_t r0, std::int64_t r1) {
+                                   affine_logdet_bwd_kernel<T>(gp, ap, gr, r0, r1, dt, inverse);
                                });
                            });
                        });
