@@ -34,9 +34,11 @@ inline T log_sigmoid(T u) {  // stable log(1 / (1 + e^-u))
     return u >= T(0) ? -std::log1p(std::exp(-u)) : u - std::log1p(std::exp(u));
 }
 
-// Rows [n0, n1): out and log-det.
+// Rows [n0, n1): out and log-det. With `sv` ([B, ct, P], when a backward pass can follow): each
+// transformed element's sigmoid, which the backward rules use instead of recomputing it.
 template <class T>
-void update_fwd(const T* x, const T* h, T* out, T* ld, std::int64_t n0, std::int64_t n1, const Plan& p, bool inverse) {
+void update_fwd(const T* x, const T* h, T* out, T* ld, T* sv, std::int64_t n0, std::int64_t n1, const Plan& p,
+                bool inverse) {
     const std::int64_t C = p.C, P = p.P, hc = p.h_channels();
     const T off = static_cast<T>(p.offset);
     for (std::int64_t n = n0; n < n1; ++n) {
@@ -51,6 +53,7 @@ void update_fwd(const T* x, const T* h, T* out, T* ld, std::int64_t n0, std::int
             }
             const T* sh = h + (n * hc + k) * P;
             const T* raw = p.additive ? nullptr : h + (n * hc + p.ct + k) * P;
+            T* srow = sv ? sv + (n * p.ct + k) * P : nullptr;
             for (std::int64_t q = 0; q < P; ++q) {
                 if (!p.pix.empty() && !p.pix[static_cast<std::size_t>(q)]) {
                     orow[q] = xr[q];
@@ -63,6 +66,7 @@ void update_fwd(const T* x, const T* h, T* out, T* ld, std::int64_t n0, std::int
                 const T u = raw[q] + off;
                 const T s = T(1) / (T(1) + std::exp(-u));
                 orow[q] = inverse ? (xr[q] + sh[q]) * s : xr[q] / s - sh[q];
+                if (srow) srow[q] = s;
                 acc += log_sigmoid(u);
             }
         }
@@ -70,12 +74,12 @@ void update_fwd(const T* x, const T* h, T* out, T* ld, std::int64_t n0, std::int
     }
 }
 
-// Gradients of out (gy) and of the log-det (gld, may be null) for rows [n0, n1).
+// Gradients of out (gy) and of the log-det (gld, may be null) for rows [n0, n1); sv is the
+// forward pass's sigmoids (affine couplings).
 template <class T>
-void update_bwd(const T* gy, const T* gld, const T* out, const T* h, T* gx, T* gh, std::int64_t n0, std::int64_t n1,
-                const Plan& p, bool inverse) {
+void update_bwd(const T* gy, const T* gld, const T* out, const T* h, const T* sv, T* gx, T* gh, std::int64_t n0,
+                std::int64_t n1, const Plan& p, bool inverse) {
     const std::int64_t C = p.C, P = p.P, hc = p.h_channels();
-    const T off = static_cast<T>(p.offset);
     for (std::int64_t n = n0; n < n1; ++n) {
         const T gl = gld ? (inverse ? gld[n] : -gld[n]) : T(0);
         for (std::int64_t c = 0; c < C; ++c) {
@@ -89,7 +93,7 @@ void update_bwd(const T* gy, const T* gld, const T* out, const T* h, T* gx, T* g
             }
             const T* o = out ? out + (n * C + c) * P : nullptr;  // additive couplings pass no output
             const T* sh = h + (n * hc + k) * P;
-            const T* raw = p.additive ? nullptr : h + (n * hc + p.ct + k) * P;
+            const T* srow = p.additive ? nullptr : sv + (n * p.ct + k) * P;
             T* gsh = gh ? gh + (n * hc + k) * P : nullptr;
             T* graw = gh && !p.additive ? gh + (n * hc + p.ct + k) * P : nullptr;
             for (std::int64_t q = 0; q < P; ++q) {
@@ -104,8 +108,7 @@ void update_bwd(const T* gy, const T* gld, const T* out, const T* h, T* gx, T* g
                     if (gsh) gsh[q] += inverse ? g[q] : -g[q];
                     continue;
                 }
-                const T u = raw[q] + off;
-                const T s = T(1) / (T(1) + std::exp(-u));
+                const T s = srow[q];
                 // d log sigmoid(u) / du = 1 - s; the log-det's sign is folded into gl.
                 T dr = gl * (T(1) - s);
                 if (g) {
@@ -136,36 +139,42 @@ FlowResult coupling_update(const Var& x, const Var& h, const std::shared_ptr<con
                          std::to_string(plan->h_channels()) + " channels per sample");
     Tensor out = Tensor::empty(xv.shape(), xv.dtype());
     Tensor ld = Tensor::empty({B}, xv.dtype());
+    // The sigmoids for the backward rules, only when a backward pass can follow.
+    Tensor sv;
+    if (!plan->additive && grad_enabled() && (x.requires_grad() || h.requires_grad()))
+        sv = Tensor::empty({B, plan->ct, plan->P}, xv.dtype());
     const std::int64_t per_sample = plan->C * plan->P;
     dispatch(xv.dtype(), [&](auto tag) {
         using T = decltype(tag);
+        T* sp = sv.defined() ? sv.data<T>() : nullptr;
         parallel_samples(B, per_sample, [&](std::int64_t n0, std::int64_t n1) {
-            update_fwd<T>(xv.data<T>(), hv.data<T>(), out.data<T>(), ld.data<T>(), n0, n1, *plan, inverse);
+            update_fwd<T>(xv.data<T>(), hv.data<T>(), out.data<T>(), ld.data<T>(), sp, n0, n1, *plan, inverse);
         });
     });
     Var out_v = make_op(inverse ? "conv_coupling_inverse" : "conv_coupling_forward", std::move(out), {x, h},
-                        [hv, plan, inverse, per_sample](const Tensor& gy, const Tensor& y, GradSink& g) {
+                        [hv, sv, plan, inverse, per_sample](const Tensor& gy, const Tensor& y, GradSink& g) {
                             if (!g.needs(0) && !g.needs(1)) return;
                             dispatch(y.dtype(), [&](auto tag) {
                                 using T = decltype(tag);
                                 T* gx = g.needs(0) ? g.buffer(0).template data<T>() : nullptr;
                                 T* gh = g.needs(1) ? g.buffer(1).template data<T>() : nullptr;
                                 parallel_samples(y.size(0), per_sample, [&](std::int64_t n0, std::int64_t n1) {
-                                    update_bwd<T>(gy.data<T>(), nullptr, y.data<T>(), hv.data<T>(), gx, gh, n0, n1,
-                                                  *plan, inverse);
+                                    update_bwd<T>(gy.data<T>(), nullptr, y.data<T>(), hv.data<T>(),
+                                                  sv.defined() ? sv.data<T>() : nullptr, gx, gh, n0, n1, *plan,
+                                                  inverse);
                                 });
                             });
                         });
     if (plan->additive) return {out_v, Var(Tensor::zeros({B}, xv.dtype()))};
     Var ld_v = make_op("conv_coupling_log_det", std::move(ld), {h},
-                       [hv, plan, inverse, per_sample, B](const Tensor& gld, const Tensor&, GradSink& g) {
+                       [hv, sv, plan, inverse, per_sample, B](const Tensor& gld, const Tensor&, GradSink& g) {
                            if (!g.needs(0)) return;
                            dispatch(hv.dtype(), [&](auto tag) {
                                using T = decltype(tag);
                                T* gh = g.buffer(0).template data<T>();
                                parallel_samples(B, per_sample, [&](std::int64_t n0, std::int64_t n1) {
-                                   update_bwd<T>(nullptr, gld.data<T>(), nullptr, hv.data<T>(), nullptr, gh, n0, n1,
-                                                 *plan, inverse);
+                                   update_bwd<T>(nullptr, gld.data<T>(), nullptr, hv.data<T>(), sv.data<T>(), nullptr,
+                                                 gh, n0, n1, *plan, inverse);
                                });
                            });
                        });
