@@ -33,9 +33,6 @@ namespace flowlab {
 // Idempotent; thread-safe. Threads that already exist keep their signal mask.
 void route_stop_signals();
 
-// Whether route_stop_signals() has run in this process.
-bool stop_signals_routed();
-
 class StopSignalScope {
 public:
     // Routes the signals if that was not done yet (then only threads started from here on are

@@ -15,7 +15,6 @@ namespace {
 constexpr int kSignals[2] = {SIGINT, SIGTERM};
 
 std::atomic<volatile int*> g_flag{nullptr};
-std::atomic<bool> g_routed{false};
 std::once_flag g_once;
 struct sigaction g_initial[2];  // each signal's disposition when routing began
 
@@ -75,11 +74,8 @@ void route_stop_signals() {
         const sigset_t set = stop_set();
         ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
         std::thread(watch).detach();
-        g_routed = true;
     });
 }
-
-bool stop_signals_routed() { return g_routed.load(); }
 
 StopSignalScope::StopSignalScope(volatile int* flag) {
     route_stop_signals();
