@@ -112,6 +112,17 @@ Made::Made(const MadeConfig& cfg, Rng& init) : cfg_(cfg) {
             dout[static_cast<std::size_t>(p * D + i)] = (*degrees_[0])[static_cast<std::size_t>(i)];
     degrees_.push_back(std::make_shared<const DegreeVec>(std::move(dout)));
 
+    for (std::size_t l = 0; l + 1 < degrees_.size(); ++l) {
+        const DegreeVec& din = *degrees_[l];
+        const DegreeVec& dout = *degrees_[l + 1];
+        const std::int32_t shift = l + 2 == degrees_.size() ? 1 : 0;  // the output layer is strict
+        supports_.push_back(WeightSupport::from_mask(
+            static_cast<std::int64_t>(din.size()), static_cast<std::int64_t>(dout.size()),
+            [&](std::int64_t j, std::int64_t k) {
+                return dout[static_cast<std::size_t>(k)] >= din[static_cast<std::size_t>(j)] + shift;
+            }));
+    }
+
     // PyTorch's nn.Linear init, U(+-1/sqrt(fan_in)) for weights and biases; the context block
     // counts towards the first layer's fan-in. The output layer starts at zero on request.
     const std::size_t n_layers = degrees_.size() - 1;
@@ -146,7 +157,9 @@ Var Made::operator()(const Var& x, const Var& context) const {
     const std::size_t n = weights_.size();
     for (std::size_t l = 0; l < n; ++l) {
         Var wm = masked_weight(weights_[l], degrees_[l], degrees_[l + 1], l + 1 == n);
-        Var pre = linear(h, wm, biases_[l]);
+        // The ReLU runs in the GEMM's epilogue unless a context term is added first.
+        const bool fused_relu = l + 1 < n && !tanh_ && !(l == 0 && cfg_.context > 0);
+        Var pre = block_sparse_linear(h, wm, biases_[l], supports_[l], fused_relu);
         if (l == 0 && cfg_.context > 0) {
             if (!context.defined()) throw ShapeError("made: built for a context, but none was given");
             Var c = context.value().dim() == 2 ? context : reshape(context, {B, -1});
@@ -155,7 +168,7 @@ Var Made::operator()(const Var& x, const Var& context) const {
                                  std::to_string(cfg_.context) + " features per sample");
             pre = pre + linear(c, ctx_weight_);
         }
-        h = l + 1 < n ? (tanh_ ? tanh(pre) : relu(pre)) : pre;
+        h = l + 1 < n && !fused_relu ? (tanh_ ? tanh(pre) : relu(pre)) : pre;
     }
     return h;
 }

@@ -8,9 +8,12 @@
 // deg(out) > deg(in) into the output layer, so output i sees only inputs of lower degree.
 // A context (conditional flows) enters the first layer as an extra, unmasked input block.
 //
-// The masks are never stored: a fused op forms W*M from the two degree vectors once per forward
-// (one streaming pass), and its backward masks the weight gradient in place, so the GEMMs run on
-// dense tensors through the core's linear().
+// The masks are never stored: an op keeps W projected onto W*M (a read-only scan once the
+// weights are masked), and its backward masks the weight gradient in place. The layers run
+// through the core's block_sparse_linear on the masks' block structure: with degrees sorted in
+// runs (natural or reverse order; hidden units cycle through 1..D-1), most 128-column blocks see
+// only a prefix of the previous layer's units, and the GEMMs skip the rest (W2's MADEs: 35 % of
+// the dense work). A random order leaves no such structure, and the layers run dense.
 //
 // The slow direction of an autoregressive layer solves u = MADE(a), a_i = g^-1(b_i; u_i) for a.
 // `made_solve` does it incrementally: it walks the degrees 1..D once and, after fixing input
@@ -67,6 +70,8 @@ private:
     MadeConfig cfg_;
     bool tanh_ = false;
     std::vector<std::shared_ptr<const std::vector<std::int32_t>>> degrees_;
+    // Where each layer's masked weight can be nonzero, so that its GEMMs skip the zero blocks.
+    std::vector<std::shared_ptr<const WeightSupport>> supports_;
     std::vector<Var> weights_, biases_;
     Var ctx_weight_;
 };

@@ -88,7 +88,8 @@ GemmPrimitive make_gemm(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::
     return p;
 }
 
-// One tile on the calling thread, through a primitive built for one thread.
+}  // namespace
+
 void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
                 float* c, const float* bias) {
     Context& ctx = Context::get();
@@ -109,8 +110,6 @@ void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t 
     }
     s.wait();
 }
-
-}  // namespace
 
 GemmTiling gemm_tiling(std::int64_t m, std::int64_t n, std::int64_t k) {
     // Tiles depend on the shape only, never on the thread count, so that a result is the same

@@ -94,6 +94,12 @@ struct Gemm {
 };
 void sgemm(const Gemm& g, const float* a, const float* b, float* c, const float* bias = nullptr);
 
+// One GEMM on the calling thread (a primitive built for one thread), on operands inside larger
+// row-major matrices with leading dimensions lda, ldb, ldc: sgemm's tiles, and callers that
+// schedule their own blocks (block_sparse_linear).
+void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
+                float* c, const float* bias);
+
 // How sgemm splits C into tiles run as TBB tasks: `count` tiles of `step` rows or columns;
 // count <= 1 runs as one call. Fixed by the shape alone.
 struct GemmTiling {

@@ -79,3 +79,102 @@ TEST_CASE("linear_relu keeps NaN and sums a shared weight's gradients", "[ops][l
     GradCheckResult r = gradcheck(two_layers, {x1, w1});
     CHECK(r.ok(1e-5));
 }
+
+namespace {
+
+// The support as a 0/1 matrix [in, out].
+Tensor support_matrix(const WeightSupport& s) {
+    Tensor m = Tensor::zeros({s.in(), s.out()}, DType::f64);
+    for (std::int64_t j = 0; j < s.column_blocks(); ++j)
+        for (const auto& r : s.rows(j))
+            for (std::int64_t i = r.begin; i < r.end; ++i)
+                for (std::int64_t c = j * s.block(); c < std::min(s.out(), (j + 1) * s.block()); ++c)
+                    m.set_item(i * s.out() + c, 1.0);
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("block_sparse_linear equals the dense layer on a masked weight", "[ops][linear]") {
+    struct Case {
+        std::int64_t rows, in, out;
+        int mask;  // 0: staircase in two runs (MADE-like), 1: staircase with empty first blocks, 2: random
+    };
+    const std::vector<Case> cases = {{7, 300, 400, 0}, {100, 784, 300, 0}, {600, 200, 520, 0},
+                                     {33, 260, 390, 1}, {20, 150, 140, 2},  {5, 3, 4, 0}};
+    std::uint64_t seed = 500;
+    for (const Case& c : cases) {
+        Rng r(++seed);
+        const std::int64_t period = std::max<std::int64_t>(1, c.in * 2 / 3);
+        std::vector<char> keep_bits(static_cast<std::size_t>(c.in * c.out));
+        for (std::int64_t i = 0; i < c.in; ++i)
+            for (std::int64_t j = 0; j < c.out; ++j) {
+                bool k = false;
+                if (c.mask == 0) k = (j % period) * c.in / period >= i;
+                if (c.mask == 1) k = j - 200 > i;
+                if (c.mask == 2) k = r.uniform() < 0.5;
+                keep_bits[static_cast<std::size_t>(i * c.out + j)] = k;
+            }
+        auto keep = [&](std::int64_t i, std::int64_t j) { return keep_bits[static_cast<std::size_t>(i * c.out + j)] != 0; };
+        const auto support = WeightSupport::from_mask(c.in, c.out, keep);
+        INFO("rows " << c.rows << " in " << c.in << " out " << c.out << " mask " << c.mask << " density "
+                     << support->density());
+        if (c.mask == 2) CHECK(support->dense());
+        if (c.in == 784) CHECK(support->density() < 0.8);
+        Tensor w = rnd({c.in, c.out}, ++seed);
+        for (std::int64_t i = 0; i < c.in; ++i)
+            for (std::int64_t j = 0; j < c.out; ++j)
+                if (!keep(i, j)) w.set_item(i * c.out + j, 0.0);
+        const Tensor x = rnd({c.rows, c.in}, ++seed), b = rnd({c.out}, ++seed), gy = rnd({c.rows, c.out}, ++seed);
+        const Tensor inside = support_matrix(*support);
+        std::int64_t missed = 0;  // kept entries outside the support
+        for (std::int64_t i = 0; i < c.in; ++i)
+            for (std::int64_t j = 0; j < c.out; ++j) missed += keep(i, j) && inside.item(i * c.out + j) == 0.0;
+        CHECK(missed == 0);
+        for (bool relu : {false, true}) {
+            const Result ref = run(false, relu, DType::f64, x, w, b, gy);
+            for (DType dt : {DType::f32, DType::f64}) {
+                // The input is used twice, the weight gradient once: x's gradient accumulates.
+                Var vx(x.to(dt), true), vw(w.to(dt), true), vb(b.to(dt), true);
+                Var y = block_sparse_linear(vx, vw, vb, support, relu);
+                Var loss = add(sum_all(mul(y, Var(gy.to(dt)))), sum_all(vx));
+                loss.backward();
+                INFO((relu ? "relu " : "") << dtype_name(dt));
+                CHECK(kern::max_abs_diff(y.value(), ref.t[0]) < 1e-4);
+                CHECK(kern::max_abs_diff(vx.grad(), kern::add(ref.t[1], Tensor::full(x.shape(), 1.0, DType::f64))) < 1e-4);
+                // w's gradient: the dense one inside the support, zero outside.
+                CHECK(kern::max_abs_diff(vw.grad(), kern::mul(ref.t[2], inside)) < 1e-4);
+                CHECK(kern::max_abs_diff(vb.grad(), ref.t[3]) < 1e-4);
+            }
+        }
+    }
+}
+
+TEST_CASE("block_sparse_linear gives the same bits on 1 and 2 threads", "[ops][linear]") {
+    const std::int64_t in = 500, out = 700;
+    auto keep = [](std::int64_t i, std::int64_t j) { return (j % 499) >= i; };
+    const auto support = WeightSupport::from_mask(in, out, keep);
+    REQUIRE_FALSE(support->dense());
+    Tensor w = rnd({in, out}, 1, DType::f32);
+    for (std::int64_t i = 0; i < in; ++i)
+        for (std::int64_t j = 0; j < out; ++j)
+            if (!keep(i, j)) w.set_item(i * out + j, 0.0);
+    const Tensor x = rnd({300, in}, 2, DType::f32), gy = rnd({300, out}, 3, DType::f32);
+    auto pass = [&](int threads) {
+        set_num_threads(threads);
+        Var vx(x, true), vw(w, true);
+        Var y = block_sparse_linear(vx, vw, Var(), support, true);
+        y.backward(gy);
+        return std::vector<Tensor>{y.value(), vx.grad(), vw.grad()};
+    };
+    const auto one = pass(1), two = pass(2);
+    set_num_threads(0);
+    for (std::size_t i = 0; i < one.size(); ++i) CHECK(kern::max_abs_diff(one[i], two[i]) == 0.0);
+}
+
+TEST_CASE("block_sparse_linear rejects a weight that does not match its support", "[ops][linear]") {
+    const auto support = WeightSupport::from_mask(4, 6, [](std::int64_t i, std::int64_t j) { return i < j; });
+    Var x(rnd({2, 4}, 1, DType::f32)), w(rnd({4, 5}, 2, DType::f32));
+    CHECK_THROWS_WITH(block_sparse_linear(x, w, Var(), support), Catch::Contains("does not match its support"));
+    CHECK_THROWS_WITH(block_sparse_linear(x, w, Var(), nullptr), Catch::Contains("no support"));
+}

@@ -4,6 +4,10 @@
 // Example, an MLP layer:  Var h = linear_relu(x, w, b);   // x [B, in], w [in, out], b [out]
 #pragma once
 
+#include <functional>
+#include <memory>
+#include <vector>
+
 #include "flowlab/autodiff.hpp"
 
 namespace flowlab {
@@ -18,6 +22,51 @@ Var linear(const Var& x, const Var& w, const Var& b = Var());
 // relu(linear(x, w, b)) as one op: the ReLU runs in the GEMM's epilogue, and the backward
 // masks the gradient once. Same values as the two ops.
 Var linear_relu(const Var& x, const Var& w, const Var& b = Var());
+
+// Where a weight w [in, out] of fixed connectivity (MADE's masks) can be nonzero: for each block
+// of `block()` consecutive output columns, sorted disjoint ranges of input rows. It may cover
+// more than the connectivity (short gaps are bridged, nearly full supports are made dense), so
+// the GEMMs stay few and large; block_sparse_linear only ever reads w inside it.
+//
+// Example, a layer whose output j sees inputs 0..j only:
+//   auto s = WeightSupport::from_mask(in, out, [](std::int64_t i, std::int64_t j) { return i <= j; });
+//   Var y = block_sparse_linear(x, w, b, s);  // w must be zero where i > j
+class WeightSupport {
+public:
+    struct Range {
+        std::int64_t begin = 0, end = 0;
+    };
+    // The support of the entries keep(row, col) is true for, in blocks of `block` columns.
+    static std::shared_ptr<const WeightSupport> from_mask(std::int64_t in, std::int64_t out,
+                                                          const std::function<bool(std::int64_t, std::int64_t)>& keep,
+                                                          std::int64_t block = 128);
+
+    std::int64_t in() const { return in_; }
+    std::int64_t out() const { return out_; }
+    std::int64_t block() const { return block_; }
+    std::int64_t column_blocks() const { return static_cast<std::int64_t>(rows_.size()); }
+    std::int64_t row_blocks() const { return static_cast<std::int64_t>(cols_.size()); }
+    // The input rows column block j reads (forward, weight gradient).
+    const std::vector<Range>& rows(std::int64_t j) const { return rows_[static_cast<std::size_t>(j)]; }
+    // The output columns (whole column blocks) the input rows of row block r feed (input gradient).
+    const std::vector<Range>& columns(std::int64_t r) const { return cols_[static_cast<std::size_t>(r)]; }
+    // Every block covers every row: the op is a plain linear layer.
+    bool dense() const { return dense_; }
+    // The share of w's entries inside the support (the forward's share of the dense GEMM's work).
+    double density() const { return density_; }
+
+private:
+    std::int64_t in_ = 0, out_ = 0, block_ = 0;
+    std::vector<std::vector<Range>> rows_, cols_;
+    bool dense_ = true;
+    double density_ = 1.0;
+};
+
+// linear(x, w, b) (with the ReLU fused when `relu`) for a w that is zero outside `support`: the
+// GEMMs skip what lies outside, and w's gradient is zero there. f32 runs one GEMM per block and
+// row range; f64 and dense supports run the plain layer.
+Var block_sparse_linear(const Var& x, const Var& w, const Var& b, const std::shared_ptr<const WeightSupport>& support,
+                        bool relu = false);
 
 namespace kern {
 // C = alpha * op(A) op(B) + beta * C on 2-D tensors (f32 through oneDNN, f64 on the CPU).
