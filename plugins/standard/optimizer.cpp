@@ -38,6 +38,8 @@ public:
     }
 
 protected:
+    bool applies_grad_scale() const override { return true; }
+
     void do_step(double lr) override {
         // Optimizer::step counts the step after do_step returns, so this is step t (1-based).
         const double t = static_cast<double>(steps_taken() + 1);
@@ -59,7 +61,7 @@ protected:
             dispatch(p.dtype(), [&](auto tag) {
                 using T = decltype(tag);
                 update<T>(p.data<T>() + i0, m_[i].data<T>() + i0, v_[i].data<T>() + i0, g.data<T>() + i0, i1 - i0,
-                          static_cast<T>(step_size), static_cast<T>(bc2_sqrt));
+                          static_cast<T>(step_size), static_cast<T>(bc2_sqrt), static_cast<T>(grad_scale()));
             });
         });
     }
@@ -69,13 +71,13 @@ private:
     // the same per element, in the same order, as PyTorch's.
     template <class T>
     void update(T* __restrict pp, T* __restrict mp, T* __restrict vp, const T* __restrict gp, std::int64_t n, T ss,
-                T bc) const {
+                T bc, T gs) const {
         const T b1 = static_cast<T>(b1_), b2 = static_cast<T>(b2_), eps = static_cast<T>(eps_);
         const T a1 = static_cast<T>(1.0 - b1_), a2 = static_cast<T>(1.0 - b2_), wd = static_cast<T>(wd_);
         if (wd_ != 0.0) {
 #pragma omp simd
             for (std::int64_t j = 0; j < n; ++j) {
-                const T gj = gp[j] + wd * pp[j];
+                const T gj = gp[j] * gs + wd * pp[j];
                 const T m = mp[j] * b1 + a1 * gj;
                 const T v = vp[j] * b2 + a2 * gj * gj;
                 mp[j] = m;
@@ -85,7 +87,7 @@ private:
         } else {
 #pragma omp simd
             for (std::int64_t j = 0; j < n; ++j) {
-                const T gj = gp[j];
+                const T gj = gp[j] * gs;
                 const T m = mp[j] * b1 + a1 * gj;
                 const T v = vp[j] * b2 + a2 * gj * gj;
                 mp[j] = m;
@@ -115,6 +117,8 @@ public:
 protected:
     // buf = momentum * buf + g (buf starts at 0, so the first step uses g, as PyTorch does);
     // p -= lr * buf.
+    bool applies_grad_scale() const override { return true; }
+
     void do_step(double lr) override {
         for (std::size_t i = 0; i < params().size(); ++i) {
             Var var = params()[i].var;
@@ -128,9 +132,10 @@ protected:
                 T* bp = buf_.empty() ? nullptr : buf_[i].data<T>();
                 const T* gp = g.data<T>();
                 const T mu = static_cast<T>(momentum_), wd = static_cast<T>(wd_), step = static_cast<T>(lr);
+                const T gs = static_cast<T>(grad_scale());
                 parallel_for(p.numel(), kElementwiseGrain, [&](std::int64_t i0, std::int64_t i1) {
                     for (std::int64_t j = i0; j < i1; ++j) {
-                        T d = gp[j] + wd * pp[j];
+                        T d = gp[j] * gs + wd * pp[j];
                         if (bp) d = bp[j] = mu * bp[j] + d;
                         pp[j] -= step * d;
                     }

@@ -24,8 +24,11 @@ public:
     explicit Optimizer(std::vector<NamedVar> params) : params_(std::move(params)) {}
     virtual ~Optimizer() = default;
 
-    // One update with learning rate lr (the schedule already applied); counts steps.
-    void step(double lr);
+    // One update with learning rate lr (the schedule already applied) from the gradients times
+    // grad_scale (gradient clipping's factor); counts steps. An optimizer that applies the
+    // factor in its own pass over the gradients says so (applies_grad_scale); for the others
+    // the gradients are scaled in place first, which costs one more pass over them.
+    void step(double lr, double grad_scale = 1.0);
     void zero_grad();
     std::int64_t steps_taken() const { return steps_; }
     double base_lr() const { return base_lr_; }
@@ -39,9 +42,14 @@ public:
 
 protected:
     virtual void do_step(double lr) = 0;
+    // True when do_step multiplies each gradient by grad_scale() as it reads it.
+    virtual bool applies_grad_scale() const { return false; }
+    // The factor on this step's gradients (1 outside step(), and when not applies_grad_scale()).
+    double grad_scale() const { return grad_scale_; }
 
 private:
     std::vector<NamedVar> params_;
+    double grad_scale_ = 1.0;
     std::int64_t steps_ = 0;
     double base_lr_ = 1e-3;
 };

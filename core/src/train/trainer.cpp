@@ -123,14 +123,10 @@ void Trainer::data_init() {
 }
 
 void Trainer::apply_gradients(double gnorm, double lr) {
+    // Clipping scales the gradients; the optimizer applies the factor as it reads them.
     const double clip = tp_.get_number("clip_grad_norm");
-    if (clip > 0.0) {
-        const double coef = clip / (gnorm + 1e-6);
-        if (coef < 1.0)
-            for (auto& p : params_)
-                if (p.grad().defined()) kern::scale_inplace(p.mutable_grad(), coef);
-    }
-    exp_.optimizer->step(lr);
+    const double coef = clip > 0.0 ? clip / (gnorm + 1e-6) : 1.0;
+    exp_.optimizer->step(lr, std::min(coef, 1.0));
     if (!ema_.empty()) {
         // Bias-corrected, as Adam corrects its moments: with a fixed decay d the initial
         // parameters would keep weight d^t (a third after 1,000 steps at 0.999). Update t uses

@@ -208,4 +208,10 @@ TEST_CASE("an optimizer counts its steps and zero_grad drops gradients", "[inter
     opt.zero_grad();
     CHECK_FALSE(w.grad().defined());
     CHECK_THROWS_AS(opt.step(std::nan("")), NumericError);
+
+    // An optimizer that does not apply a gradient scale itself gets the gradients scaled.
+    sum_all(w * w).backward();  // d/dw = 2w = 2
+    opt.step(0.5, 0.25);
+    CHECK(w.grad().item(0) == 0.5);
+    CHECK_THROWS_AS(opt.step(0.5, std::nan("")), NumericError);
 }

@@ -406,6 +406,34 @@ TEST_CASE("adam's first two steps equal PyTorch's formula computed by hand", "[s
     }
 }
 
+TEST_CASE("adam and sgd apply a gradient scale as scaling the gradients first would", "[standard]") {
+    // Clipping passes its factor to step(); the optimizer applies it as it reads each gradient,
+    // which gives the bits of scaling the gradient in place and stepping with 1 - up to the last
+    // bit with weight decay, where the compiler may fuse the scaling and the decay into one FMA.
+    for (const char* cfg : {R"({"type": "adam"})", R"({"type": "adam", "weight_decay": 0.01})",
+                            R"({"type": "sgd", "momentum": 0.9})"}) {
+        INFO(cfg);
+        Rng r(4);
+        Tensor w0 = Tensor::empty({1000}), g = Tensor::empty({1000});
+        r.fill_uniform(w0, -1.0, 1.0);
+        r.fill_uniform(g, -3.0, 3.0);
+        Var fused(w0.clone(), true), separate(w0.clone(), true);
+        auto a = registry().make_optimizer(params(cfg), {{"w", fused}});
+        auto b = registry().make_optimizer(params(cfg), {{"w", separate}});
+        for (int t = 0; t < 3; ++t) {
+            const double scale = 0.37 + 0.2 * t;
+            fused.mutable_grad() = g.clone();
+            a->step(0.01, scale);
+            separate.mutable_grad() = g.clone();
+            kern::scale_inplace(separate.mutable_grad(), scale);
+            b->step(0.01);
+        }
+        const bool decay = std::string(cfg).find("weight_decay") != std::string::npos;
+        CHECK(kern::max_abs_diff(fused.value(), separate.value()) <= (decay ? 1e-6 : 0.0));
+        CHECK(kern::max_abs_diff(fused.value(), w0) > 0.01);
+    }
+}
+
 TEST_CASE("adam skips parameters without a gradient", "[standard]") {
     Var a(Tensor::from_vector({2}, {1.0, 2.0}), true), b(Tensor::from_vector({1}, {3.0}), true);
     auto opt = registry().make_optimizer(params(R"({"type": "adam"})"), {{"a", a}, {"b", b}});
