@@ -150,6 +150,21 @@ void run_chunked(std::int64_t B, std::int64_t blocks, const Work& work, const F&
     });
 }
 
+// Zeroes the entries of column block j of g [in, out] that lie outside the block's ranges.
+template <class T>
+void clear_outside(const WeightSupport& s, std::int64_t j, T* g) {
+    const std::int64_t in = s.in(), out = s.out(), c0 = j * s.block(), n = std::min(s.block(), out - c0);
+    std::int64_t next = 0;  // rows before `next` are inside a range or cleared
+    auto clear = [&](std::int64_t a, std::int64_t b) {
+        for (std::int64_t i = a; i < b; ++i) std::fill(g + i * out + c0, g + i * out + c0 + n, T(0));
+    };
+    for (const Range& r : s.rows(j)) {
+        clear(next, r.begin);
+        next = r.end;
+    }
+    clear(next, in);
+}
+
 // y [B, out] = relu?(x [B, in] w + bias) over the support.
 void forward_f32(const WeightSupport& s, const float* x, const float* w, const float* bias, float* y, std::int64_t B,
                  bool relu) {
@@ -250,18 +265,7 @@ void weight_grad_f32(const WeightSupport& s, const float* x, const float* gy, fl
     run_tasks(tasks, [&](std::int64_t t) {
         const Piece& p = pieces[static_cast<std::size_t>(t)];
         const std::int64_t c0 = p.j * blk, n = std::min(blk, out - c0);
-        if (p.clears && beta == 0.0f) {
-            std::int64_t next = 0;  // rows before `next` are inside a range or cleared
-            auto clear = [&](std::int64_t a, std::int64_t b) {
-                for (std::int64_t i = a; i < b; ++i)
-                    std::memset(dw + i * out + c0, 0, static_cast<std::size_t>(n) * sizeof(float));
-            };
-            for (const Range& r : s.rows(p.j)) {
-                clear(next, r.begin);
-                next = r.end;
-            }
-            clear(next, in);
-        }
+        if (p.clears && beta == 0.0f) clear_outside(s, p.j, dw);
         if (p.end == p.begin) return;
         const backend::Gemm g{.m = p.end - p.begin,
                               .n = n,
@@ -274,24 +278,6 @@ void weight_grad_f32(const WeightSupport& s, const float* x, const float* gy, fl
                               .beta = beta};
         backend::sgemm_tile(g, in, out, out, x + p.begin, gy + c0, dw + p.begin * out + c0, nullptr);
     });
-}
-
-// The gradient g [in, out] set to zero outside the support, in place.
-template <class T>
-void zero_outside(const WeightSupport& s, T* g) {
-    const std::int64_t in = s.in(), out = s.out(), blk = s.block();
-    for (std::int64_t j = 0; j < s.column_blocks(); ++j) {
-        const std::int64_t c0 = j * blk, n = std::min(blk, out - c0);
-        std::int64_t next = 0;
-        auto clear = [&](std::int64_t a, std::int64_t b) {
-            for (std::int64_t i = a; i < b; ++i) std::fill(g + i * out + c0, g + i * out + c0 + n, T(0));
-        };
-        for (const Range& r : s.rows(j)) {
-            clear(next, r.begin);
-            next = r.end;
-        }
-        clear(next, in);
-    }
 }
 
 }  // namespace
@@ -308,7 +294,10 @@ Var block_sparse_linear(const Var& x, const Var& w, const Var& b, const std::sha
             "weight_support", wv.mutable_value(), {w}, [support](const Tensor& gy, const Tensor&, GradSink& sink) {
                 if (!sink.needs(0)) return;
                 Tensor g = gy.clone();
-                detail::dispatch(g.dtype(), [&](auto tag) { zero_outside(*support, g.data<decltype(tag)>()); });
+                detail::dispatch(g.dtype(), [&](auto tag) {
+                    for (std::int64_t j = 0; j < support->column_blocks(); ++j)
+                        clear_outside(*support, j, g.data<decltype(tag)>());
+                });
                 sink.add(0, std::move(g));
             });
         return relu ? linear_relu(x, ws, b) : linear(x, ws, b);
