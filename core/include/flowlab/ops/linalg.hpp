@@ -26,7 +26,9 @@ Var linear_relu(const Var& x, const Var& w, const Var& b = Var());
 // Where a weight w [in, out] of fixed connectivity (MADE's masks) can be nonzero: for each block
 // of `block()` consecutive output columns, sorted disjoint ranges of input rows. It may cover
 // more than the connectivity (short gaps are bridged, nearly full supports are made dense), so
-// the GEMMs stay few and large; block_sparse_linear only ever reads w inside it.
+// the GEMMs stay few and large. block_sparse_linear's forward and weight gradient read w only
+// inside it; its input gradient reads whole blocks (block x block) that meet it, which is why w must
+// be zero outside.
 //
 // Example, a layer whose output j sees inputs 0..j only:
 //   auto s = WeightSupport::from_mask(in, out, [](std::int64_t i, std::int64_t j) { return i <= j; });
