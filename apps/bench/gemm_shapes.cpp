@@ -3,8 +3,11 @@
 // networks of configs/fmnist_glow.json at batch 64: 128 hidden channels, 12,544 pixels at
 // level 1 and 3,136 at level 2); --shape adds others.
 //
-//   flowlab_gemm_shapes [--threads N] [--repeats R] [--shape M,N,K,TA,TB]...
+//   flowlab_gemm_shapes [--threads N] [--repeats R] [--cold] [--small] [--shape M,N,K,TA,TB]...
 //
+// --cold evicts the caches before each call, as a training step meets its operands. --small
+// times backend::sgemm_small instead (one call on one thread, the own AVX-512 kernel unless
+// FLOWLAB_GEMM=onednn; B not transposed), as conv_stack calls it on a group of images.
 // Prints one line per shape: the product, the tiling (count x rows or columns), the median time
 // of R calls and its GFLOP/s. Timing only: the data are constants.
 #include <algorithm>
@@ -43,15 +46,31 @@ std::vector<Shape> w3_shapes() {
     };
 }
 
-double median_ms(const Shape& s, int repeats) {
+// Evicts the operands from the caches (a training step's activations come from memory, not
+// from a benchmark's previous repeat): writes a buffer twice the size of the last-level cache.
+void evict_caches() {
+    static std::vector<char> junk(64u << 20);
+    static char v = 0;
+    ++v;
+    for (std::size_t i = 0; i < junk.size(); i += 64) junk[i] = v;
+}
+
+double median_ms(const Shape& s, int repeats, bool cold, bool small) {
     std::vector<float> a(static_cast<std::size_t>(s.m * s.k), 0.5f), b(static_cast<std::size_t>(s.k * s.n), 0.25f),
         c(static_cast<std::size_t>(s.m * s.n));
     const flowlab::backend::Gemm g{.m = s.m, .n = s.n, .k = s.k, .trans_a = s.ta, .trans_b = s.tb};
-    flowlab::backend::sgemm(g, a.data(), b.data(), c.data());  // builds and caches the primitives
+    const auto call = [&] {
+        if (small)
+            flowlab::backend::sgemm_small(g, s.ta ? s.m : s.k, s.tb ? s.k : s.n, s.n, a.data(), b.data(), c.data(), nullptr);
+        else
+            flowlab::backend::sgemm(g, a.data(), b.data(), c.data());
+    };
+    call();  // builds and caches the primitives
     std::vector<double> t;
     for (int r = 0; r < repeats; ++r) {
+        if (cold) evict_caches();
         const auto t0 = std::chrono::steady_clock::now();
-        flowlab::backend::sgemm(g, a.data(), b.data(), c.data());
+        call();
         t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
     std::sort(t.begin(), t.end());
@@ -59,7 +78,7 @@ double median_ms(const Shape& s, int repeats) {
 }
 
 int usage() {
-    std::fprintf(stderr, "usage: flowlab_gemm_shapes [--threads N] [--repeats R] [--shape M,N,K,TA,TB]...\n");
+    std::fprintf(stderr, "usage: flowlab_gemm_shapes [--threads N] [--repeats R] [--cold] [--small] [--shape M,N,K,TA,TB]...\n");
     return 2;
 }
 
@@ -76,9 +95,14 @@ bool positive(const char* text, int& out) {
 
 int main(int argc, char** argv) {
     int threads = 1, repeats = 15;
+    bool cold = false, small = false;
     std::vector<Shape> shapes;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
+        if (arg == "--cold" || arg == "--small") {
+            (arg == "--cold" ? cold : small) = true;
+            continue;
+        }
         if (i + 1 >= argc) return usage();
         if (arg == "--threads" || arg == "--repeats") {
             if (!positive(argv[++i], arg == "--threads" ? threads : repeats)) {
@@ -101,9 +125,9 @@ int main(int argc, char** argv) {
     for (const Shape& s : shapes) {
         const flowlab::backend::GemmTiling t = flowlab::backend::gemm_tiling(s.m, s.n, s.k);
         const std::string dims = std::to_string(s.m) + " x " + std::to_string(s.n) + " x " + std::to_string(s.k);
-        const std::string tiles = t.count <= 1 ? "1" : std::to_string(t.count) + " x " + std::to_string(t.step) +
+        const std::string tiles = small ? "1 (small)" : t.count <= 1 ? "1" : std::to_string(t.count) + " x " + std::to_string(t.step) +
                                                            (t.mode == flowlab::backend::GemmTiling::rows ? " rows" : " cols");
-        const double ms = median_ms(s, repeats);
+        const double ms = median_ms(s, repeats, cold, small);
         std::printf("%-34s %24s %16s %10.3f %8.1f\n", s.what, dims.c_str(), tiles.c_str(), ms,
                     2.0 * static_cast<double>(s.m) * static_cast<double>(s.n) * static_cast<double>(s.k) / ms / 1e6);
     }

@@ -1,8 +1,11 @@
 #include "backend/onednn.hpp"
 
+#include "backend/gemm_avx512.hpp"
+
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <new>
 
@@ -90,6 +93,28 @@ GemmPrimitive make_gemm(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::
 
 }  // namespace
 
+namespace {
+
+// The own AVX-512 kernel for sgemm_small unless the CPU lacks it or FLOWLAB_GEMM=onednn asks
+// for oneDNN's.
+std::atomic<bool>& own_gemm_flag() {
+    static std::atomic<bool> on = [] {
+        const char* env = std::getenv("FLOWLAB_GEMM");
+        return avx512::available() && !(env && std::string_view(env) == "onednn");
+    }();
+    return on;
+}
+
+}  // namespace
+
+bool own_gemm() { return own_gemm_flag().load(std::memory_order_relaxed); }
+
+bool use_own_gemm(bool on) {
+    const bool was = own_gemm();
+    own_gemm_flag().store(on && avx512::available(), std::memory_order_relaxed);
+    return was;
+}
+
 void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
                 float* c, const float* bias) {
     Context& ctx = Context::get();
@@ -109,6 +134,15 @@ void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t 
         p.prim.execute(s, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}, {DNNL_ARG_SCRATCHPAD, sm}});
     }
     s.wait();
+}
+
+void sgemm_small(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
+                 float* c, const float* bias) {
+    if (g.alpha == 1.0f && !g.trans_b && g.k > 0 && own_gemm() && avx512::suits(lda)) {
+        avx512::gemm_tile(g.m, g.n, g.k, g.trans_a, a, lda, b, ldb, c, ldc, g.bias ? bias : nullptr, g.beta, g.relu);
+        return;
+    }
+    sgemm_tile(g, lda, ldb, ldc, a, b, c, bias);
 }
 
 GemmTiling gemm_tiling(std::int64_t m, std::int64_t n, std::int64_t k) {

@@ -1,0 +1,154 @@
+// flowlab's own f32 GEMM tile for CPUs with AVX-512 (see gemm_avx512.hpp for why).
+//
+// The classic register-blocked scheme: C is computed in blocks of kMr rows x 2 vectors of 16
+// columns, each block's accumulators in registers for a whole slice of at most kKc of the
+// summed dimension; op(A) and B are read in place (a broadcast per row of A and two loads of B
+// per k step). Every function that uses AVX-512 carries the target attribute itself, so that
+// nothing here changes how the rest of the library is compiled for CPUs without it.
+#include "backend/gemm_avx512.hpp"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+
+namespace flowlab::backend::avx512 {
+
+namespace {
+
+#define FLOWLAB_AVX512 __attribute__((target("avx512f")))
+
+// 14 rows x 2 vectors = 28 accumulators of the 32 registers: every k step is 2 loads of B, 14
+// broadcasts of A and 28 FMAs, enough independent sums to cover the FMA latency.
+constexpr int kMr = 14;
+constexpr std::int64_t kKc = 256;
+
+// C[MR rows, NV vectors] (+)= op(A)[MR rows, kc] B[kc, NV vectors], with op(A)[i, k] at
+// a[k lda + i] (TA) or a[i lda + k]; B rows `ldb` apart; the last vector covers `mask`
+// columns. first: start from 0 (plus beta C), else from C; last: add the bias and apply the
+// ReLU before the store.
+template <int MR, int NV, bool TA>
+FLOWLAB_AVX512 void block(std::int64_t kc, const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float* c,
+                          std::int64_t ldc, __mmask16 mask, const float* bias, float beta, bool relu, bool first,
+                          bool last) {
+    __m512 acc[MR][NV];
+    if (first) {
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+            for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
+    } else {
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+            for (int v = 0; v < NV; ++v)
+                acc[i][v] = v == NV - 1 ? _mm512_maskz_loadu_ps(mask, c + i * ldc + v * 16)
+                                        : _mm512_loadu_ps(c + i * ldc + v * 16);
+    }
+    for (std::int64_t k = 0; k < kc; ++k) {
+        __m512 bv[NV];
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v)
+            bv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(mask, b + v * 16) : _mm512_loadu_ps(b + v * 16);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const __m512 av = _mm512_set1_ps(TA ? a[i] : a[i * lda]);
+#pragma GCC unroll 3
+            for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+        }
+        a += TA ? lda : 1;
+        b += ldb;
+    }
+    if (last && (bias || beta != 0.0f || relu)) {
+        __m512 bb[NV];
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v)
+            bb[v] = !bias ? _mm512_setzero_ps()
+                          : (v == NV - 1 ? _mm512_maskz_loadu_ps(mask, bias + v * 16) : _mm512_loadu_ps(bias + v * 16));
+        const __m512 beta_v = _mm512_set1_ps(beta), zero = _mm512_setzero_ps();
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+            for (int v = 0; v < NV; ++v) {
+                __m512 r = _mm512_add_ps(acc[i][v], bb[v]);
+                // beta C is added after the bias, as oneDNN's sum post-op does; only a single
+                // slice (first and last) still sees the caller's C here.
+                if (beta != 0.0f && first) {
+                    const __m512 old = v == NV - 1 ? _mm512_maskz_loadu_ps(mask, c + i * ldc + v * 16)
+                                                   : _mm512_loadu_ps(c + i * ldc + v * 16);
+                    r = _mm512_fmadd_ps(beta_v, old, r);
+                }
+                if (relu) r = _mm512_max_ps(r, zero);
+                acc[i][v] = r;
+            }
+    } else if (first && beta != 0.0f) {
+        // Several slices: the first folds in beta C before C holds partial sums.
+        const __m512 beta_v = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+            for (int v = 0; v < NV; ++v) {
+                const __m512 old = v == NV - 1 ? _mm512_maskz_loadu_ps(mask, c + i * ldc + v * 16)
+                                               : _mm512_loadu_ps(c + i * ldc + v * 16);
+                acc[i][v] = _mm512_fmadd_ps(beta_v, old, acc[i][v]);
+            }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v) {
+            if (v == NV - 1)
+                _mm512_mask_storeu_ps(c + i * ldc + v * 16, mask, acc[i][v]);
+            else
+                _mm512_storeu_ps(c + i * ldc + v * 16, acc[i][v]);
+        }
+}
+
+using BlockFn = void (*)(std::int64_t, const float*, std::int64_t, const float*, std::int64_t, float*, std::int64_t,
+                         __mmask16, const float*, float, bool, bool, bool);
+
+template <int NV, bool TA, int... R>
+constexpr BlockFn pick_rows(int mr, std::integer_sequence<int, R...>) {
+    BlockFn f = nullptr;
+    ((f = (mr == R + 1 ? &block<R + 1, NV, TA> : f)), ...);
+    return f;
+}
+
+// The block function for mr rows (1..kMr), nv vectors (1 or 2) and A transposed or not.
+BlockFn block_fn(int mr, int nv, bool ta) {
+    constexpr auto rows = std::make_integer_sequence<int, kMr>{};
+    if (ta) return nv == 1 ? pick_rows<1, true>(mr, rows) : pick_rows<2, true>(mr, rows);
+    return nv == 1 ? pick_rows<1, false>(mr, rows) : pick_rows<2, false>(mr, rows);
+}
+
+}  // namespace
+
+bool available() {
+    static const bool ok = __builtin_cpu_supports("avx512f");
+    return ok;
+}
+
+void gemm_tile(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a, std::int64_t lda,
+               const float* b, std::int64_t ldb, float* c, std::int64_t ldc, const float* bias, float beta, bool relu) {
+    for (std::int64_t k0 = 0; k0 < k; k0 += kKc) {
+        const std::int64_t kc = std::min(kKc, k - k0);
+        const bool first = k0 == 0, last = k0 + kc == k;
+        const float* bs = b + k0 * ldb;
+        for (std::int64_t i0 = 0; i0 < m; i0 += kMr) {
+            const std::int64_t mr = std::min<std::int64_t>(kMr, m - i0);
+            // Row i0, column k0 of op(A).
+            const float* ai = ta ? a + k0 * lda + i0 : a + i0 * lda + k0;
+            for (std::int64_t j0 = 0; j0 < n; j0 += 32) {
+                const std::int64_t cols = std::min<std::int64_t>(32, n - j0);
+                const int nv = cols > 16 ? 2 : 1;
+                const int tail = static_cast<int>(cols - 16 * (nv - 1));
+                const __mmask16 mask = static_cast<__mmask16>(tail >= 16 ? 0xFFFF : (1u << tail) - 1u);
+                block_fn(static_cast<int>(mr), nv, ta)(kc, ai, lda, bs + j0, ldb, c + i0 * ldc + j0, ldc, mask,
+                                                       bias ? bias + j0 : nullptr, beta, relu, first, last);
+            }
+        }
+    }
+}
+
+}  // namespace flowlab::backend::avx512

@@ -1,0 +1,31 @@
+// flowlab's own single-threaded f32 GEMM for x86 CPUs with AVX-512, behind backend::sgemm_small
+// (onednn.hpp).
+//
+// Why beside oneDNN's: the fused convolutions (conv_stack) run thousands of small products per
+// step (a few hundred rows x 128), where oneDNN's per-call setup (memory objects, a stream
+// wait) is a few per cent; this kernel has none and matches or beats oneDNN's matmul on those
+// shapes (about 110 GFLOP/s on one core whose FMA peak is about 116). Internal to the core.
+#pragma once
+
+#include <cstdint>
+
+namespace flowlab::backend::avx512 {
+
+// Whether this CPU runs the kernel (AVX-512F).
+bool available();
+
+// Whether the kernel suits an A with leading dimension lda. Not when A's rows are a multiple
+// of 1 KB apart: the 14 rows it reads side by side (or, transposed, the successive k steps)
+// then fall into a few L1 sets - 4 KB apart, all into one 8-way set, a miss per broadcast.
+// oneDNN packs its operands first; copying A apart here cost W2's 1,024-wide hidden layer more
+// than oneDNN's whole product takes.
+inline bool suits(std::int64_t lda) { return lda % 256 != 0; }
+
+// C[m, n] = op(A) B (+ bias[n]) (+ beta C) (then ReLU) on the calling thread, row-major,
+// op = transpose when ta, with leading dimensions lda, ldb, ldc of the whole matrices; B [k, n]
+// is not transposed. The sum over k runs in a fixed order: the same inputs give the same bits
+// on every call.
+void gemm_tile(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a, std::int64_t lda,
+               const float* b, std::int64_t ldb, float* c, std::int64_t ldc, const float* bias, float beta, bool relu);
+
+}  // namespace flowlab::backend::avx512
