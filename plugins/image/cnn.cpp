@@ -66,6 +66,10 @@ public:
             for (const auto& [idx, shape] : context_squeezes_) c = permute_within_sample(c, idx, shape);
             h = concat({h, c}, 1);
         }
+        // The default (channels-last hidden activations) is the fused op, which runs the three
+        // convolutions a few images at a time; "layout": "nchw" keeps three conv2d ops.
+        if (layout_ == ConvLayout::nhwc)
+            return conv_stack(h, weights_[0], biases_[0], weights_[1], biases_[1], weights_[2], biases_[2]);
         Conv2dOptions o;
         o.in_layout = ConvLayout::nchw;
         o.out_layout = layout_;

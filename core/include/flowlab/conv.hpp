@@ -50,6 +50,19 @@ inline Var conv2d(const Var& x, const Var& w, const Var& b = Var(), std::int64_t
     return conv2d(x, w, b, o);
 }
 
+// Glow's coupling network as one op: three stride-1 "same" convolutions (odd kernels, padding
+// k / 2) with ReLU after the first two,
+//   h1 = relu(conv(x, w0) + b0), h2 = relu(conv(h1, w1) + b1), y = conv(h2, w2) + b2,
+// x [B, C, H, W] -> y [B, O, H, W], NCHW. The same function as the three conv2d calls, and
+// faster: f32 with thin outer convolutions (C k0 k0 <= 72, O k2 k2 <= 144) and a 1x1 middle one
+// runs a few images at a time through all three, so that the hidden activations stay in cache
+// (conv_stack.cpp); anything else runs as the three conv2d calls.
+//
+//   Var y = conv_stack(x, w0, b0, w1, b1, w2, b2);  // x [64, 2, 14, 14], w0 [128, 2, 3, 3],
+//                                                   // w1 [128, 128, 1, 1], w2 [4, 128, 3, 3]
+Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const Var& b1, const Var& w2,
+               const Var& b2);
+
 // A 1x1 convolution with few channels (the invertible 1x1 conv): y[b, o, p] = sum_c w[o, c]
 // x[b, c, p] on NCHW, w [O, C] or [O, C, 1, 1]. A direct loop: for 4 or 8 channels oneDNN's
 // per-call overhead is most of the time.

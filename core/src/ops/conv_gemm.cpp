@@ -171,6 +171,32 @@ Tensor reduce(const Tensor& cols, const float* bias, ConvLayout l, const Geometr
     return img;
 }
 
+}  // namespace
+
+void expand_images(const float* img, float* cols, ConvLayout l, const Geometry& g, std::int64_t kh, std::int64_t kw,
+                   std::int64_t p, int s) {
+    with_channels(g.c, [&](auto cc) {
+        constexpr int C = decltype(cc)::value;
+        if (l == ConvLayout::nhwc)
+            expand_rows<ConvLayout::nhwc, C>(img, cols, g, kh, kw, p, s, 0, g.b);
+        else
+            expand_rows<ConvLayout::nchw, C>(img, cols, g, kh, kw, p, s, 0, g.b);
+    });
+}
+
+void reduce_images(const float* cols, const float* bias, float* img, ConvLayout l, const Geometry& g,
+                   std::int64_t kh, std::int64_t kw, std::int64_t p, int s, bool relu) {
+    with_channels(g.c, [&](auto cc) {
+        constexpr int C = decltype(cc)::value;
+        if (l == ConvLayout::nhwc)
+            reduce_rows<ConvLayout::nhwc, C>(cols, bias, img, g, kh, kw, p, s, relu, 0, g.b);
+        else
+            reduce_rows<ConvLayout::nchw, C>(cols, bias, img, g, kh, kw, p, s, relu, 0, g.b);
+    });
+}
+
+namespace {
+
 // The output gradient masked by the ReLU (when fused) and its per-channel sum (the bias
 // gradient), in one pass over the (large) output gradient.
 struct MaskedGrad {
@@ -263,8 +289,6 @@ GemmConv gemm_conv_kind(const ConvCall& c, const Conv2dOptions& opt) {
     return GemmConv::none;
 }
 
-namespace {
-
 // W [O, C, kh, kw] as W'[(k, c), o] (thin_in) or W''[c, (k, o)] (thin_out), and back.
 Tensor pack_weights(const Tensor& w, bool thin_in) {
     const std::int64_t O = w.size(0), C = w.size(1), K = w.size(2) * w.size(3);
@@ -294,8 +318,6 @@ Tensor unpack_weights(const Tensor& packed, const Shape& wshape, bool thin_in) {
                 d[(o * C + c) * K + k] = thin_in ? s[(k * C + c) * O + o] : s[c * K * O + k * O + o];
     return w;
 }
-
-}  // namespace
 
 Var conv2d_gemm(const Var& x, const Var& w, const Var& b, const Conv2dOptions& opt, const ConvCall& call,
                 GemmConv kind) {

@@ -110,6 +110,19 @@ Tensor relu_mask(const Tensor& gy, const Tensor& y) {
 enum class GemmConv { none, pointwise, thin_in, thin_out };
 GemmConv gemm_conv_kind(const ConvCall& c, const Conv2dOptions& opt);
 
+// The thin side's expand (im2col) and its adjoint on one thread, over all g.b images of `img`
+// (conv_gemm.cpp explains them): cols [g.b g.h g.w, kh kw g.c], s = +1 or -1 the shift's
+// direction; reduce adds the bias and applies the ReLU when asked.
+void expand_images(const float* img, float* cols, ConvLayout l, const Geometry& g, std::int64_t kh, std::int64_t kw,
+                   std::int64_t p, int s);
+void reduce_images(const float* cols, const float* bias, float* img, ConvLayout l, const Geometry& g,
+                   std::int64_t kh, std::int64_t kw, std::int64_t p, int s, bool relu);
+
+// W [O, C, kh, kw] as the thin-input GEMM's W'[(k, c), o] or the thin-output GEMM's
+// W''[c, (k, o)], and back.
+Tensor pack_weights(const Tensor& w, bool thin_in);
+Tensor unpack_weights(const Tensor& packed, const Shape& wshape, bool thin_in);
+
 Var conv2d_gemm(const Var& x, const Var& w, const Var& b, const Conv2dOptions& opt, const ConvCall& call,
                 GemmConv kind);
 Var conv2d_onednn(const Var& x, const Var& w, const Var& b, const Conv2dOptions& opt, const ConvCall& call);

@@ -13,6 +13,7 @@
 #include "flowlab/errors.hpp"
 #include "flowlab/gradcheck.hpp"
 #include "flowlab/ops.hpp"
+#include "flowlab/parallel.hpp"
 #include "flowlab/rng.hpp"
 
 using namespace flowlab;
@@ -292,4 +293,65 @@ TEST_CASE("checkerboard and channel masks select the documented halves", "[conv]
     CHECK(cm.shape() == Shape{6, 1, 1});
     CHECK(cm.to_vector() == std::vector<double>{1, 1, 1, 0, 0, 0});
     CHECK(channel_mask(6, 1).to_vector() == std::vector<double>{0, 0, 0, 1, 1, 1});
+}
+
+namespace {
+
+struct StackCase {
+    std::int64_t b, c, h, w, hidden, o, k0, k2;
+};
+
+// Runs conv_stack on copies of the inputs in `dt` and returns y and the 7 input gradients (f64).
+std::vector<Tensor> run_stack(const StackCase& p, DType dt, bool with_grad = true) {
+    std::vector<Tensor> in = {randn({p.b, p.c, p.h, p.w}, 40),
+                              randn({p.hidden, p.c, p.k0, p.k0}, 41, DType::f32, 0.4),
+                              randn({p.hidden}, 42, DType::f32, 0.2),
+                              randn({p.hidden, p.hidden, 1, 1}, 43, DType::f32, 0.15),
+                              randn({p.hidden}, 44, DType::f32, 0.2),
+                              randn({p.o, p.hidden, p.k2, p.k2}, 45, DType::f32, 0.1),
+                              randn({p.o}, 46)};
+    std::vector<Var> v;
+    for (const Tensor& t : in) v.emplace_back(t.to(dt), with_grad);
+    Var y = conv_stack(v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+    std::vector<Tensor> out = {y.value().to(DType::f64)};
+    if (!with_grad) return out;
+    sum_all(y * Var(randn(y.shape(), 47, dt))).backward();
+    for (const Var& x : v) out.push_back(x.grad().to(DType::f64));
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("conv_stack in f32 (fused, a few images at a time) matches the three conv2d in f64", "[conv]") {
+    // Glow's level 1 and 2 shapes at small batches, groups that do not divide the batch
+    // (256 / 49 = 5 images per group: 7 images are 2 groups), 5x5 kernels, one output channel,
+    // more slots than groups and groups than slots.
+    for (const StackCase& p : {StackCase{3, 2, 14, 14, 32, 4, 3, 3}, StackCase{7, 4, 7, 7, 24, 8, 3, 3},
+                               StackCase{2, 1, 9, 6, 16, 1, 5, 3}, StackCase{20, 2, 4, 4, 16, 4, 3, 3},
+                               StackCase{45, 3, 7, 7, 8, 6, 1, 3}}) {
+        INFO("b " << p.b << " c " << p.c << " " << p.h << "x" << p.w << " hidden " << p.hidden << " o " << p.o
+                  << " kernels " << p.k0 << ", " << p.k2);
+        const std::vector<Tensor> f32 = run_stack(p, DType::f32), f64 = run_stack(p, DType::f64);
+        CHECK(rel_diff(f32[0], f64[0]) < 1e-5);
+        for (std::size_t i = 1; i < f32.size(); ++i) {
+            INFO("gradient of input " << i - 1);
+            CHECK(rel_diff(f32[i], f64[i]) < 2e-4);
+        }
+        // Without a gradient (sampling) the fused path stores nothing and gives the same values.
+        NoGradGuard guard;
+        CHECK(rel_diff(run_stack(p, DType::f32, false)[0], f32[0]) == 0.0);
+    }
+}
+
+TEST_CASE("conv_stack gives the same bits on 1 and 2 threads", "[conv]") {
+    const StackCase p{37, 2, 14, 14, 32, 4, 3, 3};
+    set_num_threads(1);
+    const std::vector<Tensor> one = run_stack(p, DType::f32);
+    set_num_threads(2);
+    const std::vector<Tensor> two = run_stack(p, DType::f32);
+    set_num_threads(0);
+    for (std::size_t i = 0; i < one.size(); ++i) {
+        INFO("output " << i);
+        CHECK(rel_diff(two[i], one[i]) == 0.0);
+    }
 }

@@ -72,7 +72,8 @@ TEST_CASE("a conv2d graph equal to cnn draws, computes and differentiates exactl
         CHECK(kern::max_abs_diff(named(*cnn, c).grad(), named(*graph, g).grad()) < 1e-12);
     }
     CHECK(kern::max_abs_diff(xc.grad(), xg.grad()) < 1e-12);
-    // In f32 both run the same convolutions, in the same layouts: the same bits, forward and back.
+    // In f32 cnn runs its three convolutions as one fused op (conv_stack, a few images at a
+    // time) and the graph as three conv2d ops: the same arithmetic up to the order of the sums.
     for (const auto& [c, g] : kCnnNames) {
         named(*cnn, c).mutable_value() = named(*cnn, c).value().to(DType::f32);
         named(*cnn, c).zero_grad();
@@ -81,10 +82,13 @@ TEST_CASE("a conv2d graph equal to cnn draws, computes and differentiates exactl
     }
     Tensor x32 = xv.to(DType::f32), r32 = r.to(DType::f32);
     Var y1 = (*cnn)(Var(x32), Var()), y2 = (*graph)(Var(x32), Var());
-    CHECK(kern::max_abs_diff(y1.value(), y2.value()) == 0.0);
+    CHECK(kern::max_abs_diff(y1.value(), y2.value()) < 1e-5);
     sum_all(y1 * Var(r32)).backward();
     sum_all(y2 * Var(r32)).backward();
-    for (const auto& [c, g] : kCnnNames) CHECK(kern::max_abs_diff(named(*cnn, c).grad(), named(*graph, g).grad()) == 0.0);
+    for (const auto& [c, g] : kCnnNames) {
+        INFO(c);
+        CHECK(kern::max_abs_diff(named(*cnn, c).grad(), named(*graph, g).grad()) < 1e-4);
+    }
 }
 
 TEST_CASE("a W3-sized conv2d graph plans cnn's layouts and fusions", "[image][graph]") {
