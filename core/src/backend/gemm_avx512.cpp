@@ -124,6 +124,13 @@ BlockFn block_fn(int mr, int nv, bool ta) {
 
 }  // namespace
 
+FLOWLAB_AVX512 void stream_copy(float* dst, const float* src, std::int64_t n) {
+    std::int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+    for (; i < n; ++i) dst[i] = src[i];
+    _mm_sfence();
+}
+
 bool available() {
     static const bool ok = __builtin_cpu_supports("avx512f");
     return ok;

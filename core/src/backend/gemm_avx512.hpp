@@ -28,4 +28,8 @@ inline bool suits(std::int64_t lda) { return lda % 256 != 0; }
 void gemm_tile(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a, std::int64_t lda,
                const float* b, std::int64_t ldb, float* c, std::int64_t ldc, const float* bias, float beta, bool relu);
 
+// dst[0, n) = src[0, n) with non-temporal stores (dst 64-byte aligned): the lines go to memory
+// without being read first and without evicting the cache's working set.
+void stream_copy(float* dst, const float* src, std::int64_t n);
+
 }  // namespace flowlab::backend::avx512

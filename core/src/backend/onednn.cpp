@@ -145,6 +145,13 @@ void sgemm_small(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t
     sgemm_tile(g, lda, ldb, ldc, a, b, c, bias);
 }
 
+void stream_copy(float* dst, const float* src, std::int64_t n) {
+    if (avx512::available() && reinterpret_cast<std::uintptr_t>(dst) % 64 == 0)
+        avx512::stream_copy(dst, src, n);
+    else
+        std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(float));
+}
+
 GemmTiling gemm_tiling(std::int64_t m, std::int64_t n, std::int64_t k) {
     // Tiles depend on the shape only, never on the thread count, so that a result is the same
     // bits with 1 thread or 8. Each tile carries at least kTileFlops (a TBB hand-off costs about

@@ -107,6 +107,10 @@ void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t 
 // another kernel sums in another order, and the results of existing runs move with it.
 void sgemm_small(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
                  float* c, const float* bias);
+// dst[0, n) = src[0, n) with non-temporal stores where the CPU has AVX-512 (memcpy otherwise;
+// dst 64-byte aligned): for results kept for later, written from a cache-resident copy.
+void stream_copy(float* dst, const float* src, std::int64_t n);
+
 // Whether sgemm_small runs the own kernel: where the CPU has AVX-512, unless FLOWLAB_GEMM=onednn
 // is in the environment. use_own_gemm sets it (tests compare the two; it stays off without
 // AVX-512) and returns the previous setting.

@@ -149,12 +149,16 @@ Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const 
             const std::int64_t n0 = g * s.group, nb = std::min(s.group, s.b - n0), rows = nb * s.p;
             float* cols = scratch(0, rows * s.kc0);
             expand_images(xp + n0 * s.c * s.p, cols, ConvLayout::nchw, {nb, s.c, s.h, s.w}, s.k0, s.k0, s.k0 / 2, +1);
-            float* a1 = keep ? h1.f32() + n0 * s.p * H : scratch(1, rows * H);
-            float* a2 = keep ? h2.f32() + n0 * s.p * H : scratch(2, rows * H);
+            float* a1 = scratch(1, rows * H);
+            float* a2 = scratch(2, rows * H);
             mm(rows, H, s.kc0, false, cols, s.kc0, w0p.f32(), H, a1, H, bias0, true);
             mm(rows, H, H, false, a1, H, w1t.f32(), H, a2, H, bias1, true);
             float* t = scratch(3, rows * s.kc2);
             mm(rows, s.kc2, H, false, a2, H, w2p.f32(), s.kc2, t, s.kc2);
+            if (keep) {
+                backend::stream_copy(h1.f32() + n0 * s.p * H, a1, rows * H);
+                backend::stream_copy(h2.f32() + n0 * s.p * H, a2, rows * H);
+            }
             reduce_images(t, bias2, y.f32() + n0 * s.o * s.p, ConvLayout::nchw, {nb, s.o, s.h, s.w}, s.k2, s.k2,
                           s.k2 / 2, -1, false);
         }
