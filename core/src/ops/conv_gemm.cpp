@@ -204,23 +204,6 @@ struct MaskedGrad {
     Tensor gb;  // [O], when wanted
 };
 
-// One channels-last row of C values: out = g masked by y > 0 (when relu), acc += out.
-// `omp simd`: -O2 does not vectorise loops of unknown length, and a branchy scalar loop here
-// (random signs) cost a fifth of a W3 step.
-inline void mask_row(const float* g, const float* y, float* out, float* acc, std::int64_t C, bool relu) {
-    if (relu) {
-#pragma omp simd
-        for (std::int64_t c = 0; c < C; ++c) {
-            const float v = y[c] > 0.0f ? g[c] : 0.0f;
-            out[c] = v;
-            acc[c] += v;
-        }
-    } else {
-#pragma omp simd
-        for (std::int64_t c = 0; c < C; ++c) acc[c] += g[c];
-    }
-}
-
 // One NCHW plane: the same, returning the plane's sum.
 inline float mask_plane(const float* g, const float* y, float* out, std::int64_t P, bool relu) {
     float t = 0.0f;

@@ -73,35 +73,12 @@ void mm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a,
     backend::sgemm_small(g, lda, ldb, ldc, a, b, c, bias);
 }
 
-// The transpose of a row-major [rows, cols] matrix.
-Tensor transposed(const float* src, std::int64_t rows, std::int64_t cols) {
-    Tensor t = Tensor::empty({cols, rows}, DType::f32);
-    float* d = t.f32();
-    for (std::int64_t i = 0; i < rows; ++i)
-        for (std::int64_t j = 0; j < cols; ++j) d[j * rows + i] = src[i * cols + j];
-    return t;
-}
-
 // A thread's scratch buffers, grown on demand and kept.
 float* scratch(int slot, std::int64_t n) {
     thread_local std::vector<float> bufs[6];
     std::vector<float>& v = bufs[slot];
     if (static_cast<std::int64_t>(v.size()) < n) v.resize(static_cast<std::size_t>(n));
     return v.data();
-}
-
-// g = g * (y > 0) over rows x n (leading dimensions n), and acc[c] += the column sums.
-void mask_rows(float* g, const float* y, std::int64_t rows, std::int64_t n, float* acc) {
-    for (std::int64_t r = 0; r < rows; ++r) {
-        float* gr = g + r * n;
-        const float* yr = y + r * n;
-#pragma omp simd
-        for (std::int64_t c = 0; c < n; ++c) {
-            const float v = yr[c] > 0.0f ? gr[c] : 0.0f;
-            gr[c] = v;
-            acc[c] += v;
-        }
-    }
 }
 
 // The three conv2d ops the fused path replaces (any dtype and shape conv2d takes).
@@ -134,7 +111,7 @@ Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const 
     }
     const std::int64_t H = s.hidden;
     const Tensor w0p = pack_weights(w0.value(), true);                // [kc0, H]
-    const Tensor w1t = transposed(w1.value().f32(), H, H);            // [H in, H out]
+    const Tensor w1t = detail::transpose_kernel(w1.value().reshape({H, H}));  // [H in, H out]
     const Tensor w2p = pack_weights(w2.value(), false);               // [H, kc2]
     Tensor y = Tensor::empty({s.b, s.o, s.h, s.w}, DType::f32);
     Tensor h1, h2;  // [b p, H] channels-last, kept for the backward pass
@@ -171,21 +148,23 @@ Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const 
                        need_w2 = sink.needs(5) || sink.needs(6);
             const std::int64_t H = s.hidden;
             const Tensor w0p = pack_weights(w0.value(), true);
-            const Tensor w0pt = transposed(w0p.f32(), s.kc0, H);      // [H, kc0]
-            const Tensor w2pt = transposed(pack_weights(w2.value(), false).f32(), H, s.kc2);  // [kc2, H]
+            const Tensor w0pt = detail::transpose_kernel(w0p);                        // [H, kc0]
+            const Tensor w2pt = detail::transpose_kernel(pack_weights(w2.value(), false));  // [kc2, H]
             const float* w1p = w1.value().f32();                       // [H out, H in]
             // Per slot: dW0' [kc0, H], db0 [H], dW1 [H, H], db1 [H], dW2'' [H, kc2], db2 [o].
             const std::int64_t off_b0 = s.kc0 * H, off_w1 = off_b0 + H, off_b1 = off_w1 + H * H,
                                off_w2 = off_b1 + H, off_b2 = off_w2 + H * s.kc2, per_slot = off_b2 + s.o;
             const std::int64_t slots = std::min(kSlots, s.groups());
-            std::vector<float> part(static_cast<std::size_t>(slots * per_slot), 0.0f);
+            // A tensor, not a vector: the tensor allocator recycles the block step after step.
+            Tensor part_t = Tensor::zeros({slots * per_slot}, DType::f32);
+            float* part = part_t.f32();
             Tensor gx;
             if (need_x) gx = Tensor::empty(x.shape(), DType::f32);
             const float* xp = x.value().f32();
             const float* gyp = gy.f32();
             parallel_for(slots, 1, [&](std::int64_t s0, std::int64_t s1) {
                 for (std::int64_t slot = s0; slot < s1; ++slot) {
-                    float* ps = part.data() + slot * per_slot;
+                    float* ps = part + slot * per_slot;
                     for (std::int64_t g = slot; g < s.groups(); g += slots) {
                         const bool first = g == slot;
                         const std::int64_t n0 = g * s.group, nb = std::min(s.group, s.b - n0), rows = nb * s.p;
@@ -209,12 +188,12 @@ Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const 
                         if (!need_x && !need_w0 && !need_w1) continue;
                         float* d2 = scratch(4, rows * H);
                         mm(rows, H, s.kc2, false, gt, s.kc2, w2pt.f32(), H, d2, H);
-                        mask_rows(d2, a2, rows, H, ps + off_b1);
+                        for (std::int64_t r = 0; r < rows; ++r) mask_row(d2 + r * H, a2 + r * H, d2 + r * H, ps + off_b1, H, true);
                         if (need_w1) mm(H, H, rows, true, d2, H, a1, H, ps + off_w1, H, nullptr, false, !first);
                         if (!need_x && !need_w0) continue;
                         float* d1 = scratch(5, rows * H);
                         mm(rows, H, H, false, d2, H, w1p, H, d1, H);
-                        mask_rows(d1, a1, rows, H, ps + off_b0);
+                        for (std::int64_t r = 0; r < rows; ++r) mask_row(d1 + r * H, a1 + r * H, d1 + r * H, ps + off_b0, H, true);
                         if (need_w0) {
                             float* cols = scratch(0, rows * s.kc0);
                             expand_images(xp + n0 * s.c * s.p, cols, ConvLayout::nchw, {nb, s.c, s.h, s.w}, s.k0, s.k0,
@@ -233,7 +212,7 @@ Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const 
             // The slots' partial sums, in slot order.
             std::vector<float> total(static_cast<std::size_t>(per_slot), 0.0f);
             for (std::int64_t slot = 0; slot < slots; ++slot) {
-                const float* ps = part.data() + slot * per_slot;
+                const float* ps = part + slot * per_slot;
                 for (std::int64_t i = 0; i < per_slot; ++i) total[static_cast<std::size_t>(i)] += ps[i];
             }
             const auto vec = [&](std::int64_t off, std::int64_t n) {

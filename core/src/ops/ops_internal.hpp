@@ -19,6 +19,9 @@ namespace flowlab::detail {
 
 using ::flowlab::dispatch;  // the toolkit's (kernels.hpp)
 
+// The transpose of a 2-d tensor, in cache-sized tiles (shape.cpp).
+Tensor transpose_kernel(const Tensor& a);
+
 // A shape viewed as [outer, n, inner] around dimension d (reductions, slices, concatenation).
 struct Split3 {
     std::int64_t outer = 1, n = 1, inner = 1;

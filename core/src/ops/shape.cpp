@@ -50,6 +50,10 @@ void check_slice(const char* op, const Tensor& a, std::int64_t d, std::int64_t s
                          " of shape " + shape_str(a.shape()));
 }
 
+}  // namespace
+
+namespace detail {
+
 Tensor transpose_kernel(const Tensor& a) {
     if (a.dim() != 2) throw ShapeError("transpose2d: needs a 2-d tensor, got " + shape_str(a.shape()));
     const std::int64_t m = a.size(0), n = a.size(1);
@@ -68,7 +72,10 @@ Tensor transpose_kernel(const Tensor& a) {
     });
     return out;
 }
-}  // namespace
+
+}  // namespace detail
+
+using detail::transpose_kernel;
 
 namespace kern {
 
