@@ -46,22 +46,23 @@ public:
             h = concat({h, context.value().dim() == 2 ? context : reshape(context, {B, -1})}, 1);
         }
         const std::size_t n = weights_.size();
+        if (act_ == Act::relu) return shaped(mlp_stack(h, weights_, biases_), B);  // all layers as one op
         for (std::size_t l = 0; l < n; ++l) {
-            const bool hidden = l + 1 < n;
-            if (hidden && act_ == Act::relu)
-                h = linear_relu(h, weights_[l], biases_[l]);  // the ReLU fused into the GEMM
-            else
-                h = linear(h, weights_[l], biases_[l]);
-            if (hidden && act_ != Act::relu) h = activate(h);
+            h = linear(h, weights_[l], biases_[l]);
+            if (l + 1 < n) h = activate(h);
         }
+        return shaped(h, B);
+    }
+
+private:
+    enum class Act { relu, tanh, elu };
+
+    Var shaped(const Var& h, std::int64_t B) const {
         if (out_shape_.size() == 1) return h;
         Shape s = {B};
         s.insert(s.end(), out_shape_.begin(), out_shape_.end());
         return reshape(h, s);
     }
-
-private:
-    enum class Act { relu, tanh, elu };
 
     Var activate(const Var& h) const {
         switch (act_) {

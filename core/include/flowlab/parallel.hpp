@@ -29,6 +29,11 @@ void parallel_for_parts(const std::vector<std::int64_t>& sizes, std::int64_t gra
 void parallel_samples(std::int64_t n, std::int64_t work_per_sample,
                       const std::function<void(std::int64_t, std::int64_t)>& fn);
 
+// Runs fn(i) for every i in [0, n), each as a task of its own (no two grouped), for a few
+// uneven pieces of work - say a GEMM's tiles beside smaller products - that the threads share
+// by taking the next one as they come free. Inline when one thread is configured.
+void parallel_tasks(std::int64_t n, const std::function<void(std::int64_t)>& fn);
+
 // Sets the pool's size, and the threads in use, to n (0 = all cores).
 void set_num_threads(int n);
 // The threads parallel sections use now.

@@ -9,7 +9,6 @@
 #include <cstdlib>
 #include <new>
 
-#include <tbb/parallel_for.h>
 
 #include "flowlab/errors.hpp"
 #include "flowlab/parallel.hpp"
@@ -182,38 +181,30 @@ GemmTiling gemm_tiling(std::int64_t m, std::int64_t n, std::int64_t k) {
     return t;
 }
 
-void sgemm(const Gemm& g, const float* a, const float* b, float* c, const float* bias) {
+void sgemm_tile_of(const Gemm& g, const GemmTiling& t, std::int64_t i, const float* a, const float* b, float* c,
+                   const float* bias) {
     const std::int64_t lda = g.trans_a ? g.m : g.k, ldb = g.trans_b ? g.k : g.n, ldc = g.n;
-    const GemmTiling t = gemm_tiling(g.m, g.n, g.k);
     if (t.count <= 1) {
         sgemm_tile(g, lda, ldb, ldc, a, b, c, bias);
         return;
     }
-    const auto run = [&](const auto& tile) {
-        if (num_threads() == 1) {
-            for (std::int64_t i = 0; i < t.count; ++i) tile(i);
-            return;
-        }
-        // Work stealing: when another process holds one core, the threads left take every tile
-        // instead of waiting at a barrier for a thread that is not running.
-        tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, t.count, 1),
-                          [&](const tbb::blocked_range<std::int64_t>& r) {
-                              for (std::int64_t i = r.begin(); i < r.end(); ++i) tile(i);
-                          },
-                          tbb::simple_partitioner());
-    };
-    run([&](std::int64_t i) {
-        Gemm sub = g;
-        const std::int64_t lo = i * t.step;
-        if (t.mode == GemmTiling::rows) {
-            sub.m = std::min(t.step, g.m - lo);
-            // Row lo of op(A): row lo of A, or column lo when A is used transposed.
-            sgemm_tile(sub, lda, ldb, ldc, a + (g.trans_a ? lo : lo * lda), b, c + lo * ldc, bias);
-        } else {
-            sub.n = std::min(t.step, g.n - lo);
-            sgemm_tile(sub, lda, ldb, ldc, a, b + (g.trans_b ? lo * ldb : lo), c + lo, bias ? bias + lo : nullptr);
-        }
-    });
+    Gemm sub = g;
+    const std::int64_t lo = i * t.step;
+    if (t.mode == GemmTiling::rows) {
+        sub.m = std::min(t.step, g.m - lo);
+        // Row lo of op(A): row lo of A, or column lo when A is used transposed.
+        sgemm_tile(sub, lda, ldb, ldc, a + (g.trans_a ? lo : lo * lda), b, c + lo * ldc, bias);
+    } else {
+        sub.n = std::min(t.step, g.n - lo);
+        sgemm_tile(sub, lda, ldb, ldc, a, b + (g.trans_b ? lo * ldb : lo), c + lo, bias ? bias + lo : nullptr);
+    }
+}
+
+void sgemm(const Gemm& g, const float* a, const float* b, float* c, const float* bias) {
+    // Work stealing: when another process holds one core, the threads left take every tile
+    // instead of waiting at a barrier for a thread that is not running.
+    const GemmTiling t = gemm_tiling(g.m, g.n, g.k);
+    parallel_tasks(t.count, [&](std::int64_t i) { sgemm_tile_of(g, t, i, a, b, c, bias); });
 }
 
 }  // namespace flowlab::backend

@@ -124,5 +124,9 @@ struct GemmTiling {
     std::int64_t step = 0, count = 1;
 };
 GemmTiling gemm_tiling(std::int64_t m, std::int64_t n, std::int64_t k);
+// Tile i of sgemm(g, ...) split as t says (the whole product when t.count <= 1), on the calling
+// thread: for callers that run a product's tiles beside other work in one parallel section.
+void sgemm_tile_of(const Gemm& g, const GemmTiling& t, std::int64_t i, const float* a, const float* b, float* c,
+                   const float* bias = nullptr);
 
 }  // namespace flowlab::backend

@@ -101,6 +101,19 @@ void parallel_for_parts(const std::vector<std::int64_t>& sizes, std::int64_t gra
                       });
 }
 
+void parallel_tasks(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
+    if (n <= 0) return;
+    if (n == 1 || num_threads() == 1) {
+        for (std::int64_t i = 0; i < n; ++i) fn(i);
+        return;
+    }
+    tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, n, 1),
+                      [&](const tbb::blocked_range<std::int64_t>& r) {
+                          for (std::int64_t i = r.begin(); i < r.end(); ++i) fn(i);
+                      },
+                      tbb::simple_partitioner());
+}
+
 void parallel_samples(std::int64_t n, std::int64_t work_per_sample,
                       const std::function<void(std::int64_t, std::int64_t)>& fn) {
     if (n <= 0) return;

@@ -3,10 +3,13 @@
 // ones (oneDNN, split into tiles).
 #include <catch2/catch.hpp>
 
+#include <cmath>
+
 #include <flowlab/autodiff.hpp>
 #include <flowlab/gradcheck.hpp>
 #include <flowlab/kernels.hpp>
 #include <flowlab/ops.hpp>
+#include <flowlab/parallel.hpp>
 #include <flowlab/rng.hpp>
 
 using namespace flowlab;
@@ -177,4 +180,126 @@ TEST_CASE("block_sparse_linear rejects a weight that does not match its support"
     Var x(rnd({2, 4}, 1, DType::f32)), w(rnd({4, 5}, 2, DType::f32));
     CHECK_THROWS_WITH(block_sparse_linear(x, w, Var(), support), Catch::Contains("does not match its support"));
     CHECK_THROWS_WITH(block_sparse_linear(x, w, Var(), nullptr), Catch::Contains("no support"));
+}
+
+namespace {
+
+// An MLP's inputs (x, then w and b per layer) of the given widths, seeded.
+std::vector<Tensor> mlp_inputs(std::int64_t rows, const std::vector<std::int64_t>& widths, std::uint64_t seed) {
+    std::vector<Tensor> in = {rnd({rows, widths[0]}, seed)};
+    for (std::size_t l = 0; l + 1 < widths.size(); ++l) {
+        const double scale = 1.0 / std::sqrt(static_cast<double>(widths[l]));
+        in.push_back(kern::scale(rnd({widths[l], widths[l + 1]}, seed + 2 * l + 1), scale));
+        in.push_back(kern::scale(rnd({widths[l + 1]}, seed + 2 * l + 2), 0.3));
+    }
+    return in;
+}
+
+// y and every input's gradient for mlp_stack (stack) or the chain of linear_relu / linear ops,
+// in `dt`; `grad` says which inputs take a gradient; `twice` runs the backward pass twice, so
+// the second accumulates into the gradients of the first.
+std::vector<Tensor> run_mlp(bool stack, const std::vector<Tensor>& in, DType dt, const std::vector<bool>& grad,
+                            bool twice = false) {
+    std::vector<Var> v;
+    for (std::size_t i = 0; i < in.size(); ++i) v.emplace_back(in[i].to(dt), grad[i]);
+    std::vector<Var> w, b;
+    for (std::size_t i = 1; i < v.size(); i += 2) {
+        w.push_back(v[i]);
+        b.push_back(v[i + 1]);
+    }
+    Var y;
+    if (stack) {
+        y = mlp_stack(v[0], w, b);
+    } else {
+        y = v[0];
+        for (std::size_t l = 0; l < w.size(); ++l) y = l + 1 < w.size() ? linear_relu(y, w[l], b[l]) : linear(y, w[l], b[l]);
+    }
+    std::vector<Tensor> out = {y.value()};
+    const Tensor gy = rnd(y.shape(), 77, dt);
+    y.backward(gy);
+    if (twice) y.backward(gy);
+    for (std::size_t i = 0; i < v.size(); ++i)
+        if (grad[i]) out.push_back(v[i].grad());
+    return out;
+}
+
+std::vector<bool> all_grads(std::size_t n) { return std::vector<bool>(n, true); }
+
+}  // namespace
+
+TEST_CASE("mlp_stack gives the chain's bits when its blocks are the GEMM's tiles", "[ops][linear]") {
+    // A 2-d coupling's conditioner at batch 512 (W1): the 128-wide products split into 128-row
+    // tiles, the narrow layers on vector loops. Every input's gradient, once and accumulated.
+    const std::vector<Tensor> in = mlp_inputs(512, {1, 128, 128, 2}, 900);
+    for (bool twice : {false, true}) {
+        const std::vector<Tensor> a = run_mlp(true, in, DType::f32, all_grads(in.size()), twice);
+        const std::vector<Tensor> b = run_mlp(false, in, DType::f32, all_grads(in.size()), twice);
+        REQUIRE(a.size() == b.size());
+        for (std::size_t i = 0; i < a.size(); ++i) {
+            INFO("output " << i << (twice ? ", accumulated" : ""));
+            CHECK(kern::max_abs_diff(a[i], b[i]) == 0.0);
+        }
+    }
+}
+
+TEST_CASE("mlp_stack matches the chain of linear ops on any widths", "[ops][linear]") {
+    struct Case {
+        std::int64_t rows;
+        std::vector<std::int64_t> widths;
+    };
+    // 700 rows in 144-row blocks (the last one short), a deep stack, context-wide inputs, one
+    // output; and shapes the op runs as the chain (a batch too small to split, a single layer).
+    const std::vector<Case> cases = {{700, {3, 160, 96, 5}}, {1000, {2, 64, 64, 64, 64, 4}},
+                                     {600, {40, 200, 1}},     {16, {2, 128, 128, 2}},
+                                     {300, {5, 7}}};
+    std::uint64_t seed = 950;
+    for (const Case& c : cases) {
+        INFO("rows " << c.rows << " layers " << c.widths.size() - 1);
+        const std::vector<Tensor> in = mlp_inputs(c.rows, c.widths, seed += 20);
+        const auto grads = all_grads(in.size());
+        const std::vector<Tensor> ref = run_mlp(false, in, DType::f64, grads);
+        const std::vector<Tensor> got = run_mlp(true, in, DType::f32, grads);
+        const std::vector<Tensor> chain = run_mlp(false, in, DType::f32, grads);
+        for (std::size_t i = 0; i < got.size(); ++i) {
+            INFO("output " << i);
+            CHECK(got[i].dtype() == DType::f32);
+            CHECK(kern::max_abs_diff(got[i].to(DType::f64), ref[i]) < 1e-4);
+            CHECK(kern::max_abs_diff(got[i], chain[i]) < 1e-5);
+        }
+        // f64 runs the chain itself.
+        const std::vector<Tensor> f64 = run_mlp(true, in, DType::f64, grads);
+        for (std::size_t i = 0; i < f64.size(); ++i) CHECK(kern::max_abs_diff(f64[i], ref[i]) == 0.0);
+    }
+}
+
+TEST_CASE("mlp_stack differentiates only what asks for it, the same on 1 and 2 threads", "[ops][linear]") {
+    const std::vector<Tensor> in = mlp_inputs(700, {3, 160, 96, 5}, 990);
+    // Only x (frozen layers), only the last layer, only the first layer's bias.
+    std::vector<bool> only_x(in.size(), false), only_last(in.size(), false), only_b0(in.size(), false);
+    only_x[0] = true;
+    only_last[in.size() - 2] = only_last[in.size() - 1] = true;
+    only_b0[2] = true;
+    for (const auto& grads : {only_x, only_last, only_b0}) {
+        const std::vector<Tensor> got = run_mlp(true, in, DType::f32, grads);
+        const std::vector<Tensor> chain = run_mlp(false, in, DType::f32, grads);
+        REQUIRE(got.size() == chain.size());
+        for (std::size_t i = 0; i < got.size(); ++i) CHECK(kern::max_abs_diff(got[i], chain[i]) < 1e-5);
+    }
+    set_num_threads(1);
+    const std::vector<Tensor> one = run_mlp(true, in, DType::f32, all_grads(in.size()));
+    set_num_threads(2);
+    const std::vector<Tensor> two = run_mlp(true, in, DType::f32, all_grads(in.size()));
+    set_num_threads(0);
+    for (std::size_t i = 0; i < one.size(); ++i) {
+        INFO("output " << i);
+        CHECK(kern::max_abs_diff(one[i], two[i]) == 0.0);
+    }
+    // Without a gradient (sampling) the same values.
+    NoGradGuard guard;
+    std::vector<Var> w, b;
+    for (std::size_t i = 1; i < in.size(); i += 2) {
+        w.emplace_back(in[i].to(DType::f32));
+        b.emplace_back(in[i + 1].to(DType::f32));
+    }
+    CHECK(kern::max_abs_diff(mlp_stack(Var(in[0].to(DType::f32)), w, b).value(), one[0]) == 0.0);
 }

@@ -22,6 +22,13 @@ Var linear(const Var& x, const Var& w, const Var& b = Var());
 // relu(linear(x, w, b)) as one op: the ReLU runs in the GEMM's epilogue, and the backward
 // masks the gradient once. Same values as the two ops.
 Var linear_relu(const Var& x, const Var& w, const Var& b = Var());
+// An MLP as one op: linear_relu with (w[l], b[l]) for every layer but the last, linear for the
+// last; w[l] [in, out], b[l] [out]. Same values as that chain of ops; a block of rows at a time
+// goes through every layer, so the narrow layers and the ReLU masks run in parallel too
+// (core/src/ops/mlp_stack.cpp). Shapes it does not fuse run the chain itself.
+//
+// Example:  Var y = mlp_stack(x, {w0, w1, w2}, {b0, b1, b2});   // x [B, 2] -> [B, 128] -> [B, 128] -> y [B, 4]
+Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b);
 
 // Where a weight w [in, out] of fixed connectivity (MADE's masks) can be nonzero: for each block
 // of `block()` consecutive output columns, sorted disjoint ranges of input rows. It may cover
