@@ -2,8 +2,8 @@
 // an idle machine and can be slower on a busy one: another process holding a core makes every
 // parallel section wait for a thread that is not running, and the serial parts run on a
 // shared core. The governor measures instead of guessing: now and then it runs a few steps on
-// the other setting (1 thread, or all of them) and keeps whichever has the lower median step
-// time. Probes are rare on an idle machine (backing off to thousands of steps apart) and come
+// the other setting (1 thread, or all of them) and keeps whichever has the lower mean step
+// time (the first step after each switch left out). Probes are rare on an idle machine (backing off to thousands of steps apart) and come
 // at once when the kernel reports the training thread waiting for a CPU (its run delay), the
 // sign that another process competes for the cores. Results do not depend on the thread count (GEMM tiles and reductions are fixed by the
 // shapes), so a switch never changes a number, only the speed.
@@ -44,11 +44,13 @@ public:
 private:
     int other() const { return current_ == 1 ? max_ : 1; }
     static double median(std::vector<double> v);
+    static double mean(const std::vector<double>& v);
 
     int max_;
     Options opt_;
     int current_;
     bool probing_ = false;
+    bool settling_ = false;      // the next step is the first back on current_ after a probe
     std::int64_t until_probe_;   // steps left before the next probe
     std::int64_t interval_;      // steps between probes now
     std::vector<double> recent_; // the current setting's last `window` step times

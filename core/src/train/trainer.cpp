@@ -360,29 +360,56 @@ void Trainer::finish(TrainSummary& summary, bool finished, std::int64_t done_thi
     summary.layer_check_seconds = layer_check_seconds_;
 }
 
-// The calling thread's total time spent waiting for a CPU (Linux: the second field of
-// /proc/thread-self/schedstat, in ns); 0 where the kernel does not report it.
+// The total time this process's threads have spent waiting for a CPU (Linux: the second field
+// of /proc/self/task/TID/schedstat, in ns); 0 where the kernel does not report it. All threads,
+// not the training thread's alone: beside one busy process, the training thread often keeps a
+// core while the pool's other thread shares the busy one, and every parallel section waits
+// for it - contention the training thread's own delay does not show.
 class RunDelay {
 public:
-    RunDelay() : fd_(::open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC)) {}
+    RunDelay() = default;
     ~RunDelay() {
-        if (fd_ >= 0) ::close(fd_);
+        for (const auto& [tid, fd] : fds_) ::close(fd);
     }
     RunDelay(const RunDelay&) = delete;
     RunDelay& operator=(const RunDelay&) = delete;
-    double seconds() const {
-        if (fd_ < 0) return 0.0;
-        char buf[128];
-        const ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
-        if (n <= 0) return 0.0;
-        buf[n] = '\0';
-        unsigned long long run = 0, wait = 0;
-        if (std::sscanf(buf, "%llu %llu", &run, &wait) != 2) return 0.0;
-        return static_cast<double>(wait) * 1e-9;
+    double seconds() {
+        // The thread list is read again now and then: the pool starts its threads lazily.
+        if (calls_++ % 256 == 0) refresh();
+        unsigned long long total = 0;
+        for (const auto& [tid, fd] : fds_) {
+            char buf[128];
+            const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+            if (n <= 0) continue;
+            buf[n] = '\0';
+            unsigned long long run = 0, wait = 0;
+            if (std::sscanf(buf, "%llu %llu", &run, &wait) == 2) total += wait;
+        }
+        // A thread that ended leaves the sum: keep the total from going backwards.
+        last_ = std::max(last_, total);
+        return static_cast<double>(last_) * 1e-9;
     }
 
 private:
-    int fd_;
+    void refresh() {
+        std::error_code ec;
+        std::map<long, int> now;
+        for (const auto& e : std::filesystem::directory_iterator("/proc/self/task", ec)) {
+            const long tid = std::strtol(e.path().filename().c_str(), nullptr, 10);
+            if (const auto it = fds_.find(tid); it != fds_.end()) {
+                now.emplace(tid, it->second);
+                fds_.erase(it);
+            } else if (const int fd = ::open((e.path() / "schedstat").c_str(), O_RDONLY | O_CLOEXEC); fd >= 0) {
+                now.emplace(tid, fd);
+            }
+        }
+        for (const auto& [tid, fd] : fds_) ::close(fd);  // threads that ended
+        fds_ = std::move(now);
+    }
+
+    std::map<long, int> fds_;  // thread id -> its open schedstat
+    unsigned long long last_ = 0;
+    std::uint64_t calls_ = 0;
 };
 
 TrainSummary Trainer::run() {
@@ -455,7 +482,8 @@ TrainSummary Trainer::run() {
         call_seconds_ += dt;
         const int chosen = governor.current();
         if (adaptive && governor.threads() == 1) ++single_steps;
-        if (governor.record(dt, adaptive ? delay.seconds() - waited0 : 0.0)) set_single_threaded(governor.threads() == 1);
+        const double waited = adaptive ? delay.seconds() - waited0 : 0.0;
+        if (governor.record(dt, waited)) set_single_threaded(governor.threads() == 1);
         if (governor.current() != chosen)
             log("threads: " + std::to_string(governor.current()) + " of " + std::to_string(num_threads_pool) +
                 (governor.current() == 1 ? " from step " : " again from step ") + std::to_string(step_) +
