@@ -33,10 +33,16 @@ Var unfused(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b) 
 bool is_f32(const Var& v) { return v.defined() && v.dtype() == DType::f32; }
 
 // Rows per block when the fused path applies (f32, 2-d x, at least two layers of matching
-// shapes, all biases, and a widest product the tiled GEMM splits by rows), else 0. Everything
-// else - including shapes the ops reject - runs the chain of linear ops.
+// shapes, all biases, no parameter used twice, and a widest product the tiled GEMM splits by
+// rows), else 0. Everything else - including shapes the ops reject - runs the chain of linear
+// ops.
 std::int64_t block_rows(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b) {
     if (w.size() < 2 || b.size() != w.size() || !is_f32(x) || x.value().dim() != 2) return 0;
+    // A tensor used twice would have its two gradients written by two tasks at once.
+    std::vector<const Node*> nodes = {x.node().get()};
+    for (std::size_t l = 0; l < w.size(); ++l) nodes.insert(nodes.end(), {w[l].node().get(), b[l].node().get()});
+    std::sort(nodes.begin(), nodes.end());
+    if (std::adjacent_find(nodes.begin(), nodes.end()) != nodes.end()) return 0;
     const std::int64_t rows = x.size(0);
     std::int64_t in = x.size(1), step = 0;
     double widest = 0.0;

@@ -303,3 +303,25 @@ TEST_CASE("mlp_stack differentiates only what asks for it, the same on 1 and 2 t
     }
     CHECK(kern::max_abs_diff(mlp_stack(Var(in[0].to(DType::f32)), w, b).value(), one[0]) == 0.0);
 }
+
+TEST_CASE("mlp_stack sums a weight that two of its layers share", "[ops][linear]") {
+    // One 128 x 128 weight and bias used by both hidden layers (the chain runs it: two tasks
+    // must not write one gradient at once); its gradient is the sum of the two layers'.
+    const std::vector<Tensor> in = mlp_inputs(512, {128, 128, 128, 2}, 1200);
+    auto run = [&](bool stack) {
+        Var x(in[0].to(DType::f32), true), w(in[1].to(DType::f32), true), b(in[2].to(DType::f32), true);
+        Var w2(in[5].to(DType::f32), true), b2(in[6].to(DType::f32), true);
+        Var y = stack ? mlp_stack(x, {w, w, w2}, {b, b, b2})
+                      : linear(linear_relu(linear_relu(x, w, b), w, b), w2, b2);
+        // Twice: the second pass accumulates into the gradients the first one left.
+        const Tensor gy = rnd(y.shape(), 78, DType::f32);
+        y.backward(gy);
+        y.backward(gy);
+        return std::vector<Tensor>{y.value(), x.grad(), w.grad(), b.grad()};
+    };
+    const std::vector<Tensor> got = run(true), chain = run(false);
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        INFO("output " << i);
+        CHECK(kern::max_abs_diff(got[i], chain[i]) == 0.0);
+    }
+}
