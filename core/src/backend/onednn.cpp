@@ -9,7 +9,6 @@
 #include <cstdlib>
 #include <new>
 
-
 #include "flowlab/errors.hpp"
 #include "flowlab/parallel.hpp"
 
