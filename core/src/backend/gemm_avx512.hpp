@@ -1,5 +1,6 @@
 // flowlab's own single-threaded f32 GEMM for x86 CPUs with AVX-512, behind backend::sgemm_small
-// (onednn.hpp).
+// (onednn.hpp), and the kernels of the skinny products linalg.cpp runs itself
+// (skinny_avx512.cpp).
 //
 // Why beside oneDNN's: the fused convolutions (conv_stack) run thousands of small products per
 // step (a few hundred rows x 128), where oneDNN's per-call setup (memory objects, a stream
@@ -27,6 +28,21 @@ inline bool suits(std::int64_t lda) { return lda % 256 != 0; }
 // on every call.
 void gemm_tile(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a, std::int64_t lda,
                const float* b, std::int64_t ldb, float* c, std::int64_t ldc, const float* bias, float beta, bool relu);
+
+// Skinny products (a side of at most 4) for linalg.cpp, with the bits of its portable loops on
+// a CPU with FMA: every output starts from 0 and takes its products in the same order, each
+// as one FMA. B [k, n], Bt [n, k] and C [m, n] are row-major and contiguous.
+//
+// axpy_rows: C = op(A) B (+ beta C) (+ bias) (then ReLU) (then gate > 0 ? C : 0), with op(A)
+// [m, k] stored [m, k], or [k, m] when `ta`; each row's sum term by term: beta C (0: none),
+// then + A[i, 0] B[0, :], + A[i, 1] B[1, :], ... `gate` (null: none) is a tensor of C's shape, the
+// backward pass's ReLU mask.
+void axpy_rows(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, bool ta, const float* b, float* c,
+               float beta, const float* bias, bool relu, const float* gate);
+// dot_rows (n <= 4): C[i, j] = <A row i, Bt row j> (+ bias[j]) (then ReLU), A [m, k]; each dot
+// summed in 16 lanes (lane l: elements l, l + 16, ... in order), then the lanes in order from 0.
+void dot_rows(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, const float* bt, float* c,
+              const float* bias, bool relu);
 
 // dst[0, n) = src[0, n) with non-temporal stores (dst 64-byte aligned): the lines go to memory
 // without being read first and without evicting the cache's working set.

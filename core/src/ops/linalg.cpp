@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "backend/gemm_avx512.hpp"
 #include "backend/onednn.hpp"
 #include "ops/ops_internal.hpp"
 
@@ -182,23 +183,73 @@ void relu_inplace(T* c, std::int64_t n) {
     for (std::int64_t i = 0; i < n; ++i) c[i] = c[i] < 0 ? T(0) : c[i];
 }
 
+// c[i] = gate[i] > 0 ? c[i] : 0 over [i0, i1): the backward pass of a ReLU whose output is gate.
+void apply_gate(float* c, const float* gate, std::int64_t i0, std::int64_t i1) {
+#pragma omp simd
+    for (std::int64_t i = i0; i < i1; ++i) c[i] = gate[i] > 0 ? c[i] : 0.0f;
+}
+
 // Rows r0..r1 of a skinny product C = alpha * (op(A) op(B) + bias) + beta * C (ReLU when
-// `relu`); m is the whole product's row count. Rows r0..r1 of C read rows r0..r1 of A only when
-// A is not transposed. The form is chosen on the whole product, so that every row is computed
-// the same way however the rows are split.
+// `relu`, then gate[i] > 0 ? C[i] : 0 when `gate`, a tensor of C's shape); m is the whole
+// product's row count. Rows r0..r1 of C read rows r0..r1 of A only when A is not transposed. The
+// form is chosen on the whole product, so that every row is computed the same way however the
+// rows are split. On AVX-512 (alpha 1) the same sums run in the backend's kernels
+// (gemm_avx512.hpp), with the epilogue applied while a row is in registers.
 void skinny_rows(const float* pa, bool ta, const float* pb, bool tb, float* pc, std::int64_t m, std::int64_t n,
                  std::int64_t k, std::int64_t r0, std::int64_t r1, float alpha, float beta, const float* pbias,
-                 bool relu) {
+                 bool relu, const float* gate = nullptr) {
     const bool dot_form = n <= kSkinny && n < m;
-    gemm_skinny(pa + (ta ? 0 : r0 * k), ta, pb, tb, pc + r0 * n, r1 - r0, n, k, alpha, beta, dot_form);
-    for (std::int64_t i = r0; i < r1; ++i) {
-        float* row = pc + i * n;
-        if (pbias) {
-#pragma omp simd
-            for (std::int64_t j = 0; j < n; ++j) row[j] += alpha * pbias[j];
+    // Transposed A only whole (r0 = 0, r1 = m), as gemm_impl calls it.
+    const bool fast_dot = ta ? beta == 0.0f || beta == 1.0f : beta == 0.0f;
+    if (alpha == 1.0f && (!dot_form || fast_dot) && backend::avx512::available()) {
+        // The operand read in rows: op(B)^T [n, k] (dot form) or op(B) [k, n] (axpy form); a
+        // transposed copy when B is stored the other way (small by construction).
+        thread_local std::vector<float> rows_copy, ct;
+        const float* rows_b = pb;
+        if (dot_form != tb) {
+            rows_copy.resize(static_cast<std::size_t>(n * k));
+            const std::int64_t r = dot_form ? n : k, q = dot_form ? k : n;  // the copy's shape
+            for (std::int64_t i = 0; i < r; ++i)
+                for (std::int64_t j = 0; j < q; ++j) rows_copy[static_cast<std::size_t>(i * q + j)] = pb[j * r + i];
+            rows_b = rows_copy.data();
         }
-        if (relu) relu_inplace(row, n);
+        const float* g = gate ? gate + r0 * n : nullptr;
+        if (!dot_form) {
+            backend::avx512::axpy_rows(r1 - r0, n, k, ta ? pa : pa + r0 * k, ta, rows_b, pc + r0 * n, beta, pbias, relu,
+                                       g);
+            return;
+        }
+        if (!ta) {
+            backend::avx512::dot_rows(r1 - r0, n, k, pa + r0 * k, rows_b, pc + r0 * n, pbias, relu);
+        } else {
+            // C^T [n, m] = op(B)^T A as rows of axpy sums over A's stored rows, then stored
+            // transposed (+ C when beta is 1), as gemm_skinny's transposed dot form does.
+            ct.resize(static_cast<std::size_t>(n * m));
+            backend::avx512::axpy_rows(n, m, k, rows_b, false, pa, ct.data(), 0.0f, nullptr, false, nullptr);
+            for (std::int64_t i = 0; i < m; ++i)
+                for (std::int64_t j = 0; j < n; ++j) {
+                    const float v = ct[static_cast<std::size_t>(j * m + i)];
+                    pc[i * n + j] = beta == 0.0f ? v : v + pc[i * n + j];
+                }
+            for (std::int64_t i = r0; i < r1; ++i) {
+                float* row = pc + i * n;
+                if (pbias)
+                    for (std::int64_t j = 0; j < n; ++j) row[j] += pbias[j];
+                if (relu) relu_inplace(row, n);
+            }
+        }
+    } else {
+        gemm_skinny(pa + (ta ? 0 : r0 * k), ta, pb, tb, pc + r0 * n, r1 - r0, n, k, alpha, beta, dot_form);
+        for (std::int64_t i = r0; i < r1; ++i) {
+            float* row = pc + i * n;
+            if (pbias) {
+#pragma omp simd
+                for (std::int64_t j = 0; j < n; ++j) row[j] += alpha * pbias[j];
+            }
+            if (relu) relu_inplace(row, n);
+        }
     }
+    if (gate) apply_gate(pc, gate, r0 * n, r1 * n);
 }
 
 }  // namespace
@@ -207,15 +258,16 @@ namespace detail {
 bool gemm_is_skinny(std::int64_t m, std::int64_t n, std::int64_t k) { return is_skinny(m, n, k); }
 
 void gemm_rows(const float* a, const float* b, bool tb, float* c, std::int64_t m, std::int64_t n, std::int64_t k,
-               std::int64_t r0, std::int64_t r1, const float* bias, bool relu) {
+               std::int64_t r0, std::int64_t r1, const float* bias, bool relu, const float* gate) {
     if (r1 <= r0 || n == 0) return;
     if (is_skinny(m, n, k)) {
-        skinny_rows(a, false, b, tb, c, m, n, k, r0, r1, 1.0f, 0.0f, bias, relu);
+        skinny_rows(a, false, b, tb, c, m, n, k, r0, r1, 1.0f, 0.0f, bias, relu, gate);
         return;
     }
     const backend::Gemm g{.m = r1 - r0, .n = n, .k = k, .trans_a = false, .trans_b = tb, .bias = bias != nullptr,
                           .relu = relu};
     backend::sgemm_tile(g, k, tb ? k : n, n, a + r0 * k, b, c + r0 * n, bias);
+    if (gate) apply_gate(c, gate, r0 * n, r1 * n);
 }
 
 void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, double alpha,

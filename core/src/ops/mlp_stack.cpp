@@ -112,16 +112,11 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
         parallel_for(blocks, 1, [&](std::int64_t k0, std::int64_t k1) {
             for (std::int64_t k = k0; k < k1; ++k) {
                 const std::int64_t r0 = k * R, r1 = std::min(B, r0 + R);
-                for (std::size_t l = L - 1; l > lo; --l) {
-                    const std::int64_t n = width[l];
-                    float* d = grads[l - 1].f32();
-                    detail::gemm_rows(grads[l].f32(), w[l].value().f32(), true, d, B, n, width[l + 1], r0, r1,
-                                      nullptr, false);
-                    // Where the ReLU passed its input through (and only there it has a gradient).
-                    const float* a = acts[l].f32();
-#pragma omp simd
-                    for (std::int64_t i = r0 * n; i < r1 * n; ++i) d[i] = a[i] > 0 ? d[i] : 0.0f;
-                }
+                // Gated by the ReLU's output: where it passed its input through (and only there)
+                // the input has a gradient.
+                for (std::size_t l = L - 1; l > lo; --l)
+                    detail::gemm_rows(grads[l].f32(), w[l].value().f32(), true, grads[l - 1].f32(), B, width[l],
+                                      width[l + 1], r0, r1, nullptr, false, acts[l].f32());
                 if (need_x)
                     detail::gemm_rows(grads[0].f32(), w[0].value().f32(), true, gx.f32(), B, width[0], width[1], r0,
                                       r1, nullptr, false);

@@ -1,0 +1,132 @@
+// Skinny products on AVX-512 (gemm_avx512.hpp): the same sums in the same order as
+// linalg.cpp's portable loops, with the epilogue (bias, ReLU, gate) applied while a row is in
+// registers instead of in further passes over C, and enough independent sums side by side to
+// keep the FMA units busy (the portable loops wait on one chain at a time).
+#include "backend/gemm_avx512.hpp"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+namespace flowlab::backend::avx512 {
+
+namespace {
+
+#define FLOWLAB_AVX512 __attribute__((target("avx512f")))
+
+// One row of C, columns [0, 16 NV) from c (the last vector `mask` wide): beta C (0: none; 1: C),
+// then + A[i, kk] B[kk, :] for kk = 0, 1, ... each as an FMA, then the epilogue: + bias,
+// r < 0 ? 0 : r (NaN and -0 kept), gate > 0 ? r : 0.
+template <int NV>
+FLOWLAB_AVX512 void axpy_row(std::int64_t k, const float* a, std::int64_t a_step, const float* b, std::int64_t ldb,
+                             float* c, __mmask16 mask, float beta, const float* bias, bool relu, const float* gate) {
+    auto load = [mask](const float* p, int v) {
+        return v == NV - 1 ? _mm512_maskz_loadu_ps(mask, p + 16 * v) : _mm512_loadu_ps(p + 16 * v);
+    };
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 acc[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+        acc[v] = beta == 0.0f ? zero : load(c, v);
+        if (beta != 0.0f && beta != 1.0f) acc[v] = _mm512_mul_ps(acc[v], _mm512_set1_ps(beta));
+    }
+    for (std::int64_t kk = 0; kk < k; ++kk) {
+        const __m512 av = _mm512_set1_ps(a[kk * a_step]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[v] = _mm512_fmadd_ps(av, load(b + kk * ldb, v), acc[v]);
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+        __m512 r = acc[v];
+        if (bias) r = _mm512_add_ps(r, load(bias, v));
+        if (relu) r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ), r, zero);
+        if (gate) r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(load(gate, v), zero, _CMP_GT_OQ), r);
+        if (v == NV - 1)
+            _mm512_mask_storeu_ps(c + 16 * v, mask, r);
+        else
+            _mm512_storeu_ps(c + 16 * v, r);
+    }
+}
+
+using AxpyRowFn = void (*)(std::int64_t, const float*, std::int64_t, const float*, std::int64_t, float*, __mmask16,
+                           float, const float*, bool, const float*);
+constexpr AxpyRowFn kAxpyRow[8] = {&axpy_row<1>, &axpy_row<2>, &axpy_row<3>, &axpy_row<4>,
+                                   &axpy_row<5>, &axpy_row<6>, &axpy_row<7>, &axpy_row<8>};
+
+// 16 / N rows of dots with N columns of Bt side by side: 16 independent FMA chains (15 for
+// N = 3); rows < 16 / N for the last block.
+template <int N>
+FLOWLAB_AVX512 void dot_block(std::int64_t rows, std::int64_t k, const float* a, const float* bt, float* c,
+                              const float* bias, bool relu) {
+    constexpr int kRows = 16 / N, kDots = kRows * N;
+    const std::int64_t full = k / 16 * 16;
+    const __mmask16 tail = static_cast<__mmask16>((1u << (k - full)) - 1u);
+    __m512 acc[kDots];
+#pragma GCC unroll 16
+    for (int d = 0; d < kDots; ++d) acc[d] = _mm512_setzero_ps();
+    // Rows past `rows` repeat the last one (their sums are not stored).
+    const float* x[kRows];
+    for (int r = 0; r < kRows; ++r) x[r] = a + std::min<std::int64_t>(r, rows - 1) * k;
+    for (std::int64_t kk = 0; kk < full; kk += 16) {
+        __m512 y[N];
+#pragma GCC unroll 4
+        for (int j = 0; j < N; ++j) y[j] = _mm512_loadu_ps(bt + j * k + kk);
+#pragma GCC unroll 16
+        for (int r = 0; r < kRows; ++r) {
+            const __m512 xv = _mm512_loadu_ps(x[r] + kk);
+#pragma GCC unroll 4
+            for (int j = 0; j < N; ++j) acc[r * N + j] = _mm512_fmadd_ps(xv, y[j], acc[r * N + j]);
+        }
+    }
+    if (tail) {
+#pragma GCC unroll 16
+        for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 4
+            for (int j = 0; j < N; ++j)
+                acc[r * N + j] = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(tail, x[r] + full),
+                                                       _mm512_maskz_loadu_ps(tail, bt + j * k + full), acc[r * N + j],
+                                                       tail);
+    }
+    // The lanes added in order to 0, the dots side by side.
+    alignas(64) float lanes[kDots][16];
+#pragma GCC unroll 16
+    for (int d = 0; d < kDots; ++d) _mm512_store_ps(lanes[d], acc[d]);
+    float sum[kDots] = {};
+    for (int l = 0; l < 16; ++l)
+        for (int d = 0; d < kDots; ++d) sum[d] += lanes[d][l];
+    for (std::int64_t r = 0; r < rows; ++r)
+        for (int j = 0; j < N; ++j) {
+            float s = sum[r * N + j];
+            if (bias) s += bias[j];
+            if (relu) s = s < 0.0f ? 0.0f : s;
+            c[r * N + j] = s;
+        }
+}
+
+using DotBlockFn = void (*)(std::int64_t, std::int64_t, const float*, const float*, float*, const float*, bool);
+constexpr DotBlockFn kDotBlock[4] = {&dot_block<1>, &dot_block<2>, &dot_block<3>, &dot_block<4>};
+
+}  // namespace
+
+void axpy_rows(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, bool ta, const float* b, float* c,
+               float beta, const float* bias, bool relu, const float* gate) {
+    // A[i, kk] at a[i k + kk], or a[kk m + i] when transposed.
+    const std::int64_t row_step = ta ? 1 : k, k_step = ta ? m : 1;
+    for (std::int64_t i = 0; i < m; ++i)
+        for (std::int64_t j0 = 0; j0 < n; j0 += 128) {
+            const std::int64_t cols = std::min<std::int64_t>(128, n - j0), nv = (cols + 15) / 16;
+            const std::int64_t last = cols - 16 * (nv - 1);
+            const auto mask = static_cast<__mmask16>(last == 16 ? 0xFFFF : (1u << last) - 1u);
+            kAxpyRow[nv - 1](k, a + i * row_step, k_step, b + j0, n, c + i * n + j0, mask, beta,
+                             bias ? bias + j0 : nullptr, relu, gate ? gate + i * n + j0 : nullptr);
+        }
+}
+
+void dot_rows(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, const float* bt, float* c,
+              const float* bias, bool relu) {
+    const std::int64_t rows = 16 / n;
+    for (std::int64_t i0 = 0; i0 < m; i0 += rows)
+        kDotBlock[n - 1](std::min(rows, m - i0), k, a + i0 * k, bt, c + i0 * n, bias, relu);
+}
+
+}  // namespace flowlab::backend::avx512
