@@ -66,12 +66,18 @@ bool is_skinny(std::int64_t m, std::int64_t n, std::int64_t k) {
     return m <= kSkinny || n <= kSkinny || k <= kSkinny;
 }
 
-// Row-major copy of op(X), [rows, cols] after the optional transpose.
+// Row-major copy of op(X), [rows, cols] after the optional transpose, into `out`.
 template <class T>
-std::vector<T> materialize(const T* x, bool trans, std::int64_t rows, std::int64_t cols) {
-    std::vector<T> out(static_cast<std::size_t>(rows * cols));
+void materialize(const T* x, bool trans, std::int64_t rows, std::int64_t cols, std::vector<T>& out) {
+    out.resize(static_cast<std::size_t>(rows * cols));
     for (std::int64_t r = 0; r < rows; ++r)
         for (std::int64_t c = 0; c < cols; ++c) out[r * cols + c] = trans ? x[c * rows + r] : x[r * cols + c];
+}
+
+template <class T>
+std::vector<T> materialize(const T* x, bool trans, std::int64_t rows, std::int64_t cols) {
+    std::vector<T> out;
+    materialize(x, trans, rows, cols, out);
     return out;
 }
 
@@ -207,10 +213,7 @@ void skinny_rows(const float* pa, bool ta, const float* pb, bool tb, float* pc, 
         thread_local std::vector<float> rows_copy, ct;
         const float* rows_b = pb;
         if (dot_form != tb) {
-            rows_copy.resize(static_cast<std::size_t>(n * k));
-            const std::int64_t r = dot_form ? n : k, q = dot_form ? k : n;  // the copy's shape
-            for (std::int64_t i = 0; i < r; ++i)
-                for (std::int64_t j = 0; j < q; ++j) rows_copy[static_cast<std::size_t>(i * q + j)] = pb[j * r + i];
+            materialize(pb, true, dot_form ? n : k, dot_form ? k : n, rows_copy);
             rows_b = rows_copy.data();
         }
         const float* g = gate ? gate + r0 * n : nullptr;
