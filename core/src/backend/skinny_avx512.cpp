@@ -53,6 +53,38 @@ using AxpyRowFn = void (*)(std::int64_t, const float*, std::int64_t, const float
 constexpr AxpyRowFn kAxpyRow[8] = {&axpy_row<1>, &axpy_row<2>, &axpy_row<3>, &axpy_row<4>,
                                    &axpy_row<5>, &axpy_row<6>, &axpy_row<7>, &axpy_row<8>};
 
+// r[i][j] <- r[j][i]: 16 x 16 floats in 16 registers (32-bit, then 64-bit unpacks within the
+// 128-bit lanes, then the lanes exchanged between registers).
+FLOWLAB_AVX512 inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    __m512 u[16];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        u[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    // u[4 i + j], 128-bit lane q: element 4 q + j of rows 4 i .. 4 i + 3.
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+        const __m512 v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44), v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
+        const __m512 v2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44);
+        const __m512 v3 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
+        r[j] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+        r[4 + j] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+        r[8 + j] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+        r[12 + j] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+}
+
 // 16 / N rows of dots with N columns of Bt side by side: 16 independent FMA chains (15 for
 // N = 3); rows < 16 / N for the last block.
 template <int N>
@@ -87,13 +119,17 @@ FLOWLAB_AVX512 void dot_block(std::int64_t rows, std::int64_t k, const float* a,
                                                        _mm512_maskz_loadu_ps(tail, bt + j * k + full), acc[r * N + j],
                                                        tail);
     }
-    // The lanes added in order to 0, the dots side by side.
-    alignas(64) float lanes[kDots][16];
+    // The lanes added in order to 0, the dots side by side: transposed, lane l of every dot is
+    // one vector, and 16 vector adds give all the sums.
+    __m512 col[16];
 #pragma GCC unroll 16
-    for (int d = 0; d < kDots; ++d) _mm512_store_ps(lanes[d], acc[d]);
-    float sum[kDots] = {};
-    for (int l = 0; l < 16; ++l)
-        for (int d = 0; d < kDots; ++d) sum[d] += lanes[d][l];
+    for (int d = 0; d < 16; ++d) col[d] = d < kDots ? acc[d] : _mm512_setzero_ps();
+    transpose16(col);
+    __m512 total = _mm512_setzero_ps();
+#pragma GCC unroll 16
+    for (int l = 0; l < 16; ++l) total = _mm512_add_ps(total, col[l]);
+    alignas(64) float sum[16];
+    _mm512_store_ps(sum, total);
     for (std::int64_t r = 0; r < rows; ++r)
         for (int j = 0; j < N; ++j) {
             float s = sum[r * N + j];
