@@ -44,6 +44,9 @@ void axpy_rows(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, b
 void dot_rows(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, const float* bt, float* c,
               const float* bias, bool relu);
 
+// dst [n, m] = src [m, n] transposed (row-major, contiguous), through 16 x 16 blocks in registers.
+void transpose(const float* src, std::int64_t m, std::int64_t n, float* dst);
+
 // dst[0, n) = src[0, n) with non-temporal stores (dst 64-byte aligned): the lines go to memory
 // without being read first and without evicting the cache's working set.
 void stream_copy(float* dst, const float* src, std::int64_t n);

@@ -158,6 +158,22 @@ void axpy_rows(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, b
         }
 }
 
+FLOWLAB_AVX512 void transpose(const float* src, std::int64_t m, std::int64_t n, float* dst) {
+    const std::int64_t m16 = m / 16 * 16, n16 = n / 16 * 16;
+    for (std::int64_t i0 = 0; i0 < m16; i0 += 16)
+        for (std::int64_t j0 = 0; j0 < n16; j0 += 16) {
+            __m512 r[16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (i0 + i) * n + j0);
+            transpose16(r);
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; ++j) _mm512_storeu_ps(dst + (j0 + j) * m + i0, r[j]);
+        }
+    // The edges, where a side is not a multiple of 16.
+    for (std::int64_t i = 0; i < m; ++i)
+        for (std::int64_t j = i < m16 ? n16 : 0; j < n; ++j) dst[j * m + i] = src[i * n + j];
+}
+
 void dot_rows(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, const float* bt, float* c,
               const float* bias, bool relu) {
     const std::int64_t rows = 16 / n;

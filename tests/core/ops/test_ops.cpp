@@ -370,6 +370,15 @@ TEST_CASE("Shape ops move the right elements", "[ops]") {
     const Tensor t = transpose2d(Var(big)).value();
     for (std::int64_t i = 0; i < 70; ++i)
         for (std::int64_t j = 0; j < 45; ++j) REQUIRE(t.item(j * 70 + i) == big.item(i * 45 + j));
+    // f32 goes through 16 x 16 blocks in registers where the CPU has them: whole blocks, edges
+    // on either side, a side shorter than a block.
+    for (auto [m, n] : {std::pair<std::int64_t, std::int64_t>{128, 128}, {70, 45}, {33, 16}, {16, 33}, {1, 40}, {40, 1}, {15, 15}}) {
+        const Tensor x = rnd({m, n}, 32, -1, 1, DType::f32);
+        const Tensor y = transpose2d(Var(x)).value();
+        REQUIRE(y.shape() == Shape{n, m});
+        for (std::int64_t i = 0; i < m; ++i)
+            for (std::int64_t j = 0; j < n; ++j) REQUIRE(y.item(j * m + i) == x.item(i * n + j));
+    }
 }
 
 // ------------------------------------------------------------------------------ linear algebra
