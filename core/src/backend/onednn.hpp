@@ -46,6 +46,12 @@ private:
     std::size_t size_ = 0;
 };
 
+// Transparent hash for maps keyed by a CacheKey's bytes: find() takes them as a string_view.
+struct KeyHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view v) const { return std::hash<std::string_view>{}(v); }
+};
+
 class Context {
 public:
     // Never destroyed: the OpenMP runtime oneDNN runs on may already be gone at static destruction.
@@ -76,12 +82,7 @@ private:
     Context();
     dnnl::engine engine_;
     std::mutex mutex_;
-    // Transparent hash and equality: find() takes the key's bytes as a string_view.
-    struct BytesHash {
-        using is_transparent = void;
-        std::size_t operator()(std::string_view v) const { return std::hash<std::string_view>{}(v); }
-    };
-    std::unordered_map<std::string, std::shared_ptr<void>, BytesHash, std::equal_to<>> cache_;
+    std::unordered_map<std::string, std::shared_ptr<void>, KeyHash, std::equal_to<>> cache_;
 };
 
 // C[m, n] = alpha op(A) op(B) (+ bias[n]) (+ beta C) (then ReLU), row-major f32, op = transpose
