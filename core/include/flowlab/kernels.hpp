@@ -14,7 +14,8 @@
 //       dispatch(x.dtype(), [&](auto t) {
 //           using T = decltype(t);
 //           const T* xs = x.data<T>(); const T* as = a.data<T>(); T* ys = y.data<T>();
-//           parallel_for(x.size(0), row_grain(d), [&](std::int64_t r0, std::int64_t r1) {
+//           // Chunks of rows sized by their cost: d elements, each with an exp.
+//           parallel_for(x.size(0), row_grain(d + kTranscendentalCost * d), [&](std::int64_t r0, std::int64_t r1) {
 //               for (std::int64_t r = r0; r < r1; ++r)
 //                   for (std::int64_t j = 0; j < d; ++j) ys[r * d + j] = xs[r * d + j] * std::exp(as[j]);
 //           });
