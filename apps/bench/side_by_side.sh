@@ -14,6 +14,11 @@
 # on threads of one process); each round then also runs flowlab without replicas, and the
 # summary gives both ratios.
 #
+# Each flowlab run also prints the cores' round trip at the edges of its windows
+# (core_round_trip_ns, listed per run in the summary): on a virtual machine it shows whether the
+# host had the two virtual CPUs on a shared cache (about 80 ns here) or apart (about 340 ns, and
+# two threads then train W1 at the speed of one; docs/PERFORMANCE.md).
+#
 # REFERENCE_DIR holds the reference scripts (w1_moons_realnvp.py, w2_fmnist_maf.py, ...).
 # Both systems get THREADS threads (default 2): flowlab's oneDNN/TBB pools; for PyTorch with 2,
 # the best split found for each workload (torch 1 + OpenBLAS 2 for the GEMM workloads W1/W2,
@@ -77,6 +82,7 @@ f, fv = med("flowlab.jsonl")
 t, tv = med("torch.jsonl")
 summary = {"flowlab_samples_per_s": round(f, 1), "torch_samples_per_s": round(t, 1), "ratio": round(f / t, 2),
            "flowlab_runs": fv, "torch_runs": tv,
+           "flowlab_core_round_trip_ns": [r.get("core_round_trip_ns", []) for r in rows("flowlab.jsonl")],
            "flowlab_peak_rss_mb": med("flowlab.jsonl", "peak_rss_mb")[0],
            "torch_peak_rss_mb": med("torch.jsonl", "peak_rss_mb")[0]}
 if sys.argv[2] == "1":

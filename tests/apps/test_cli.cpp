@@ -7,12 +7,14 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <utility>
+#include <vector>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -297,4 +299,60 @@ TEST_CASE("flowlab list writes ranges as the values are written, with no open en
     CHECK_FALSE(contains(r.out, ".000000"));
     CHECK(contains(r.out, "default 8 in [1, 30] - bits per value"));
     CHECK(contains(r.out, "default 10000 >= 1 - training points"));
+}
+
+namespace {
+// The numbers of the array that follows `key` in a JSON line ("key": [1, 2.5, ...]).
+std::vector<double> json_numbers(const std::string& text, const std::string& key) {
+    auto pos = text.find("\"" + key + "\": [");
+    REQUIRE(pos != std::string::npos);
+    pos = text.find('[', pos) + 1;
+    const auto end = text.find(']', pos);
+    REQUIRE(end != std::string::npos);
+    std::vector<double> values;
+    std::stringstream items(text.substr(pos, end - pos));
+    for (std::string item; std::getline(items, item, ',');) values.push_back(std::stod(item));
+    return values;
+}
+}  // namespace
+
+TEST_CASE("bench prints one JSON line: a rate per window and the cores' round trip at each window's edge",
+          "[cli]") {
+    const std::string bench = "bench " + std::string(FLOWLAB_SOURCE_DIR) +
+                              "/tests/configs/tiny_moons.json --quiet --warmup 2 --timed 3 --repeats 3";
+    CliResult r = run_cli(bench, true);
+    INFO(r.out << r.err);
+    REQUIRE(r.code == 0);
+    CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+    const std::vector<double> windows = json_numbers(r.out, "windows");
+    REQUIRE(windows.size() == 3);
+    std::vector<double> sorted = windows;
+    std::sort(sorted.begin(), sorted.end());
+    CHECK(sorted[0] > 0.0);
+    CHECK(json_number(r.out, "samples_per_s") == Approx(sorted[1]).epsilon(1e-3));  // the median window
+    // One round trip before, between and after the windows: on two CPUs, a cache line's trip
+    // takes tens to hundreds of nanoseconds (more while another process shares the CPUs).
+    const std::vector<double> trips = json_numbers(r.out, "core_round_trip_ns");
+    REQUIRE(trips.size() == 4);
+    if (sysconf(_SC_NPROCESSORS_ONLN) >= 2 && std::system("taskset -c 0 true > /dev/null 2>&1") == 0) {
+        for (double t : trips) {
+            CHECK(t > 1.0);
+            CHECK(t < 1e9);
+        }
+        // Allowed a single CPU, there is no second core to measure against: 0, and no hang.
+        const std::string pinned = "taskset -c 0 " + std::string(FLOWLAB_BINARY) + " " + bench;
+        FILE* p = popen(pinned.c_str(), "r");
+        REQUIRE(p != nullptr);
+        std::string out;
+        std::array<char, 4096> buf{};
+        while (std::fgets(buf.data(), buf.size(), p)) out += buf.data();
+        REQUIRE(pclose(p) == 0);
+        INFO(out);
+        for (double t : json_numbers(out, "core_round_trip_ns")) CHECK(t == 0.0);
+    }
+    // Replicas hold the CPUs themselves: no probe.
+    CliResult rep = run_cli(bench + " --set train.replicas=2 --set train.threads=2", true);
+    INFO(rep.err);
+    REQUIRE(rep.code == 0);
+    CHECK(json_numbers(rep.out, "core_round_trip_ns").empty());
 }

@@ -1,10 +1,14 @@
 // flowlab bench CONFIG: training throughput, warm-up steps then timed windows, as one JSON line.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include <pthread.h>
+#include <sched.h>
 #include <sys/resource.h>
 
 #include "../command.hpp"
@@ -22,6 +26,66 @@ double peak_rss_mb() {
     rusage u{};
     getrusage(RUSAGE_SELF, &u);
     return static_cast<double>(u.ru_maxrss) / 1024.0;  // KiB on Linux
+}
+
+// How long a cache line takes to go from one core to another and back, in ns: two threads
+// pinned to the first two CPUs this process may run on pass a counter back and forth, and the
+// median over batches of round trips is the figure (0 when there are not two CPUs to pin to).
+// On a virtual machine it tells where the host put the virtual CPUs at that moment: on the
+// machine flowlab is benchmarked on, about 80 ns while the two shared a last-level cache and
+// about 340 ns while they did not - and then two threads train W1 no faster than one, because
+// the lines one core writes and the other reads cross between the caches (docs/PERFORMANCE.md).
+// Takes a few milliseconds, at most about 50.
+double core_round_trip_ns() {
+    cpu_set_t allowed;
+    CPU_ZERO(&allowed);
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return 0.0;
+    int cpu[2] = {-1, -1};
+    for (int c = 0, found = 0; c < CPU_SETSIZE && found < 2; ++c)
+        if (CPU_ISSET(c, &allowed)) cpu[found++] = c;
+    if (cpu[1] < 0) return 0.0;
+    constexpr long kStop = -1;
+    constexpr int kBatches = 101, kTripsPerBatch = 50;
+    struct alignas(64) Line {
+        std::atomic<long> value{0};
+    } ball;
+    // Unpinned, the two could share a CPU and every trip would wait for a time slice.
+    std::atomic<int> tried{0}, pinned{0};
+    auto pin = [&](int c) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(c, &one);
+        if (pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0) pinned.fetch_add(1);
+        tried.fetch_add(1);
+        while (tried.load() < 2) std::this_thread::yield();
+        return pinned.load() == 2;
+    };
+    // The echo side answers every odd value with the next even one until told to stop.
+    std::thread echo([&] {
+        if (!pin(cpu[1])) return;
+        for (long v = 0; v != kStop; v = ball.value.load(std::memory_order_acquire))
+            if (v % 2 == 1) ball.value.store(v + 1, std::memory_order_release);
+    });
+    std::vector<double> batch_ns;
+    if (pin(cpu[0])) {
+        // This thread's own affinity is put back below.
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
+        for (long v = 1; static_cast<int>(batch_ns.size()) < kBatches && std::chrono::steady_clock::now() < deadline;) {
+            const auto t0 = std::chrono::steady_clock::now();
+            for (int i = 0; i < kTripsPerBatch; ++i, v += 2) {
+                ball.value.store(v, std::memory_order_release);
+                while (ball.value.load(std::memory_order_acquire) != v + 1) {}
+            }
+            batch_ns.push_back(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() /
+                               kTripsPerBatch);
+        }
+        ball.value.store(kStop, std::memory_order_release);
+    }
+    echo.join();
+    pthread_setaffinity_np(pthread_self(), sizeof allowed, &allowed);
+    if (batch_ns.empty()) return 0.0;
+    std::nth_element(batch_ns.begin(), batch_ns.begin() + static_cast<long>(batch_ns.size() / 2), batch_ns.end());
+    return batch_ns[batch_ns.size() / 2];
 }
 
 void declare(po::options_description& o) {
@@ -73,7 +137,17 @@ int run(const Args& a) {
     const long repeats = a.integer("repeats", 3, 1, "a positive integer");
     if (a.positional().size() != 1) throw UsageError("bench takes one CONFIG");
     Session s = Session::from_config(a.positional()[0], session_options(a));
-    std::vector<std::chrono::steady_clock::time_point> marks;
+    const int replicas = replicas_of(s.config(), false);
+    // At each window's edge: the time the previous window ended, the cores' round trip (not
+    // with replicas, whose threads hold the CPUs), the time the next one starts.
+    using Clock = std::chrono::steady_clock;
+    std::vector<Clock::time_point> ends, starts;
+    std::vector<double> round_trips;
+    auto edge = [&] {
+        ends.push_back(Clock::now());
+        if (replicas == 1) round_trips.push_back(core_round_trip_ns());
+        starts.push_back(Clock::now());
+    };
     TrainOptions opt;
     opt.quiet = true;
     opt.final_eval = false;
@@ -81,14 +155,13 @@ int run(const Args& a) {
     OpProfile prof;
     const bool profile = a.flag("profile");
     opt.on_step = [&](std::int64_t done) {
-        if (done >= warmup && (done - warmup) % timed == 0) marks.push_back(std::chrono::steady_clock::now());
+        if (done >= warmup && (done - warmup) % timed == 0) edge();
         if (profile && done == warmup) set_op_profile(&prof);
     };
     if (warmup == 0) {
-        marks.push_back(std::chrono::steady_clock::now());
+        edge();
         if (profile) set_op_profile(&prof);
     }
-    const int replicas = replicas_of(s.config(), false);
     if (profile && replicas > 1)
         throw UsageError("--profile times the ops of one thread; run it with train.replicas=1");
     // Rank 0 keeps the time; with replicas, the others train beside it.
@@ -104,10 +177,13 @@ int run(const Args& a) {
     set_op_profile(nullptr);
     const double batch = static_cast<double>(s.config().get_object("train").get_int("batch_size"));
     std::vector<double> rates;
-    for (std::size_t i = 1; i < marks.size(); ++i)
-        rates.push_back(static_cast<double>(timed) * batch / std::chrono::duration<double>(marks[i] - marks[i - 1]).count());
-    if (profile && marks.size() > 1)
-        print_profile(prof, std::chrono::duration<double>(marks.back() - marks.front()).count(), timed * repeats);
+    double timed_s = 0.0;
+    for (std::size_t i = 1; i < ends.size(); ++i) {
+        const double secs = std::chrono::duration<double>(ends[i] - starts[i - 1]).count();
+        rates.push_back(static_cast<double>(timed) * batch / secs);
+        timed_s += secs;
+    }
+    if (profile && !rates.empty()) print_profile(prof, timed_s, timed * repeats);
     std::vector<double> sorted = rates;
     std::sort(sorted.begin(), sorted.end());
     const double median = sorted.empty() ? 0.0 : sorted[sorted.size() / 2];
@@ -116,6 +192,8 @@ int run(const Args& a) {
                 a.positional()[0].c_str(), num_threads() * replicas, replicas, batch, warmup, timed, repeats, median,
                 median > 0 ? 1e3 * batch / median : 0.0);
     for (std::size_t i = 0; i < rates.size(); ++i) std::printf("%s%.1f", i ? ", " : "", rates[i]);
+    std::printf("], \"core_round_trip_ns\": [");
+    for (std::size_t i = 0; i < round_trips.size(); ++i) std::printf("%s%.0f", i ? ", " : "", round_trips[i]);
     std::printf("], \"single_thread_share\": %.3f, \"thread_switches\": %d, \"peak_rss_mb\": %.1f}\n",
                 sum.single_thread_share, sum.thread_switches, peak_rss_mb());
     return kOk;
