@@ -7,7 +7,6 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +14,7 @@
 #include <string>
 #include <utility>
 #include <vector>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -334,21 +334,31 @@ TEST_CASE("bench prints one JSON line: a rate per window and the cores' round tr
     // takes tens to hundreds of nanoseconds (more while another process shares the CPUs).
     const std::vector<double> trips = json_numbers(r.out, "core_round_trip_ns");
     REQUIRE(trips.size() == 4);
-    if (sysconf(_SC_NPROCESSORS_ONLN) >= 2 && std::system("taskset -c 0 true > /dev/null 2>&1") == 0) {
+    cpu_set_t mine;
+    CPU_ZERO(&mine);
+    REQUIRE(sched_getaffinity(0, sizeof mine, &mine) == 0);
+    if (CPU_COUNT(&mine) >= 2) {
         for (double t : trips) {
             CHECK(t > 1.0);
             CHECK(t < 1e9);
         }
-        // Allowed a single CPU, there is no second core to measure against: 0, and no hang.
-        const std::string pinned = "taskset -c 0 " + std::string(FLOWLAB_BINARY) + " " + bench;
-        FILE* p = popen(pinned.c_str(), "r");
-        REQUIRE(p != nullptr);
-        std::string out;
-        std::array<char, 4096> buf{};
-        while (std::fgets(buf.data(), buf.size(), p)) out += buf.data();
-        REQUIRE(pclose(p) == 0);
-        INFO(out);
-        for (double t : json_numbers(out, "core_round_trip_ns")) CHECK(t == 0.0);
+        // Allowed a single CPU (the child inherits this thread's), there is no second core to
+        // measure against: 0, and no hang.
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        for (int c = 0; c < CPU_SETSIZE; ++c)
+            if (CPU_ISSET(c, &mine)) {
+                CPU_SET(c, &one);
+                break;
+            }
+        REQUIRE(sched_setaffinity(0, sizeof one, &one) == 0);
+        CliResult pinned = run_cli(bench, true);
+        sched_setaffinity(0, sizeof mine, &mine);
+        INFO(pinned.out << pinned.err);
+        REQUIRE(pinned.code == 0);
+        const std::vector<double> none = json_numbers(pinned.out, "core_round_trip_ns");
+        CHECK(none.size() == 4);
+        for (double t : none) CHECK(t == 0.0);
     }
     // Replicas hold the CPUs themselves: no probe.
     CliResult rep = run_cli(bench + " --set train.replicas=2 --set train.threads=2", true);
