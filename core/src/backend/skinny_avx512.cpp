@@ -14,44 +14,64 @@ namespace {
 
 #define FLOWLAB_AVX512 __attribute__((target("avx512f")))
 
-// One row of C, columns [0, 16 NV) from c (the last vector `mask` wide): beta C (0: none; 1: C),
-// then + A[i, kk] B[kk, :] for kk = 0, 1, ... each as an FMA, then the epilogue: + bias,
-// r < 0 ? 0 : r (NaN and -0 kept), gate > 0 ? r : 0.
-template <int NV>
-FLOWLAB_AVX512 void axpy_row(std::int64_t k, const float* a, std::int64_t a_step, const float* b, std::int64_t ldb,
-                             float* c, __mmask16 mask, float beta, const float* bias, bool relu, const float* gate) {
+// MR rows of C (1 or 2, `c_step` apart), columns [0, 16 NV) from c (the last vector `mask`
+// wide): beta C (0: none; 1: C), then + A[i, kk] B[kk, :] for kk = 0, 1, ... each as an FMA,
+// then the epilogue: + bias, r < 0 ? 0 : r (NaN and -0 kept), gate > 0 ? r : 0. Two rows share
+// every load of B, the bias and the call: a batch of 2-d rows (1 -> 128 layers) is a few FMAs a
+// row, and a product summed over a long k (a weight gradient's 2 rows over 512 samples)
+// streams B once instead of twice. Each output's operations and their order are those of one
+// row alone.
+template <int NV, int MR>
+FLOWLAB_AVX512 void axpy_row(std::int64_t k, const float* a, std::int64_t a_step, std::int64_t a_row, const float* b,
+                             std::int64_t ldb, float* c, std::int64_t c_step, __mmask16 mask, float beta,
+                             const float* bias, bool relu, const float* gate) {
     auto load = [mask](const float* p, int v) {
         return v == NV - 1 ? _mm512_maskz_loadu_ps(mask, p + 16 * v) : _mm512_loadu_ps(p + 16 * v);
     };
     const __m512 zero = _mm512_setzero_ps();
-    __m512 acc[NV];
+    __m512 acc[MR][NV];
+#pragma GCC unroll 2
+    for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-        acc[v] = beta == 0.0f ? zero : load(c, v);
-        if (beta != 0.0f && beta != 1.0f) acc[v] = _mm512_mul_ps(acc[v], _mm512_set1_ps(beta));
-    }
+        for (int v = 0; v < NV; ++v) {
+            acc[r][v] = beta == 0.0f ? zero : load(c + r * c_step, v);
+            if (beta != 0.0f && beta != 1.0f) acc[r][v] = _mm512_mul_ps(acc[r][v], _mm512_set1_ps(beta));
+        }
     for (std::int64_t kk = 0; kk < k; ++kk) {
-        const __m512 av = _mm512_set1_ps(a[kk * a_step]);
+        __m512 bv[NV];
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) acc[v] = _mm512_fmadd_ps(av, load(b + kk * ldb, v), acc[v]);
-    }
+        for (int v = 0; v < NV; ++v) bv[v] = load(b + kk * ldb, v);
+#pragma GCC unroll 2
+        for (int r = 0; r < MR; ++r) {
+            const __m512 av = _mm512_set1_ps(a[r * a_row + kk * a_step]);
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v) {
-        __m512 r = acc[v];
-        if (bias) r = _mm512_add_ps(r, load(bias, v));
-        if (relu) r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ), r, zero);
-        if (gate) r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(load(gate, v), zero, _CMP_GT_OQ), r);
-        if (v == NV - 1)
-            _mm512_mask_storeu_ps(c + 16 * v, mask, r);
-        else
-            _mm512_storeu_ps(c + 16 * v, r);
+            for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+        }
     }
+    __m512 bb[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) bb[v] = bias ? load(bias, v) : zero;
+#pragma GCC unroll 2
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+            __m512 x = acc[r][v];
+            if (bias) x = _mm512_add_ps(x, bb[v]);
+            if (relu) x = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_LT_OQ), x, zero);
+            if (gate) x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(load(gate + r * c_step, v), zero, _CMP_GT_OQ), x);
+            float* out = c + r * c_step + 16 * v;
+            if (v == NV - 1)
+                _mm512_mask_storeu_ps(out, mask, x);
+            else
+                _mm512_storeu_ps(out, x);
+        }
 }
 
-using AxpyRowFn = void (*)(std::int64_t, const float*, std::int64_t, const float*, std::int64_t, float*, __mmask16,
-                           float, const float*, bool, const float*);
-constexpr AxpyRowFn kAxpyRow[8] = {&axpy_row<1>, &axpy_row<2>, &axpy_row<3>, &axpy_row<4>,
-                                   &axpy_row<5>, &axpy_row<6>, &axpy_row<7>, &axpy_row<8>};
+using AxpyRowFn = void (*)(std::int64_t, const float*, std::int64_t, std::int64_t, const float*, std::int64_t, float*,
+                           std::int64_t, __mmask16, float, const float*, bool, const float*);
+template <int MR>
+constexpr AxpyRowFn kAxpyRow[8] = {&axpy_row<1, MR>, &axpy_row<2, MR>, &axpy_row<3, MR>, &axpy_row<4, MR>,
+                                   &axpy_row<5, MR>, &axpy_row<6, MR>, &axpy_row<7, MR>, &axpy_row<8, MR>};
 
 // r[i][j] <- r[j][i]: 16 x 16 floats in 16 registers (32-bit, then 64-bit unpacks within the
 // 128-bit lanes, then the lanes exchanged between registers).
@@ -148,14 +168,16 @@ void axpy_rows(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, b
                float beta, const float* bias, bool relu, const float* gate) {
     // A[i, kk] at a[i k + kk], or a[kk m + i] when transposed.
     const std::int64_t row_step = ta ? 1 : k, k_step = ta ? m : 1;
-    for (std::int64_t i = 0; i < m; ++i)
-        for (std::int64_t j0 = 0; j0 < n; j0 += 128) {
-            const std::int64_t cols = std::min<std::int64_t>(128, n - j0), nv = (cols + 15) / 16;
-            const std::int64_t last = cols - 16 * (nv - 1);
-            const auto mask = static_cast<__mmask16>(last == 16 ? 0xFFFF : (1u << last) - 1u);
-            kAxpyRow[nv - 1](k, a + i * row_step, k_step, b + j0, n, c + i * n + j0, mask, beta,
-                             bias ? bias + j0 : nullptr, relu, gate ? gate + i * n + j0 : nullptr);
+    for (std::int64_t j0 = 0; j0 < n; j0 += 128) {
+        const std::int64_t cols = std::min<std::int64_t>(128, n - j0), nv = (cols + 15) / 16;
+        const std::int64_t last = cols - 16 * (nv - 1);
+        const auto mask = static_cast<__mmask16>(last == 16 ? 0xFFFF : (1u << last) - 1u);
+        for (std::int64_t i = 0; i < m; i += 2) {
+            const AxpyRowFn fn = i + 1 < m ? kAxpyRow<2>[nv - 1] : kAxpyRow<1>[nv - 1];
+            fn(k, a + i * row_step, k_step, row_step, b + j0, n, c + i * n + j0, n, mask, beta,
+               bias ? bias + j0 : nullptr, relu, gate ? gate + i * n + j0 : nullptr);
         }
+    }
 }
 
 FLOWLAB_AVX512 void transpose(const float* src, std::int64_t m, std::int64_t n, float* dst) {
