@@ -253,6 +253,34 @@ TEST_CASE("Large element-wise ops agree with a plain loop on any thread count", 
     set_num_threads(0);
 }
 
+TEST_CASE("A sum over a middle dimension adds the rows in order, bit for bit, in every column", "[ops]") {
+    // Bias gradients are such sums; their bits must not depend on how the columns are blocked
+    // (strips of 128 in registers, then a tail): 300 columns = 2 strips and 44 more.
+    for (DType dt : {DType::f32, DType::f64}) {
+        INFO("dtype " << dtype_name(dt));
+        const Tensor a = rnd({3, 70, 300}, 29, -1, 1, dt);
+        const Tensor s = kern::sum(a, 1);
+        REQUIRE(s.shape() == Shape{3, 300});
+        std::int64_t mismatches = 0;
+        for (std::int64_t o = 0; o < 3; ++o)
+            for (std::int64_t j = 0; j < 300; ++j) {
+                const std::int64_t first = o * 70 * 300 + j;
+                double want = 0;
+                if (dt == DType::f32) {
+                    float t = a.f32()[first];
+                    for (std::int64_t k = 1; k < 70; ++k) t += a.f32()[first + k * 300];
+                    want = t;
+                } else {
+                    double t = a.f64()[first];
+                    for (std::int64_t k = 1; k < 70; ++k) t += a.f64()[first + k * 300];
+                    want = t;
+                }
+                mismatches += s.item(o * 300 + j) != want;
+            }
+        CHECK(mismatches == 0);
+    }
+}
+
 TEST_CASE("Stable functions stay finite and accurate at the extremes", "[ops]") {
     const Tensor x = Tensor::from_vector({4}, {-1000, -30, 30, 1000}, DType::f32);
     Var v(x);
