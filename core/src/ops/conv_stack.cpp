@@ -14,6 +14,7 @@
 // summed per slot of groups (slot s takes groups s, s + S, ...), then over the slots in order:
 // the result does not depend on the thread count.
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "backend/onednn.hpp"
@@ -151,13 +152,24 @@ Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const 
             const Tensor w0pt = detail::transpose_kernel(w0p);                        // [H, kc0]
             const Tensor w2pt = detail::transpose_kernel(pack_weights(w2.value(), false));  // [kc2, H]
             const float* w1p = w1.value().f32();                       // [H out, H in]
-            // Per slot: dW0' [kc0, H], db0 [H], dW1 [H, H], db1 [H], dW2'' [H, kc2], db2 [o].
+            // Per slot: dW0' [kc0, H], db0 [H], dW1 [H, H], db1 [H], dW2''^T [kc2, H], db2 [o].
             const std::int64_t off_b0 = s.kc0 * H, off_w1 = off_b0 + H, off_b1 = off_w1 + H * H,
                                off_w2 = off_b1 + H, off_b2 = off_w2 + H * s.kc2, per_slot = off_b2 + s.o;
             const std::int64_t slots = std::min(kSlots, s.groups());
             // A tensor, not a vector: the tensor allocator recycles the block step after step.
-            Tensor part_t = Tensor::zeros({slots * per_slot}, DType::f32);
+            // Not zeroed whole (800 KB at W3's level 1, every call): each slot's first group
+            // writes the weight-gradient sections; only the bias sums accumulate from zero, and
+            // the sections of gradients not asked for are never written.
+            Tensor part_t = Tensor::empty({slots * per_slot}, DType::f32);
             float* part = part_t.f32();
+            for (std::int64_t slot = 0; slot < slots; ++slot) {
+                float* ps = part + slot * per_slot;
+                for (const auto& [off, n, written] : {std::tuple{std::int64_t{0}, s.kc0 * H, need_w0},
+                                                      std::tuple{off_b0, H, false}, std::tuple{off_w1, H * H, need_w1},
+                                                      std::tuple{off_b1, H, false}, std::tuple{off_w2, H * s.kc2, need_w2},
+                                                      std::tuple{off_b2, s.o, false}})
+                    if (!written) std::fill_n(ps + off, n, 0.0f);
+            }
             Tensor gx;
             if (need_x) gx = Tensor::empty(x.shape(), DType::f32);
             const float* xp = x.value().f32();
@@ -175,7 +187,10 @@ Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const 
                         const float* gyg = gyp + n0 * s.o * s.p;
                         expand_images(gyg, gt, ConvLayout::nchw, {nb, s.o, s.h, s.w}, s.k2, s.k2, s.k2 / 2, -1);
                         if (need_w2) {
-                            mm(H, s.kc2, rows, true, a2, H, gt, s.kc2, ps + off_w2, s.kc2, nullptr, false, !first);
+                            // Transposed, [kc2, H] = gt^T a2: the thin side as rows costs its
+                            // size (36 rows: 14 + 14 + 8), as columns a whole vector more (36 as
+                            // 48). The same products in the same order: the same bits.
+                            mm(s.kc2, H, rows, true, gt, s.kc2, a2, H, ps + off_w2, H, nullptr, false, !first);
                             for (std::int64_t n = 0; n < nb; ++n)
                                 for (std::int64_t o = 0; o < s.o; ++o) {
                                     const float* plane = gyg + (n * s.o + o) * s.p;
@@ -209,15 +224,21 @@ Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const 
                     }
                 }
             });
-            // The slots' partial sums, in slot order.
-            std::vector<float> total(static_cast<std::size_t>(per_slot), 0.0f);
-            for (std::int64_t slot = 0; slot < slots; ++slot) {
-                const float* ps = part + slot * per_slot;
-                for (std::int64_t i = 0; i < per_slot; ++i) total[static_cast<std::size_t>(i)] += ps[i];
-            }
+            // The slots' partial sums, each entry over the slots in order, the entries split
+            // over the threads.
+            Tensor total_t = Tensor::empty({per_slot}, DType::f32);
+            float* total = total_t.f32();
+            parallel_for(per_slot, std::max<std::int64_t>(1, kElementwiseGrain / slots), [&](std::int64_t i0, std::int64_t i1) {
+                std::fill(total + i0, total + i1, 0.0f);
+                for (std::int64_t slot = 0; slot < slots; ++slot) {
+                    const float* ps = part + slot * per_slot;
+#pragma omp simd
+                    for (std::int64_t i = i0; i < i1; ++i) total[i] += ps[i];
+                }
+            });
             const auto vec = [&](std::int64_t off, std::int64_t n) {
                 Tensor t = Tensor::empty({n}, DType::f32);
-                std::copy_n(total.data() + off, n, t.f32());
+                std::copy_n(total + off, n, t.f32());
                 return t;
             };
             if (need_x) sink.add(0, std::move(gx));
@@ -225,7 +246,9 @@ Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const 
             if (sink.needs(2)) sink.add(2, vec(off_b0, H));
             if (sink.needs(3)) sink.add(3, vec(off_w1, H * H).reshape(w1.shape()));
             if (sink.needs(4)) sink.add(4, vec(off_b1, H));
-            if (sink.needs(5)) sink.add(5, unpack_weights(vec(off_w2, H * s.kc2).reshape({H, s.kc2}), w2.shape(), false));
+            if (sink.needs(5))
+                sink.add(5, unpack_weights(detail::transpose_kernel(vec(off_w2, H * s.kc2).reshape({s.kc2, H})), w2.shape(),
+                                           false));
             if (sink.needs(6)) sink.add(6, vec(off_b2, s.o));
         });
 }

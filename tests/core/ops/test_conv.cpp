@@ -302,7 +302,7 @@ struct StackCase {
 };
 
 // Runs conv_stack on copies of the inputs in `dt` and returns y and the 7 input gradients (f64).
-std::vector<Tensor> run_stack(const StackCase& p, DType dt, bool with_grad = true) {
+std::vector<Tensor> run_stack(const StackCase& p, DType dt, bool with_grad = true, std::vector<bool> frozen = {}) {
     std::vector<Tensor> in = {randn({p.b, p.c, p.h, p.w}, 40),
                               randn({p.hidden, p.c, p.k0, p.k0}, 41, DType::f32, 0.4),
                               randn({p.hidden}, 42, DType::f32, 0.2),
@@ -311,12 +311,13 @@ std::vector<Tensor> run_stack(const StackCase& p, DType dt, bool with_grad = tru
                               randn({p.o, p.hidden, p.k2, p.k2}, 45, DType::f32, 0.1),
                               randn({p.o}, 46)};
     std::vector<Var> v;
-    for (const Tensor& t : in) v.emplace_back(t.to(dt), with_grad);
+    frozen.resize(in.size(), false);
+    for (std::size_t i = 0; i < in.size(); ++i) v.emplace_back(in[i].to(dt), with_grad && !frozen[i]);
     Var y = conv_stack(v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
     std::vector<Tensor> out = {y.value().to(DType::f64)};
     if (!with_grad) return out;
     sum_all(y * Var(randn(y.shape(), 47, dt))).backward();
-    for (const Var& x : v) out.push_back(x.grad().to(DType::f64));
+    for (const Var& x : v) out.push_back(x.requires_grad() ? x.grad().to(DType::f64) : Tensor());
     return out;
 }
 
@@ -340,6 +341,29 @@ TEST_CASE("conv_stack in f32 (fused, a few images at a time) matches the three c
         // Without a gradient (sampling) the fused path stores nothing and gives the same values.
         NoGradGuard guard;
         CHECK(rel_diff(run_stack(p, DType::f32, false)[0], f32[0]) == 0.0);
+    }
+}
+
+TEST_CASE("conv_stack gives the same gradients when some inputs need none", "[conv]") {
+    // Each combination skips other parts of the backward pass (and leaves other partial-sum
+    // sections unwritten); the gradients still asked for keep their bits.
+    const StackCase p{9, 2, 14, 14, 32, 4, 3, 3};
+    const std::vector<Tensor> all = run_stack(p, DType::f32);
+    for (const std::vector<bool>& frozen :
+         {std::vector<bool>{true, false, false, false, false, false, false},
+          std::vector<bool>{true, true, true, false, false, false, false},
+          std::vector<bool>{false, false, false, true, true, false, false},
+          std::vector<bool>{false, false, false, false, false, true, true},
+          std::vector<bool>{true, true, true, true, true, false, false}}) {
+        const std::vector<Tensor> some = run_stack(p, DType::f32, true, frozen);
+        CHECK(rel_diff(some[0], all[0]) == 0.0);
+        for (std::size_t i = 0; i < frozen.size(); ++i) {
+            INFO("input " << i << (frozen[i] ? " (frozen)" : ""));
+            if (frozen[i])
+                CHECK_FALSE(some[i + 1].defined());
+            else
+                CHECK(rel_diff(some[i + 1], all[i + 1]) == 0.0);
+        }
     }
 }
 
