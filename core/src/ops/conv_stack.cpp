@@ -61,7 +61,17 @@ StackShape fused_shape(const Var& x, const Var& w0, const Var& b0, const Var& w1
         return s;
     if (c * k0 * k0 > 72 || o * k2 * k2 > 144) return s;
     s = {x.size(0), c, x.size(2), x.size(3), x.size(2) * x.size(3), hidden, o, k0, k2, c * k0 * k0, o * k2 * k2, 1};
-    s.group = std::max<std::int64_t>(1, kGroupRows / std::max<std::int64_t>(1, s.p));
+    // Images per group: as many as fit kGroupRows, or down to half that when it makes the
+    // groups a multiple of the slots, so that slots and threads get equal shares (W3's level
+    // 2: 13 groups of 5 images left one thread a group more; 16 of 4 do not). The choice
+    // depends on the shape only, never on the thread count.
+    const std::int64_t most = std::max<std::int64_t>(1, kGroupRows / std::max<std::int64_t>(1, s.p));
+    s.group = most;
+    for (std::int64_t g = most; 2 * g >= most; --g)
+        if (((s.b + g - 1) / g) % kSlots == 0) {
+            s.group = g;
+            break;
+        }
     return s;
 }
 
