@@ -1,6 +1,7 @@
 // backend::sgemm_small: flowlab's own AVX-512 kernel (gemm_avx512.cpp) against a double loop and
-// against oneDNN's sgemm_tile, over the shapes its blocking has edges at (14-row blocks, 16- and
-// 32-column vectors, 256-step slices of k), with every epilogue and strided operands.
+// against oneDNN's sgemm_tile, over the shapes its blocking has edges at (6-row blocks of 64
+// columns, 14-row blocks of 16 and 32, 256-step slices of k), with every epilogue and strided
+// operands.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -71,15 +72,15 @@ TEST_CASE("sgemm_small's own kernel matches a double loop and oneDNN at every bl
         return;
     }
     std::vector<Case> cases;
-    for (std::int64_t m : {1, 13, 14, 15, 29, 196})
-        for (std::int64_t n : {1, 16, 17, 36, 130})
+    for (std::int64_t m : {1, 5, 6, 7, 13, 14, 15, 29, 196})
+        for (std::int64_t n : {1, 16, 17, 36, 64, 100, 130})
             for (std::int64_t k : {1, 18, 300}) cases.push_back({m, n, k, (m + n + k) % 2 == 0, n % 2 == 0, k != 1, 0.0f, 0});
     // Every epilogue on a shape with all edges, and strided operands.
     for (bool ta : {false, true})
         for (bool bias : {false, true})
             for (bool relu : {false, true})
                 for (float beta : {0.0f, 1.0f, 0.5f})
-                    for (std::int64_t pad : {0, 3}) cases.push_back({31, 50, 270, ta, bias, relu, beta, pad});
+                    for (std::int64_t pad : {0, 3}) cases.push_back({31, 100, 270, ta, bias, relu, beta, pad});
     for (const Case& c : cases) {
         INFO("m " << c.m << " n " << c.n << " k " << c.k << " ta " << c.ta << " bias " << c.bias << " relu " << c.relu
                   << " beta " << c.beta << " pad " << c.pad);
@@ -103,6 +104,39 @@ TEST_CASE("sgemm_small's own kernel matches a double loop and oneDNN at every bl
                 CHECK(own[static_cast<std::size_t>(i * ldc + j)] == c0[static_cast<std::size_t>(i * ldc + j)]);
         // The same inputs, the same bits.
         CHECK(run(c, a, lda, b, ldb, c0, ldc, bias, true) == own);
+    }
+    backend::use_own_gemm(was);
+}
+
+TEST_CASE("sgemm_small's column blocks do not change a column's bits", "[backend][gemm]") {
+    // Columns [0, 64) of a 100-column product run in 4-vector blocks, [64, 100) in 2- and
+    // 1-vector ones; the same columns asked for on their own (B and C as strided views) run in
+    // the narrower blocks and must give the same bits: each output sums over k in one order.
+    const bool was = backend::use_own_gemm(true);
+    if (!backend::own_gemm()) {
+        backend::use_own_gemm(was);
+        return;
+    }
+    for (bool ta : {false, true}) {
+        const std::int64_t m = 29, n = 100, k = 300;
+        const std::int64_t lda = ta ? m : k;
+        const auto a = random_floats((ta ? k : m) * lda, 5), b = random_floats(k * n, 6), c0 = random_floats(m * n, 7),
+                   bias = random_floats(n, 8);
+        const Case whole{m, n, k, ta, true, true, 0.5f, 0};
+        const std::vector<float> all = run(whole, a, lda, b, n, c0, n, bias, true);
+        for (std::int64_t j0 : {0, 16, 48, 64}) {
+            INFO("ta " << ta << " columns from " << j0);
+            const std::int64_t w = std::min<std::int64_t>(32, n - j0);
+            const backend::Gemm g{.m = m, .n = w, .k = k, .trans_a = ta, .trans_b = false, .bias = true, .relu = true,
+                                  .beta = 0.5f};
+            std::vector<float> part = c0;
+            backend::sgemm_small(g, lda, n, n, a.data(), b.data() + j0, part.data() + j0, bias.data() + j0);
+            std::int64_t differ = 0;
+            for (std::int64_t i = 0; i < m; ++i)
+                for (std::int64_t j = j0; j < j0 + w; ++j)
+                    differ += part[static_cast<std::size_t>(i * n + j)] != all[static_cast<std::size_t>(i * n + j)];
+            CHECK(differ == 0);
+        }
     }
     backend::use_own_gemm(was);
 }
