@@ -6,10 +6,12 @@
 // per k step). Every function that uses AVX-512 carries the target attribute itself, so that
 // nothing here changes how the rest of the library is compiled for CPUs without it.
 #include "backend/gemm_avx512.hpp"
+#include "backend/avx512_transpose.hpp"
 
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <utility>
 
@@ -128,6 +130,72 @@ BlockFn block_fn(int mr, int nv, bool ta) {
     return nv == 1 ? pick_rows<1, false>(mr, rows) : pick_rows<2, false>(mr, rows);
 }
 
+// Columns [0, W) of C, W <= 8 - the last columns of a product whose width is not a multiple of
+// 16, which the blocks above would compute as a whole vector per row (W3's 36 = 32 + 4, 18 =
+// 16 + 2) - with A not transposed and one slice of k: the lanes run over 16 rows instead,
+// A's 16 x 16 tiles transposed in registers and B[k, j] broadcast, W FMAs per 16 rows and k
+// step instead of 16. G groups of 16 rows side by side keep G W sums in flight. Each output
+// sums the same products in the same order as in a block (fma is symmetric in its factors),
+// and the epilogue is the blocks' own, element by element.
+template <int W>
+FLOWLAB_AVX512 void narrow_tail(std::int64_t m, std::int64_t k, const float* a, std::int64_t lda, const float* b,
+                                std::int64_t ldb, float* c, std::int64_t ldc, const float* bias, float beta, bool relu) {
+    constexpr int G = W >= 8 ? 1 : (W >= 3 ? 2 : 4);
+    constexpr int kRows = 16 * G;
+    const bool post = bias || beta != 0.0f || relu;
+    for (std::int64_t i0 = 0; i0 < m; i0 += kRows) {
+        // Rows past m repeat the last one (their sums are not stored).
+        const float* row[kRows];
+        for (int r = 0; r < kRows; ++r) row[r] = a + std::min<std::int64_t>(i0 + r, m - 1) * lda;
+        __m512 acc[G][W];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g)
+#pragma GCC unroll 8
+            for (int j = 0; j < W; ++j) acc[g][j] = _mm512_setzero_ps();
+        for (std::int64_t k0 = 0; k0 < k; k0 += 16) {
+            const int kn = static_cast<int>(std::min<std::int64_t>(16, k - k0));
+            const __mmask16 km = static_cast<__mmask16>(kn == 16 ? 0xFFFF : (1u << kn) - 1u);
+#pragma GCC unroll 4
+            for (int g = 0; g < G; ++g) {
+                __m512 t[16];
+#pragma GCC unroll 16
+                for (int r = 0; r < 16; ++r) t[r] = _mm512_maskz_loadu_ps(km, row[16 * g + r] + k0);
+                transpose16(t);  // t[kk]: A[i0 + 16 g + lane, k0 + kk]
+#pragma GCC unroll 16
+                for (int kk = 0; kk < 16; ++kk)
+                    if (kk < kn) {
+                        const float* bk = b + (k0 + kk) * ldb;
+#pragma GCC unroll 8
+                        for (int j = 0; j < W; ++j) acc[g][j] = _mm512_fmadd_ps(t[kk], _mm512_set1_ps(bk[j]), acc[g][j]);
+                    }
+            }
+        }
+        alignas(64) float sums[G][W][16];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g)
+#pragma GCC unroll 8
+            for (int j = 0; j < W; ++j) _mm512_store_ps(sums[g][j], acc[g][j]);
+        const std::int64_t rows = std::min<std::int64_t>(kRows, m - i0);
+        for (std::int64_t r = 0; r < rows; ++r)
+            for (int j = 0; j < W; ++j) {
+                float v = sums[r / 16][j][r % 16];
+                float* out = c + (i0 + r) * ldc + j;
+                if (post) {
+                    // As block(): + bias (or + 0), + beta C as an FMA, then max(v, 0).
+                    v += bias ? bias[j] : 0.0f;
+                    if (beta != 0.0f) v = std::fma(beta, *out, v);
+                    if (relu) v = v > 0.0f ? v : 0.0f;
+                }
+                *out = v;
+            }
+    }
+}
+
+using TailFn = void (*)(std::int64_t, std::int64_t, const float*, std::int64_t, const float*, std::int64_t, float*,
+                        std::int64_t, const float*, float, bool);
+constexpr TailFn kNarrowTail[8] = {&narrow_tail<1>, &narrow_tail<2>, &narrow_tail<3>, &narrow_tail<4>,
+                                   &narrow_tail<5>, &narrow_tail<6>, &narrow_tail<7>, &narrow_tail<8>};
+
 }  // namespace
 
 FLOWLAB_AVX512 void stream_copy(float* dst, const float* src, std::int64_t n) {
@@ -144,9 +212,13 @@ bool available() {
 
 void gemm_tile(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a, std::int64_t lda,
                const float* b, std::int64_t ldb, float* c, std::int64_t ldc, const float* bias, float beta, bool relu) {
-    // Columns [0, wide) in blocks of 4 vectors, the rest in blocks of 2 and 1. Every output's
-    // sum runs over k in the same order whatever its block.
-    const std::int64_t wide = n / 64 * 64;
+    // Columns [0, wide) in blocks of 4 vectors, then blocks of 2 and 1, and a last few columns
+    // (at most 8 past a multiple of 16) apart when A is not transposed and k is one slice.
+    // Every output's sum runs over k in the same order whatever its block.
+    const std::int64_t full = n / 16 * 16, narrow = n - full;
+    const bool apart = !ta && k <= kKc && m >= 16 && narrow > 0 && narrow <= 8;
+    const std::int64_t blocked = apart ? full : n;
+    const std::int64_t wide = blocked / 64 * 64;
     for (std::int64_t k0 = 0; k0 < k; k0 += kKc) {
         const std::int64_t kc = std::min(kKc, k - k0);
         const bool first = k0 == 0, last = k0 + kc == k;
@@ -159,12 +231,12 @@ void gemm_tile(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const fl
                 fn(kc, ai, lda, bs + j0, ldb, c + i0 * ldc + j0, ldc, 0xFFFF, bias ? bias + j0 : nullptr, beta, relu,
                    first, last);
         }
-        for (std::int64_t i0 = 0; i0 < m && wide < n; i0 += kMr) {
+        for (std::int64_t i0 = 0; i0 < m && wide < blocked; i0 += kMr) {
             const std::int64_t mr = std::min<std::int64_t>(kMr, m - i0);
             // Row i0, column k0 of op(A).
             const float* ai = ta ? a + k0 * lda + i0 : a + i0 * lda + k0;
-            for (std::int64_t j0 = wide; j0 < n; j0 += 32) {
-                const std::int64_t cols = std::min<std::int64_t>(32, n - j0);
+            for (std::int64_t j0 = wide; j0 < blocked; j0 += 32) {
+                const std::int64_t cols = std::min<std::int64_t>(32, blocked - j0);
                 const int nv = cols > 16 ? 2 : 1;
                 const int tail = static_cast<int>(cols - 16 * (nv - 1));
                 const __mmask16 mask = static_cast<__mmask16>(tail >= 16 ? 0xFFFF : (1u << tail) - 1u);
@@ -173,6 +245,8 @@ void gemm_tile(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const fl
             }
         }
     }
+    if (apart)
+        kNarrowTail[narrow - 1](m, k, a, lda, b + full, ldb, c + full, ldc, bias ? bias + full : nullptr, beta, relu);
 }
 
 }  // namespace flowlab::backend::avx512

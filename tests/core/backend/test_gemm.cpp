@@ -1,10 +1,12 @@
 // backend::sgemm_small: flowlab's own AVX-512 kernel (gemm_avx512.cpp) against a double loop and
 // against oneDNN's sgemm_tile, over the shapes its blocking has edges at (6-row blocks of 64
-// columns, 14-row blocks of 16 and 32, 256-step slices of k), with every epilogue and strided
-// operands.
+// columns, 14-row blocks of 16 and 32, the last few columns with the lanes over rows, 256-step
+// slices of k), with every epilogue and strided operands.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "backend/onednn.hpp"
@@ -80,7 +82,8 @@ TEST_CASE("sgemm_small's own kernel matches a double loop and oneDNN at every bl
         for (bool bias : {false, true})
             for (bool relu : {false, true})
                 for (float beta : {0.0f, 1.0f, 0.5f})
-                    for (std::int64_t pad : {0, 3}) cases.push_back({31, 100, 270, ta, bias, relu, beta, pad});
+                    for (std::int64_t pad : {0, 3})
+                        for (std::int64_t k : {200, 270}) cases.push_back({31, 100, k, ta, bias, relu, beta, pad});
     for (const Case& c : cases) {
         INFO("m " << c.m << " n " << c.n << " k " << c.k << " ta " << c.ta << " bias " << c.bias << " relu " << c.relu
                   << " beta " << c.beta << " pad " << c.pad);
@@ -109,23 +112,25 @@ TEST_CASE("sgemm_small's own kernel matches a double loop and oneDNN at every bl
 }
 
 TEST_CASE("sgemm_small's column blocks do not change a column's bits", "[backend][gemm]") {
-    // Columns [0, 64) of a 100-column product run in 4-vector blocks, [64, 100) in 2- and
-    // 1-vector ones; the same columns asked for on their own (B and C as strided views) run in
-    // the narrower blocks and must give the same bits: each output sums over k in one order.
+    // Columns [0, 64) of a 100-column product run in 4-vector blocks, [64, 96) in 2-vector ones
+    // and [96, 100), when k is one slice, with the lanes over rows; the same columns asked for
+    // on their own (B and C as strided views) run in other blocks and must give the same bits:
+    // each output sums over k in one order.
     const bool was = backend::use_own_gemm(true);
     if (!backend::own_gemm()) {
         backend::use_own_gemm(was);
         return;
     }
-    for (bool ta : {false, true}) {
-        const std::int64_t m = 29, n = 100, k = 300;
+    for (const auto& [ta, k] : {std::pair{false, std::int64_t{300}}, std::pair{true, std::int64_t{300}},
+                                std::pair{false, std::int64_t{200}}}) {
+        const std::int64_t m = 29, n = 100;
         const std::int64_t lda = ta ? m : k;
         const auto a = random_floats((ta ? k : m) * lda, 5), b = random_floats(k * n, 6), c0 = random_floats(m * n, 7),
                    bias = random_floats(n, 8);
         const Case whole{m, n, k, ta, true, true, 0.5f, 0};
         const std::vector<float> all = run(whole, a, lda, b, n, c0, n, bias, true);
-        for (std::int64_t j0 : {0, 16, 48, 64}) {
-            INFO("ta " << ta << " columns from " << j0);
+        for (std::int64_t j0 : {0, 16, 48, 64, 80, 84}) {
+            INFO("ta " << ta << " k " << k << " columns from " << j0);
             const std::int64_t w = std::min<std::int64_t>(32, n - j0);
             const backend::Gemm g{.m = m, .n = w, .k = k, .trans_a = ta, .trans_b = false, .bias = true, .relu = true,
                                   .beta = 0.5f};
