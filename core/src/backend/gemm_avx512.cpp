@@ -29,14 +29,36 @@ constexpr int kMr = 14;
 constexpr int kMrWide = 6;
 constexpr std::int64_t kKc = 256;
 
+// What follows the sum over k (gemm_avx512.hpp): for a block, pointers at its first row and
+// column.
+struct Epilogue {
+    const float* bias;
+    float beta;
+    bool relu;
+    const float* gate;  // null: none
+    std::int64_t ldg;
+    float* colsum;
+    Epilogue at(std::int64_t i0, std::int64_t j0) const {
+        return {bias ? bias + j0 : nullptr, beta, relu, gate ? gate + i0 * ldg + j0 : nullptr, ldg,
+                colsum ? colsum + j0 : nullptr};
+    }
+};
+
 // C[MR rows, NV vectors] (+)= op(A)[MR rows, kc] B[kc, NV vectors], with op(A)[i, k] at
 // a[k lda + i] (TA) or a[i lda + k]; B rows `ldb` apart; the last vector covers `mask`
-// columns. first: start from 0 (plus beta C), else from C; last: add the bias and apply the
-// ReLU before the store.
+// columns. first: start from 0 (plus beta C), else from C; last: add the bias, apply the
+// ReLU, then the gate (adding the gated rows to the column sums, in row order) before the
+// store.
 template <int MR, int NV, bool TA>
 FLOWLAB_AVX512 void block(std::int64_t kc, const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float* c,
-                          std::int64_t ldc, __mmask16 mask, const float* bias, float beta, bool relu, bool first,
-                          bool last) {
+                          std::int64_t ldc, __mmask16 mask, const Epilogue& e, bool first, bool last) {
+    const float* bias = e.bias;
+    const float beta = e.beta;
+    const bool relu = e.relu;
+    // The gate's lines are wanted after the sum: ask for them now, while k runs.
+    if (last && e.gate)
+        for (int i = 0; i < MR; ++i)
+            for (int v = 0; v < NV; ++v) _mm_prefetch(reinterpret_cast<const char*>(e.gate + i * e.ldg + v * 16), _MM_HINT_T0);
     __m512 acc[MR][NV];
     if (first) {
 #pragma GCC unroll 16
@@ -99,6 +121,23 @@ FLOWLAB_AVX512 void block(std::int64_t kc, const float* a, std::int64_t lda, con
                 acc[i][v] = _mm512_fmadd_ps(beta_v, old, acc[i][v]);
             }
     }
+    if (last && e.gate) {
+        // r = gate > 0 ? r : 0, then colsum += r row after row (a ReLU's backward and its
+        // bias gradient, without another pass over C).
+        const __m512 zero = _mm512_setzero_ps();
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) {
+            const __mmask16 lanes = v == NV - 1 ? mask : static_cast<__mmask16>(0xFFFF);
+            __m512 sum = _mm512_maskz_loadu_ps(lanes, e.colsum + v * 16);
+#pragma GCC unroll 16
+            for (int i = 0; i < MR; ++i) {
+                const __m512 g = _mm512_maskz_loadu_ps(lanes, e.gate + i * e.ldg + v * 16);
+                acc[i][v] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(g, zero, _CMP_GT_OQ), acc[i][v]);
+                sum = _mm512_add_ps(sum, acc[i][v]);
+            }
+            _mm512_mask_storeu_ps(e.colsum + v * 16, lanes, sum);
+        }
+    }
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
@@ -111,7 +150,7 @@ FLOWLAB_AVX512 void block(std::int64_t kc, const float* a, std::int64_t lda, con
 }
 
 using BlockFn = void (*)(std::int64_t, const float*, std::int64_t, const float*, std::int64_t, float*, std::int64_t,
-                         __mmask16, const float*, float, bool, bool, bool);
+                         __mmask16, const Epilogue&, bool, bool);
 
 template <int NV, bool TA, int... R>
 constexpr BlockFn pick_rows(int mr, std::integer_sequence<int, R...>) {
@@ -139,7 +178,10 @@ BlockFn block_fn(int mr, int nv, bool ta) {
 // and the epilogue is the blocks' own, element by element.
 template <int W>
 FLOWLAB_AVX512 void narrow_tail(std::int64_t m, std::int64_t k, const float* a, std::int64_t lda, const float* b,
-                                std::int64_t ldb, float* c, std::int64_t ldc, const float* bias, float beta, bool relu) {
+                                std::int64_t ldb, float* c, std::int64_t ldc, const Epilogue& e) {
+    const float* bias = e.bias;
+    const float beta = e.beta;
+    const bool relu = e.relu;
     constexpr int G = W >= 8 ? 1 : (W >= 3 ? 2 : 4);
     constexpr int kRows = 16 * G;
     const bool post = bias || beta != 0.0f || relu;
@@ -186,13 +228,17 @@ FLOWLAB_AVX512 void narrow_tail(std::int64_t m, std::int64_t k, const float* a, 
                     if (beta != 0.0f) v = std::fma(beta, *out, v);
                     if (relu) v = v > 0.0f ? v : 0.0f;
                 }
+                if (e.gate) {
+                    v = e.gate[(i0 + r) * e.ldg + j] > 0.0f ? v : 0.0f;
+                    e.colsum[j] += v;
+                }
                 *out = v;
             }
     }
 }
 
 using TailFn = void (*)(std::int64_t, std::int64_t, const float*, std::int64_t, const float*, std::int64_t, float*,
-                        std::int64_t, const float*, float, bool);
+                        std::int64_t, const Epilogue&);
 constexpr TailFn kNarrowTail[8] = {&narrow_tail<1>, &narrow_tail<2>, &narrow_tail<3>, &narrow_tail<4>,
                                    &narrow_tail<5>, &narrow_tail<6>, &narrow_tail<7>, &narrow_tail<8>};
 
@@ -211,7 +257,9 @@ bool available() {
 }
 
 void gemm_tile(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a, std::int64_t lda,
-               const float* b, std::int64_t ldb, float* c, std::int64_t ldc, const float* bias, float beta, bool relu) {
+               const float* b, std::int64_t ldb, float* c, std::int64_t ldc, const float* bias, float beta, bool relu,
+               const float* gate, std::int64_t ldg, float* colsum) {
+    const Epilogue epi{bias, beta, relu, gate, ldg, colsum};
     // Columns [0, wide) in blocks of 4 vectors, then blocks of 2 and 1, and a last few columns
     // (at most 8 past a multiple of 16) apart when A is not transposed and k is one slice.
     // Every output's sum runs over k in the same order whatever its block.
@@ -228,8 +276,7 @@ void gemm_tile(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const fl
             const float* ai = ta ? a + k0 * lda + i0 : a + i0 * lda + k0;
             const BlockFn fn = block_fn(static_cast<int>(mr), 4, ta);
             for (std::int64_t j0 = 0; j0 < wide; j0 += 64)
-                fn(kc, ai, lda, bs + j0, ldb, c + i0 * ldc + j0, ldc, 0xFFFF, bias ? bias + j0 : nullptr, beta, relu,
-                   first, last);
+                fn(kc, ai, lda, bs + j0, ldb, c + i0 * ldc + j0, ldc, 0xFFFF, epi.at(i0, j0), first, last);
         }
         for (std::int64_t i0 = 0; i0 < m && wide < blocked; i0 += kMr) {
             const std::int64_t mr = std::min<std::int64_t>(kMr, m - i0);
@@ -241,12 +288,12 @@ void gemm_tile(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const fl
                 const int tail = static_cast<int>(cols - 16 * (nv - 1));
                 const __mmask16 mask = static_cast<__mmask16>(tail >= 16 ? 0xFFFF : (1u << tail) - 1u);
                 block_fn(static_cast<int>(mr), nv, ta)(kc, ai, lda, bs + j0, ldb, c + i0 * ldc + j0, ldc, mask,
-                                                       bias ? bias + j0 : nullptr, beta, relu, first, last);
+                                                       epi.at(i0, j0), first, last);
             }
         }
     }
     if (apart)
-        kNarrowTail[narrow - 1](m, k, a, lda, b + full, ldb, c + full, ldc, bias ? bias + full : nullptr, beta, relu);
+        kNarrowTail[narrow - 1](m, k, a, lda, b + full, ldb, c + full, ldc, epi.at(0, full));
 }
 
 }  // namespace flowlab::backend::avx512

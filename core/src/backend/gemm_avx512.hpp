@@ -24,10 +24,12 @@ inline bool suits(std::int64_t lda) { return lda % 256 != 0; }
 
 // C[m, n] = op(A) B (+ bias[n]) (+ beta C) (then ReLU) on the calling thread, row-major,
 // op = transpose when ta, with leading dimensions lda, ldb, ldc of the whole matrices; B [k, n]
-// is not transposed. The sum over k runs in a fixed order: the same inputs give the same bits
-// on every call.
+// is not transposed. With a gate [m, n] (leading dimension ldg): then C = gate > 0 ? C : 0 and
+// colsum[j] += C[i, j] for i = 0, 1, ... (a ReLU's backward and its bias gradient). The sum
+// over k runs in a fixed order: the same inputs give the same bits on every call.
 void gemm_tile(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a, std::int64_t lda,
-               const float* b, std::int64_t ldb, float* c, std::int64_t ldc, const float* bias, float beta, bool relu);
+               const float* b, std::int64_t ldb, float* c, std::int64_t ldc, const float* bias, float beta, bool relu,
+               const float* gate = nullptr, std::int64_t ldg = 0, float* colsum = nullptr);
 
 // Skinny products (a side of at most 4) for linalg.cpp, with the bits of its portable loops on
 // a CPU with FMA: every output starts from 0 and takes its products in the same order, each

@@ -166,12 +166,20 @@ void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t 
 }
 
 void sgemm_small(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
-                 float* c, const float* bias) {
+                 float* c, const float* bias, const float* gate, std::int64_t ldg, float* colsum) {
     if (g.alpha == 1.0f && !g.trans_b && g.k > 0 && own_gemm() && avx512::suits(lda)) {
-        avx512::gemm_tile(g.m, g.n, g.k, g.trans_a, a, lda, b, ldb, c, ldc, g.bias ? bias : nullptr, g.beta, g.relu);
+        avx512::gemm_tile(g.m, g.n, g.k, g.trans_a, a, lda, b, ldb, c, ldc, g.bias ? bias : nullptr, g.beta, g.relu,
+                          gate, ldg, colsum);
         return;
     }
     sgemm_tile(g, lda, ldb, ldc, a, b, c, bias);
+    if (!gate) return;
+    for (std::int64_t i = 0; i < g.m; ++i)
+        for (std::int64_t j = 0; j < g.n; ++j) {
+            float& v = c[i * ldc + j];
+            v = gate[i * ldg + j] > 0.0f ? v : 0.0f;
+            colsum[j] += v;
+        }
 }
 
 void stream_copy(float* dst, const float* src, std::int64_t n) {

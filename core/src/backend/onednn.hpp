@@ -106,8 +106,12 @@ void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t 
 // has it and the operands suit it - no per-call setup, and 3-4 % faster on W3's shapes - else
 // sgemm_tile. B is never transposed here. The general GEMMs (sgemm, sgemm_tile) stay oneDNN's:
 // another kernel sums in another order, and the results of existing runs move with it.
+// With a gate [m, n] (leading dimension ldg), C then becomes gate > 0 ? C : 0 and colsum[j]
+// takes C's rows in order (colsum[j] += C[i, j], i = 0, 1, ...): a ReLU's backward and its
+// bias gradient, done in the kernel's epilogue instead of another pass over C.
 void sgemm_small(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
-                 float* c, const float* bias);
+                 float* c, const float* bias, const float* gate = nullptr, std::int64_t ldg = 0,
+                 float* colsum = nullptr);
 // dst[0, n) = src[0, n) with non-temporal stores where the CPU has AVX-512 (memcpy otherwise;
 // dst 64-byte aligned): for results kept for later, written from a cache-resident copy.
 void stream_copy(float* dst, const float* src, std::int64_t n);

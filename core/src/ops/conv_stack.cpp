@@ -84,6 +84,14 @@ void mm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a,
     backend::sgemm_small(g, lda, ldb, ldc, a, b, c, bias);
 }
 
+// C[m, n] = A B, then C = relu_out > 0 ? C : 0 with C's rows added to colsum in order: a hidden
+// layer's gradient through its ReLU and its bias gradient, in the GEMM's epilogue.
+void mm_gated(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::int64_t lda, const float* b,
+              std::int64_t ldb, float* c, std::int64_t ldc, const float* relu_out, float* colsum) {
+    const backend::Gemm g{.m = m, .n = n, .k = k};
+    backend::sgemm_small(g, lda, ldb, ldc, a, b, c, nullptr, relu_out, ldc, colsum);
+}
+
 // A thread's scratch buffers, grown on demand and kept.
 float* scratch(int slot, std::int64_t n) {
     thread_local std::vector<float> bufs[6];
@@ -212,13 +220,11 @@ Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const 
                         }
                         if (!need_x && !need_w0 && !need_w1) continue;
                         float* d2 = scratch(4, rows * H);
-                        mm(rows, H, s.kc2, false, gt, s.kc2, w2pt.f32(), H, d2, H);
-                        for (std::int64_t r = 0; r < rows; ++r) mask_row(d2 + r * H, a2 + r * H, d2 + r * H, ps + off_b1, H, true);
+                        mm_gated(rows, H, s.kc2, gt, s.kc2, w2pt.f32(), H, d2, H, a2, ps + off_b1);
                         if (need_w1) mm(H, H, rows, true, d2, H, a1, H, ps + off_w1, H, nullptr, false, !first);
                         if (!need_x && !need_w0) continue;
                         float* d1 = scratch(5, rows * H);
-                        mm(rows, H, H, false, d2, H, w1p, H, d1, H);
-                        for (std::int64_t r = 0; r < rows; ++r) mask_row(d1 + r * H, a1 + r * H, d1 + r * H, ps + off_b0, H, true);
+                        mm_gated(rows, H, H, d2, H, w1p, H, d1, H, a1, ps + off_b0);
                         if (need_w0) {
                             float* cols = scratch(0, rows * s.kc0);
                             expand_images(xp + n0 * s.c * s.p, cols, ConvLayout::nchw, {nb, s.c, s.h, s.w}, s.k0, s.k0,

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -144,6 +145,39 @@ TEST_CASE("sgemm_small's column blocks do not change a column's bits", "[backend
         }
     }
     backend::use_own_gemm(was);
+}
+
+TEST_CASE("sgemm_small's gate gives the bits of the product, then the mask and column sums", "[backend][gemm]") {
+    // The fused epilogue of a ReLU's backward: C = gate > 0 ? C : 0, colsum += C's rows in order.
+    // Against the plain product followed by that loop, on the kernel's every column block (4-,
+    // 2- and 1-vector blocks, the narrow tail) and with several slices of k, on both kernels.
+    for (bool own : {true, false}) {
+        const bool was = backend::use_own_gemm(own);
+        for (const auto& [m, n, k] : {std::tuple<std::int64_t, std::int64_t, std::int64_t>{37, 100, 128}, {29, 130, 300},
+                                     {40, 36, 36}, {20, 18, 128}}) {
+            INFO("own " << own << " m " << m << " n " << n << " k " << k);
+            const auto a = random_floats(m * k, 11), b = random_floats(k * n, 12), gate = random_floats(m * n, 13),
+                       start = random_floats(n, 14);
+            std::vector<float> gate_with_edges = gate;
+            gate_with_edges[0] = -0.0f;
+            gate_with_edges[1] = std::nanf("");
+            const backend::Gemm g{.m = m, .n = n, .k = k};
+            std::vector<float> want(static_cast<std::size_t>(m * n)), want_sum = start;
+            backend::sgemm_small(g, k, n, n, a.data(), b.data(), want.data(), nullptr);
+            for (std::int64_t i = 0; i < m; ++i)
+                for (std::int64_t j = 0; j < n; ++j) {
+                    float& v = want[static_cast<std::size_t>(i * n + j)];
+                    v = gate_with_edges[static_cast<std::size_t>(i * n + j)] > 0.0f ? v : 0.0f;
+                    want_sum[static_cast<std::size_t>(j)] += v;
+                }
+            std::vector<float> got(static_cast<std::size_t>(m * n)), got_sum = start;
+            backend::sgemm_small(g, k, n, n, a.data(), b.data(), got.data(), nullptr, gate_with_edges.data(), n,
+                                 got_sum.data());
+            CHECK(got == want);
+            CHECK(got_sum == want_sum);
+        }
+        backend::use_own_gemm(was);
+    }
 }
 
 TEST_CASE("sgemm_small leaves A with rows a multiple of 1 KB apart to oneDNN, with the same result", "[backend][gemm]") {
