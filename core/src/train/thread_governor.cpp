@@ -42,10 +42,12 @@ bool ThreadGovernor::record(double seconds, double waited) {
         recent_.push_back(seconds);
         if (recent_.size() > window) recent_.erase(recent_.begin());
         ++since_probe_;
-        // Contention: most of a window's steps waited for a CPU. Probe now, unless a probe
-        // under contention kept the current setting recently (then wait twice as long).
+        // Contention: most of a window's steps waited for a CPU. Probe fewer threads now,
+        // unless a probe under contention kept the current setting recently (then wait twice as
+        // long). On one thread it is no reason to try more: that is the scheduled probe's job
+        // (beside a busy process, those early probes of two threads cost W1 1-3 %).
         contended_ = waited > opt_.contention * seconds ? contended_ + 1 : std::max(0, contended_ - 1);
-        if (recent_.size() >= window && contended_ >= static_cast<int>(window / 2) &&
+        if (current_ > 1 && recent_.size() >= window && contended_ >= static_cast<int>(window / 2) &&
             since_probe_ >= std::max<std::int64_t>(contention_gap_, 2 * static_cast<std::int64_t>(window)))
             until_probe_ = std::min<std::int64_t>(until_probe_, 1);
         if (--until_probe_ > 0 || recent_.size() < window) return false;

@@ -4,9 +4,9 @@
 // shared core. The governor measures instead of guessing: now and then it runs a few steps on
 // the other setting (1 thread, or all of them) and keeps whichever has the lower mean step
 // time (the first step after each switch left out). Probes are rare on an idle machine
-// (backing off to thousands of steps apart) and come at once when the kernel reports the
-// process's threads waiting for a CPU (their run delay), the sign that another process competes
-// for the cores. Results do not depend on the thread count (GEMM tiles and reductions are fixed
+// (backing off to thousands of steps apart), and a probe of one thread comes at once when the
+// kernel reports the process's threads waiting for a CPU (their run delay), the sign that
+// another process competes for the cores. Results do not depend on the thread count (GEMM tiles and reductions are fixed
 // by the shapes), so a switch never changes a number, only the speed.
 //
 // Pure logic, fed with step times, so that its decisions are unit-tested without a clock.

@@ -115,6 +115,27 @@ TEST_CASE("waiting for a CPU brings the probe forward", "[train][threads]") {
     CHECK(steady.probes() < 40);
 }
 
+TEST_CASE("on one thread, waiting for a CPU does not bring a probe of more threads forward", "[train][threads]") {
+    ThreadGovernor::Options o = quick();
+    o.first_probe = 1000;  // no scheduled probe within the test
+    ThreadGovernor g(2, o);
+    // A busy machine: 2 threads slower, and every step waits for a CPU. Contention brings the
+    // probe of one thread forward, and the governor switches.
+    for (int i = 0; i < 100 && g.current() == 2; ++i) {
+        const int t = g.threads();
+        g.record(t == 2 ? 2.0 : 1.0, 0.5);
+    }
+    REQUIRE(g.current() == 1);
+    const auto probes = g.probes();
+    // Still waiting on one thread: no early probe of two; the scheduled one comes later.
+    for (int i = 0; i < 500; ++i) {
+        const int t = g.threads();
+        CHECK(t == 1);
+        g.record(1.0, 0.5);
+    }
+    CHECK(g.probes() == probes);
+}
+
 TEST_CASE("one thread, or the governor off, never probes", "[train][threads]") {
     ThreadGovernor g(1, quick());
     const auto used = drive(g, 100, [](int) { return 1.0; });
