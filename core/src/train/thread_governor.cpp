@@ -40,7 +40,10 @@ bool ThreadGovernor::record(double seconds, double waited) {
             return false;
         }
         recent_.push_back(seconds);
-        if (recent_.size() > window) recent_.erase(recent_.begin());
+        // Under contention the kept window is longer: steps stalled behind a preempted thread
+        // come a few in a hundred, and a short window misses them.
+        const std::size_t keep = contended_ > 0 ? 4 * window : window;
+        while (recent_.size() > keep) recent_.erase(recent_.begin());
         ++since_probe_;
         // Contention: most of a window's steps waited for a CPU. Probe fewer threads now,
         // unless a probe under contention kept the current setting recently (then wait twice as
@@ -54,6 +57,10 @@ bool ThreadGovernor::record(double seconds, double waited) {
         contention_gap_ = contended_ >= static_cast<int>(window / 2)
                               ? std::max<std::int64_t>(4 * static_cast<std::int64_t>(window), 2 * contention_gap_)
                               : 0;
+        // A probe of one thread under contention runs longer and starts later: right after
+        // the switch the remaining thread may still share a CPU with the other process until
+        // the kernel moves it, and a short probe then judged one thread no faster.
+        long_probe_ = current_ > 1 && contended_ >= static_cast<int>(window / 2);
         probing_ = true;
         since_probe_ = 0;
         contended_ = 0;
@@ -63,8 +70,8 @@ bool ThreadGovernor::record(double seconds, double waited) {
         return true;
     }
     // The first step after a switch pays for waking (or idling) the pool: not counted.
-    if (probe_seen_++ > 0) probe_.push_back(seconds);
-    if (probe_.size() < window) return false;
+    if (probe_seen_++ >= (long_probe_ ? static_cast<int>(window) : 1)) probe_.push_back(seconds);
+    if (probe_.size() < (long_probe_ ? 4 * window : window)) return false;
     probing_ = false;
     // Means, not medians: throughput is the mean step time, and on a busy machine the setting
     // with more threads loses in a tail of steps that waited for a preempted thread (W1 beside

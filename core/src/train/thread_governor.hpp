@@ -52,6 +52,7 @@ private:
     int current_;
     bool probing_ = false;
     bool settling_ = false;      // the next step is the first back on current_ after a probe
+    bool long_probe_ = false;    // this probe (of one thread, under contention) runs 4 windows
     std::int64_t until_probe_;   // steps left before the next probe
     std::int64_t interval_;      // steps between probes now
     std::vector<double> recent_; // the current setting's last `window` step times
