@@ -136,6 +136,25 @@ TEST_CASE("on one thread, waiting for a CPU does not bring a probe of more threa
     CHECK(g.probes() == probes);
 }
 
+TEST_CASE("under contention the probe of one thread waits out its slow first steps", "[train][threads]") {
+    // Beside a busy process: 2 threads stall every fourth step behind a preempted thread (mean
+    // 1.5) and wait for a CPU; one thread runs 1.2 a step, but its first 4 steps after a
+    // switch take 3.0 (the thread still shares a CPU until the kernel moves it). A probe of 4
+    // steps after one settling step saw mostly those and kept two threads.
+    ThreadGovernor::Options o = quick();
+    o.first_probe = 1000;
+    ThreadGovernor g(2, o);
+    int n = 0, since_switch = 0, last = 2;
+    for (int i = 0; i < 300; ++i) {
+        const int t = g.threads();
+        since_switch = t == last ? since_switch + 1 : 0;
+        last = t;
+        const double step = t == 2 ? (++n % 4 == 0 ? 3.0 : 1.0) : (since_switch < 4 ? 3.0 : 1.2);
+        g.record(step, t == 2 ? 0.5 * step : 0.0);
+    }
+    CHECK(g.current() == 1);
+}
+
 TEST_CASE("one thread, or the governor off, never probes", "[train][threads]") {
     ThreadGovernor g(1, quick());
     const auto used = drive(g, 100, [](int) { return 1.0; });
