@@ -80,7 +80,9 @@ bool ThreadGovernor::record(double seconds, double waited) {
     if (theirs < (1.0 - opt_.margin) * mine) {
         current_ = other();
         ++switches_;
-        interval_ = opt_.first_probe;  // the machine changed: look again soon
+        // The machine changed: look again soon - later after fleeing contention, which
+        // rarely ends within seconds, and whose probes of more threads cost a window each.
+        interval_ = long_probe_ ? 4 * opt_.first_probe : opt_.first_probe;
         contention_gap_ = 0;
         recent_ = probe_;
         until_probe_ = interval_;
