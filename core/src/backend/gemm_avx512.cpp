@@ -2,9 +2,10 @@
 //
 // The classic register-blocked scheme: C is computed in blocks of 6 rows x 4 vectors of 16
 // columns (14 rows x 2 or 1 vectors for the last columns), each block's accumulators in
-// registers for a whole slice of at most kKc of the summed dimension; op(A) and B are read in place (a broadcast per row of A and two loads of B
-// per k step). Every function that uses AVX-512 carries the target attribute itself, so that
-// nothing here changes how the rest of the library is compiled for CPUs without it.
+// registers for a whole slice of at most kKc of the summed dimension; op(A) and B are read in
+// place (a broadcast per row of A and a load per vector of B per k step). Every function that
+// uses AVX-512 carries the target attribute itself, so that nothing here changes how the rest
+// of the library is compiled for CPUs without it.
 #include "backend/gemm_avx512.hpp"
 #include "backend/avx512_transpose.hpp"
 

@@ -206,8 +206,8 @@ Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const 
                         expand_images(gyg, gt, ConvLayout::nchw, {nb, s.o, s.h, s.w}, s.k2, s.k2, s.k2 / 2, -1);
                         if (need_w2) {
                             // Transposed, [kc2, H] = gt^T a2: the thin side as rows costs its
-                            // size (36 rows: 14 + 14 + 8), as columns a whole vector more (36 as
-                            // 48). The same products in the same order: the same bits.
+                            // size (36 rows, six 6-row blocks), as columns a whole vector more
+                            // (36 as 48). The same products in the same order: the same bits.
                             mm(s.kc2, H, rows, true, gt, s.kc2, a2, H, ps + off_w2, H, nullptr, false, !first);
                             for (std::int64_t n = 0; n < nb; ++n)
                                 for (std::int64_t o = 0; o < s.o; ++o) {
