@@ -58,7 +58,20 @@ namespace {
 struct GemmPrimitive {
     dnnl::matmul prim;
     dnnl::memory::desc a, b, c, bias, scratch;
+    // How the implementation oneDNN chose sums over k, as sparse_gemm's chain blocks (0: not
+    // known, no sparse path). Found by comparing its results with FMA chains of every block
+    // length (tests/core/backend/test_sparse_gemm.cpp keeps checking them): brgemm sums each output in one
+    // chain up to k = 512; the JIT sgemm (its products with A transposed) in one chain up to
+    // k = 384, in two equal halves (the first the larger) up to 768.
+    std::int64_t chain = 0;
 };
+
+std::int64_t chain_of(const Gemm& g, const std::string& impl) {
+    if (g.alpha != 1.0f || g.beta != 0.0f) return 0;
+    if (impl == "brg:avx512_core" && g.k <= 512) return g.k;
+    if (impl == "gemm:jit" && g.trans_a && g.k <= 768) return g.k <= 384 ? g.k : (g.k + 1) / 2;
+    return 0;
+}
 
 // One tile: C[m, n] with leading dimensions lda, ldb, ldc of the whole matrices.
 GemmPrimitive make_gemm(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc,
@@ -82,6 +95,7 @@ GemmPrimitive make_gemm(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::
         const dnnl::matmul::primitive_desc pd(d, attr, engine);
         p.scratch = pd.scratchpad_desc();
         p.prim = dnnl::matmul(pd);
+        p.chain = chain_of(g, pd.impl_info_str());
     } catch (const dnnl::error& e) {
         throw Error("oneDNN cannot build a " + std::to_string(g.m) + "x" + std::to_string(g.k) + "x" +
                     std::to_string(g.n) + " GEMM: " + e.what());
@@ -149,12 +163,32 @@ TileCall& tile_call(const CacheKey& key, const Gemm& g, std::int64_t lda, std::i
 
 }  // namespace
 
-void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
-                float* c, const float* bias) {
+namespace {
+
+TileCall& tile_call(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc) {
     CacheKey key("gemm");
     key.add(g.m).add(g.n).add(g.k).add(g.trans_a).add(g.trans_b).add(g.bias).add(g.relu).add(g.alpha).add(g.beta);
     key.add(lda).add(ldb).add(ldc);
-    TileCall& t = tile_call(key, g, lda, ldb, ldc);
+    return tile_call(key, g, lda, ldb, ldc);
+}
+
+// Above this share of nonzeros in op(A), the dense kernel is faster than skipping the zeros.
+constexpr double kSparseMaxDensity = 0.65;
+
+}  // namespace
+
+bool sgemm_sparse(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
+                  float* c, const float* bias, const float* gate, std::int64_t ldg) {
+    if (g.trans_b || g.m == 0 || g.n == 0 || !own_gemm()) return false;
+    const std::int64_t chain = tile_call(g, lda, ldb, ldc).p->chain;
+    return chain > 0 && avx512::sparse_gemm(g.m, g.n, g.k, g.trans_a, a, lda, b, ldb, c, ldc, chain,
+                                            kSparseMaxDensity, g.bias ? bias : nullptr, g.relu, gate, ldg);
+}
+
+void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
+                float* c, const float* bias) {
+    if (g.sparse_a && sgemm_sparse(g, lda, ldb, ldc, a, b, c, bias)) return;
+    TileCall& t = tile_call(g, lda, ldb, ldc);
     t.a.set_data_handle(const_cast<float*>(a));
     t.b.set_data_handle(const_cast<float*>(b));
     t.c.set_data_handle(c);

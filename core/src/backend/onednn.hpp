@@ -92,6 +92,9 @@ struct Gemm {
     bool trans_a = false, trans_b = false;
     bool bias = false, relu = false;
     float alpha = 1.0f, beta = 0.0f;
+    // op(A) probably has many zeros (a ReLU's output, a gradient one gated): sgemm_tile may
+    // skip them (sgemm_sparse), with the same bits.
+    bool sparse_a = false;
 };
 void sgemm(const Gemm& g, const float* a, const float* b, float* c, const float* bias = nullptr);
 
@@ -100,6 +103,13 @@ void sgemm(const Gemm& g, const float* a, const float* b, float* c, const float*
 // schedule their own blocks (block_sparse_linear).
 void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
                 float* c, const float* bias);
+
+// sgemm_tile's product with op(A)'s zero entries skipped, where that is faster and gives
+// sgemm_tile's exact bits (oneDNN's order of sums for the shape known, f32 with AVX-512, B not
+// transposed, op(A) at most 65 % nonzeros); then (the gate as sgemm_small's, without the
+// column sums) returns true, else false having written nothing.
+bool sgemm_sparse(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
+                  float* c, const float* bias, const float* gate = nullptr, std::int64_t ldg = 0);
 
 // sgemm_tile for callers that run many small products on operands in cache (conv_stack: a
 // few hundred rows at a time): flowlab's own AVX-512 kernel (gemm_avx512.hpp) where the CPU
@@ -116,8 +126,8 @@ void sgemm_small(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t
 // dst 64-byte aligned): for results kept for later, written from a cache-resident copy.
 void stream_copy(float* dst, const float* src, std::int64_t n);
 
-// Whether sgemm_small runs the own kernel: where the CPU has AVX-512, unless FLOWLAB_GEMM=onednn
-// is in the environment. use_own_gemm sets it (tests compare the two; it stays off without
+// Whether sgemm_small runs the own kernel and sgemm_sparse may skip zeros: where the CPU has
+// AVX-512, unless FLOWLAB_GEMM=onednn is in the environment. use_own_gemm sets it (tests compare the two; it stays off without
 // AVX-512) and returns the previous setting.
 bool own_gemm();
 bool use_own_gemm(bool on);

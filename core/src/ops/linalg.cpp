@@ -261,7 +261,7 @@ namespace detail {
 bool gemm_is_skinny(std::int64_t m, std::int64_t n, std::int64_t k) { return is_skinny(m, n, k); }
 
 void gemm_rows(const float* a, const float* b, bool tb, float* c, std::int64_t m, std::int64_t n, std::int64_t k,
-               std::int64_t r0, std::int64_t r1, const float* bias, bool relu, const float* gate) {
+               std::int64_t r0, std::int64_t r1, const float* bias, bool relu, const float* gate, bool sparse_a) {
     if (r1 <= r0 || n == 0) return;
     if (is_skinny(m, n, k)) {
         skinny_rows(a, false, b, tb, c, m, n, k, r0, r1, 1.0f, 0.0f, bias, relu, gate);
@@ -269,6 +269,9 @@ void gemm_rows(const float* a, const float* b, bool tb, float* c, std::int64_t m
     }
     const backend::Gemm g{.m = r1 - r0, .n = n, .k = k, .trans_a = false, .trans_b = tb, .bias = bias != nullptr,
                           .relu = relu};
+    if (sparse_a && backend::sgemm_sparse(g, k, tb ? k : n, n, a + r0 * k, b, c + r0 * n, bias,
+                                          gate ? gate + r0 * n : nullptr, n))
+        return;
     backend::sgemm_tile(g, k, tb ? k : n, n, a + r0 * k, b, c + r0 * n, bias);
     if (gate) apply_gate(c, gate, r0 * n, r1 * n);
 }

@@ -87,8 +87,10 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
             const std::int64_t r0 = k * R, r1 = std::min(B, r0 + R);
             for (std::size_t l = 0; l < L; ++l) {
                 float* out = l + 1 < L ? acts[l + 1].f32() : y.f32();
+                // Layer l > 0's input is the ReLU's output: about half zeros, which the product
+                // may skip.
                 detail::gemm_rows(acts[l].f32(), w[l].value().f32(), false, out, B, width[l + 1], width[l], r0, r1,
-                                  b[l].value().f32(), l + 1 < L);
+                                  b[l].value().f32(), l + 1 < L, nullptr, l > 0);
             }
         }
     });
@@ -109,14 +111,25 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
         for (std::size_t l = lo; l + 1 < L; ++l) grads[l] = Tensor::empty({B, width[l + 1]}, DType::f32);
         Tensor gx;
         if (need_x) gx = Tensor::empty({B, width[0]}, DType::f32);
+        // The gradients below the top layer were gated by a ReLU, half zeros: their products with
+        // the weights may skip them, given the weights transposed (row k of W^T is what a
+        // nonzero in column k multiplies).
+        std::vector<Tensor> wt(L);
+        if (backend::own_gemm())
+            for (std::size_t l = lo + 1; l + 1 < L; ++l)
+                if (!detail::gemm_is_skinny(B, width[l], width[l + 1])) wt[l] = detail::transpose_kernel(w[l].value());
         parallel_for(blocks, 1, [&](std::int64_t k0, std::int64_t k1) {
             for (std::int64_t k = k0; k < k1; ++k) {
                 const std::int64_t r0 = k * R, r1 = std::min(B, r0 + R);
                 // Gated by the ReLU's output: where it passed its input through (and only there)
                 // the input has a gradient.
                 for (std::size_t l = L - 1; l > lo; --l)
-                    detail::gemm_rows(grads[l].f32(), w[l].value().f32(), true, grads[l - 1].f32(), B, width[l],
-                                      width[l + 1], r0, r1, nullptr, false, acts[l].f32());
+                    if (wt[l].defined())
+                        detail::gemm_rows(grads[l].f32(), wt[l].f32(), false, grads[l - 1].f32(), B, width[l],
+                                          width[l + 1], r0, r1, nullptr, false, acts[l].f32(), true);
+                    else
+                        detail::gemm_rows(grads[l].f32(), w[l].value().f32(), true, grads[l - 1].f32(), B, width[l],
+                                          width[l + 1], r0, r1, nullptr, false, acts[l].f32());
                 if (need_x)
                     detail::gemm_rows(grads[0].f32(), w[0].value().f32(), true, gx.f32(), B, width[0], width[1], r0,
                                       r1, nullptr, false);
@@ -157,7 +170,9 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
             } else if (detail::gemm_is_skinny(width[l], width[l + 1], B)) {
                 detail::gemm_impl("mlp_stack backward", acts[l], true, grads[l], false, dw[l], 1.0, beta[l], nullptr);
             } else {
-                const backend::Gemm g{.m = width[l], .n = width[l + 1], .k = B, .trans_a = true, .beta = beta[l]};
+                // Layer l > 0's input, the ReLU's output, is half zeros.
+                const backend::Gemm g{
+                    .m = width[l], .n = width[l + 1], .k = B, .trans_a = true, .beta = beta[l], .sparse_a = l > 0};
                 backend::sgemm_tile_of(g, tiling[l], t.tile, acts[l].f32(), grads[l].f32(), dw[l].f32());
             }
         });

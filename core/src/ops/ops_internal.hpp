@@ -282,9 +282,12 @@ bool gemm_is_skinny(std::int64_t m, std::int64_t n, std::int64_t k);
 // Rows r0..r1 of the f32 product C = A op(B) (+ bias) (ReLU when `relu`), A [m, k] and C [m, n]
 // row-major, on the calling thread; with `gate` (a tensor of C's shape) then gate > 0 ? C : 0,
 // a ReLU's backward pass. The same bits as gemm_impl gives those rows when they are one of its
-// row tiles (backend::gemm_tiling), or any rows of a skinny product.
+// row tiles (backend::gemm_tiling), or any rows of a skinny product. `sparse_a`: A is likely
+// half zeros (a ReLU's output, a gradient one gated), which the product may skip, with the
+// same bits (backend::sgemm_sparse).
 void gemm_rows(const float* a, const float* b, bool tb, float* c, std::int64_t m, std::int64_t n, std::int64_t k,
-               std::int64_t r0, std::int64_t r1, const float* bias, bool relu, const float* gate = nullptr);
+               std::int64_t r0, std::int64_t r1, const float* bias, bool relu, const float* gate = nullptr,
+               bool sparse_a = false);
 
 // Writes a GEMM result into input i's gradient: straight into a fresh tensor the sink adopts,
 // or accumulated with beta = 1 when the input already has a gradient.

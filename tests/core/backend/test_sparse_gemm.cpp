@@ -1,0 +1,138 @@
+// backend::sgemm_sparse: products that skip op(A)'s zeros (sparse_avx512.cpp) against oneDNN's
+// dense sgemm_tile, bit for bit, on the shapes where its order of sums is known (brgemm's one
+// chain, the JIT sgemm's halves of k), over its pieces of 64 rows of B, column blocks with a
+// tail, odd row counts, every epilogue; and it declines what it should.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "backend/onednn.hpp"
+#include "flowlab/rng.hpp"
+#include "flowlab/tensor.hpp"
+
+using namespace flowlab;
+
+namespace {
+
+// n floats, normal, about `zeros` of them 0 (ReLU-like: the negative ones when zeros = 0.5).
+std::vector<float> floats(std::int64_t n, std::uint64_t seed, double zeros) {
+    Tensor t = Tensor::empty({n}, DType::f64), u = Tensor::empty({n}, DType::f64);
+    Rng rng(seed);
+    rng.fill_normal(t, 0.0, 1.0);
+    rng.fill_uniform(u, 0.0, 1.0);
+    std::vector<float> v(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i)
+        v[static_cast<std::size_t>(i)] = u.item(i) < zeros ? 0.0f : static_cast<float>(t.item(i));
+    return v;
+}
+
+bool same_bits(const std::vector<float>& x, const std::vector<float>& y) {
+    return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0;
+}
+
+struct Case {
+    std::int64_t m, n, k;
+    bool ta;
+    std::int64_t lda;  // with ta: A is [k, lda]; else [m, lda]
+    bool bias, relu, gate;
+};
+
+// {sparse path used, its C, the dense C} for one case.
+struct Result {
+    bool used;
+    std::vector<float> sparse, dense;
+};
+
+Result run(const Case& c, double zeros, std::uint64_t seed) {
+    const std::vector<float> a = floats((c.ta ? c.k : c.m) * c.lda, seed, zeros);
+    const std::vector<float> b = floats(c.k * c.n, seed + 1, 0.0), bias = floats(c.n, seed + 2, 0.0);
+    const std::vector<float> gate = floats(c.m * c.n, seed + 3, 0.3);
+    const backend::Gemm g{.m = c.m, .n = c.n, .k = c.k, .trans_a = c.ta, .bias = c.bias, .relu = c.relu};
+    Result r;
+    r.sparse.assign(static_cast<std::size_t>(c.m * c.n), -7.0f);
+    r.dense = r.sparse;
+    r.used = backend::sgemm_sparse(g, c.lda, c.n, c.n, a.data(), b.data(), r.sparse.data(), bias.data(),
+                                   c.gate ? gate.data() : nullptr, c.n);
+    backend::sgemm_tile(g, c.lda, c.n, c.n, a.data(), b.data(), r.dense.data(), bias.data());
+    if (c.gate)
+        for (std::size_t i = 0; i < r.dense.size(); ++i) r.dense[i] = gate[i] > 0.0f ? r.dense[i] : 0.0f;
+    return r;
+}
+
+}  // namespace
+
+TEST_CASE("sgemm_sparse gives oneDNN's bits where it runs, and runs on an MLP's products", "[backend][gemm]") {
+    if (!backend::own_gemm()) {
+        WARN("no AVX-512 on this CPU (or FLOWLAB_GEMM=onednn): no sparse path to test");
+        return;
+    }
+    // The products mlp_stack runs for a 128-wide hidden layer on a batch of 512: the forward
+    // and the gated backward rows (128-row tiles), the weight gradient (32-row tiles of A^T).
+    const Case mlp[] = {{128, 128, 128, false, 128, true, true, false},
+                        {128, 128, 128, false, 128, false, false, true},
+                        {32, 128, 512, true, 128, false, false, false}};
+    for (const Case& c : mlp) {
+        const Result r = run(c, 0.5, 11);
+        INFO("m " << c.m << " n " << c.n << " k " << c.k << " ta " << c.ta);
+        CHECK(r.used);
+        CHECK(same_bits(r.sparse, r.dense));
+    }
+    // Edges: odd rows (a row without a partner), columns past a multiple of 64 and of 16, k
+    // not a multiple of 16 nor of the 64-row pieces, two halves of k (the JIT sgemm's 385..768),
+    // A in a wider matrix.
+    const Case edges[] = {{37, 100, 77, false, 80, true, true, false},   {16, 200, 300, false, 300, true, false, true},
+                          {5, 64, 512, false, 512, false, true, false},  {1, 17, 3, false, 3, true, true, true},
+                          {16, 128, 385, true, 48, false, false, false}, {32, 64, 601, true, 40, false, false, false},
+                          {16, 128, 300, true, 128, false, false, false}, {48, 130, 767, true, 64, false, false, false}};
+    int used = 0;
+    for (const Case& c : edges) {
+        const Result r = run(c, 0.5, 23);
+        INFO("m " << c.m << " n " << c.n << " k " << c.k << " ta " << c.ta);
+        if (r.used) {
+            ++used;
+            CHECK(same_bits(r.sparse, r.dense));
+        }
+    }
+    CHECK(used >= 5);
+}
+
+TEST_CASE("sgemm_sparse leaves dense operands to the dense kernel, untouched", "[backend][gemm]") {
+    if (!backend::own_gemm()) {
+        WARN("no AVX-512 on this CPU (or FLOWLAB_GEMM=onednn): no sparse path to test");
+        return;
+    }
+    const Case c{128, 128, 128, false, 128, true, true, false};
+    const Result r = run(c, 0.05, 5);
+    CHECK_FALSE(r.used);
+    for (float v : r.sparse) REQUIRE(v == -7.0f);
+    // A transposed B and an accumulating product have no sparse path at all.
+    const std::vector<float> a = floats(64 * 64, 1, 0.5), b = floats(64 * 64, 2, 0.0);
+    std::vector<float> out(64 * 64);
+    CHECK_FALSE(backend::sgemm_sparse({.m = 64, .n = 64, .k = 64, .trans_b = true}, 64, 64, 64, a.data(), b.data(),
+                                      out.data(), nullptr));
+    CHECK_FALSE(backend::sgemm_sparse({.m = 64, .n = 64, .k = 64, .beta = 1.0f}, 64, 64, 64, a.data(), b.data(),
+                                      out.data(), nullptr));
+}
+
+TEST_CASE("sgemm_sparse keeps a NaN of A where the dense product has it", "[backend][gemm]") {
+    if (!backend::own_gemm()) {
+        WARN("no AVX-512 on this CPU (or FLOWLAB_GEMM=onednn): no sparse path to test");
+        return;
+    }
+    const std::int64_t m = 8, n = 32, k = 40;
+    std::vector<float> a = floats(m * k, 3, 0.5);
+    a[3 * k + 17] = std::nanf("");
+    const std::vector<float> b = floats(k * n, 4, 0.0);
+    std::vector<float> s(static_cast<std::size_t>(m * n)), d(s.size());
+    const backend::Gemm g{.m = m, .n = n, .k = k};
+    REQUIRE(backend::sgemm_sparse(g, k, n, n, a.data(), b.data(), s.data(), nullptr));
+    backend::sgemm_tile(g, k, n, n, a.data(), b.data(), d.data(), nullptr);
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        INFO("element " << i);
+        CHECK(std::isnan(s[i]) == std::isnan(d[i]));
+        if (!std::isnan(d[i])) CHECK(s[i] == d[i]);
+    }
+    CHECK(std::isnan(s[3 * n]));
+}
