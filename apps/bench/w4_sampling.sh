@@ -4,8 +4,9 @@
 #
 #   [THREADS=1|2] apps/bench/w4_sampling.sh REFERENCE_DIR w1|w2|w3 [ROUNDS]
 #
-# Sampling cost does not depend on the weights, so both systems sample from a model at (or
-# near) its initialisation: flowlab from a run directory trained for one step, the reference
+# Sampling cost barely depends on the weights (flowlab's MLPs skip their ReLUs' zeros, about half
+# at initialisation as after training), so both systems sample from a model at (or near) its
+# initialisation: flowlab from a run directory trained for one step, the reference
 # from its model class as constructed. Batches as in WORKLOADS.md: W1 10,000, W2 100 (MAF:
 # flowlab's incremental inversion against the reference's 784 network passes), W3 64. PyTorch
 # gets the thread split that is best for it on each (see side_by_side.sh).
