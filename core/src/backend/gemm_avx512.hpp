@@ -57,6 +57,12 @@ bool sparse_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const 
                  const float* b, std::int64_t ldb, float* c, std::int64_t ldc, std::int64_t chain, double max_density,
                  const float* bias, bool relu, const float* gate, std::int64_t ldg);
 
+// sparse_gemm with C written transposed: C^T [n, m] at c, rows ldc apart (no epilogue). A
+// weight gradient dW = H^T G whose G is the sparser operand runs as dW^T = G^T H.
+bool sparse_gemm_ct(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a, std::int64_t lda,
+                    const float* b, std::int64_t ldb, float* c, std::int64_t ldc, std::int64_t chain,
+                    double max_density);
+
 // dst [n, m] = src [m, n] transposed (row-major, contiguous), through 16 x 16 blocks in registers.
 void transpose(const float* src, std::int64_t m, std::int64_t n, float* dst);
 

@@ -185,6 +185,18 @@ bool sgemm_sparse(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_
                                             kSparseMaxDensity, g.bias ? bias : nullptr, g.relu, gate, ldg);
 }
 
+std::int64_t sgemm_chain(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc) {
+    if (g.trans_b || g.m == 0 || g.n == 0 || !own_gemm()) return 0;
+    return tile_call(g, lda, ldb, ldc).p->chain;
+}
+
+void sgemm_sparse_columns(const Gemm& g, std::int64_t chain, const float* a, std::int64_t lda, const float* b,
+                          std::int64_t ldb, float* c, std::int64_t ldc, std::int64_t j0, std::int64_t j1) {
+    // C[:, j0..j1] = A^T B[:, j0..j1], as its transpose B[:, j0..j1]^T A: B's columns are the
+    // rows the kernel compresses, A the operand it reads whole.
+    avx512::sparse_gemm_ct(j1 - j0, g.m, g.k, true, b + j0, ldb, a, lda, c + j0, ldc, chain, 1.0);
+}
+
 void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
                 float* c, const float* bias) {
     if (g.sparse_a && sgemm_sparse(g, lda, ldb, ldc, a, b, c, bias)) return;
@@ -270,6 +282,18 @@ void sgemm_tile_of(const Gemm& g, const GemmTiling& t, std::int64_t i, const flo
         sub.n = std::min(t.step, g.n - lo);
         sgemm_tile(sub, lda, ldb, ldc, a, b + (g.trans_b ? lo * ldb : lo), c + lo, bias ? bias + lo : nullptr);
     }
+}
+
+std::int64_t sgemm_tiles_chain(const Gemm& g, const GemmTiling& t) {
+    const std::int64_t lda = g.trans_a ? g.m : g.k, ldb = g.trans_b ? g.k : g.n, ldc = g.n;
+    if (t.count <= 1) return sgemm_chain(g, lda, ldb, ldc);
+    // The first tile and the last (the only one that may be smaller) stand for all.
+    Gemm first = g, last = g;
+    const std::int64_t extent = t.mode == GemmTiling::rows ? g.m : g.n, rest = extent - (t.count - 1) * t.step;
+    (t.mode == GemmTiling::rows ? first.m : first.n) = t.step;
+    (t.mode == GemmTiling::rows ? last.m : last.n) = rest;
+    const std::int64_t chain = sgemm_chain(first, lda, ldb, ldc);
+    return chain == sgemm_chain(last, lda, ldb, ldc) ? chain : 0;
 }
 
 void sgemm(const Gemm& g, const float* a, const float* b, float* c, const float* bias) {

@@ -111,6 +111,15 @@ void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t 
 bool sgemm_sparse(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
                   float* c, const float* bias, const float* gate = nullptr, std::int64_t ldg = 0);
 
+// The chain blocks in which oneDNN's primitive for the tile g sums (backend/sparse_avx512's
+// terms), or 0 when the sparse kernels cannot reproduce it (or the CPU lacks AVX-512).
+std::int64_t sgemm_chain(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc);
+// Columns j0..j1 of C = A^T B (g: A transposed, B not; alpha 1, beta 0, no epilogue), skipping
+// B's zeros, summed in `chain` blocks (sgemm_chain of the tile the dense path would run): a
+// weight gradient whose output gradient, gated by a ReLU, is the sparser operand. Always runs.
+void sgemm_sparse_columns(const Gemm& g, std::int64_t chain, const float* a, std::int64_t lda, const float* b,
+                          std::int64_t ldb, float* c, std::int64_t ldc, std::int64_t j0, std::int64_t j1);
+
 // sgemm_tile for callers that run many small products on operands in cache (conv_stack: a
 // few hundred rows at a time): flowlab's own AVX-512 kernel (gemm_avx512.hpp) where the CPU
 // has it and the operands suit it - no per-call setup, and 3-4 % faster on W3's shapes - else
@@ -143,5 +152,7 @@ GemmTiling gemm_tiling(std::int64_t m, std::int64_t n, std::int64_t k);
 // thread: for callers that run a product's tiles beside other work in one parallel section.
 void sgemm_tile_of(const Gemm& g, const GemmTiling& t, std::int64_t i, const float* a, const float* b, float* c,
                    const float* bias = nullptr);
+// sgemm_chain shared by every tile of sgemm(g, ...) split as t says, or 0.
+std::int64_t sgemm_tiles_chain(const Gemm& g, const GemmTiling& t);
 
 }  // namespace flowlab::backend

@@ -21,6 +21,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <vector>
 
 namespace flowlab::backend::avx512 {
@@ -36,9 +38,33 @@ namespace {
 // nonzeros, B's rows come in no order a prefetcher follows, and a whole 128 x 128 B (64 KB)
 // did not stay in L1 (pieces of 16, 32, 64 and 128 rows measured: 64 best, 1.1 times faster
 // than none).
+// Floats on 64-byte lines (a vector load across two lines costs two).
+struct Buffer {
+    float* p = nullptr;
+    std::size_t size = 0;
+    Buffer() = default;
+    Buffer(const Buffer&) = delete;
+    Buffer& operator=(const Buffer&) = delete;
+    ~Buffer() { std::free(p); }
+    float* get(std::int64_t n) {
+        const auto want = static_cast<std::size_t>(n);
+        if (want > size) {
+            std::free(p);
+            size = (std::max(want, 2 * size) + 15) / 16 * 16;
+            p = static_cast<float*>(std::aligned_alloc(64, size * sizeof(float)));
+            if (!p) {
+                size = 0;
+                throw std::bad_alloc();
+            }
+        }
+        return p;
+    }
+};
+
 struct Lists {
     std::vector<std::int32_t> off, start;
-    std::vector<float> val, panel, partial;
+    std::vector<float> val;
+    Buffer panel, partial, out;
 };
 
 Lists& lists() {
@@ -46,7 +72,10 @@ Lists& lists() {
     return l;
 }
 
-constexpr std::int64_t kPiece = 64;
+#ifndef SP_PIECE
+#define SP_PIECE 64
+#endif
+constexpr std::int64_t kPiece = SP_PIECE;
 constexpr int kNv = 8;  // vectors of 16 columns per column block  // vectors of 16 columns per column block
 
 // The pieces of [0, k): [edge[q], edge[q + 1]), and whether piece q starts a chain block.
@@ -100,9 +129,11 @@ FLOWLAB_AVX512 inline __m512 load_b(const float* p, int v, __mmask16 tail) {
 // s0 += list 0 times B, s1 += list 1 times B (B at the column block), side by side while both
 // lists last.
 template <int NV>
-FLOWLAB_AVX512 __attribute__((always_inline)) inline void sum_pair(const float* b, const std::int32_t* o0, const float* v0, std::int64_t n0,
-                             const std::int32_t* o1, const float* v1, std::int64_t n1, __m512* s0, __m512* s1,
-                             __mmask16 tail) {
+FLOWLAB_AVX512 __attribute__((always_inline)) inline void sum_pair(const float* b, const std::int32_t* o0,
+                                                                   const float* v0, std::int64_t n0,
+                                                                   const std::int32_t* o1, const float* v1,
+                                                                   std::int64_t n1, __m512* s0, __m512* s1,
+                                                                   __mmask16 tail) {
     const std::int64_t n = std::min(n0, n1);
     std::int64_t t = 0;
     for (; t < n; ++t) {
@@ -180,7 +211,7 @@ struct Operands {
     const float* gate;
     std::int64_t ldg;
     Row row(std::int64_t i, std::int64_t j0) const {
-        return {c + i * ldc + j0, const_cast<float*>(l->partial.data()) + i * 16 * kNv,
+        return {c + i * ldc + j0, l->partial.p + i * 16 * kNv,
                 gate ? gate + i * ldg + j0 : nullptr};
     }
 };
@@ -233,6 +264,25 @@ FLOWLAB_AVX512 void gather_rows(const float* a, std::int64_t lda, std::int64_t m
         for (std::int64_t kk = 0; kk < k; ++kk) panel[i0 * k + kk] = a[kk * lda + i0];
 }
 
+// dst[j, i] = src[i, j]: src [m, n] contiguous, dst rows ldd apart; 16 x 16 blocks through
+// registers, the edges element by element.
+FLOWLAB_AVX512 void transpose_into(const float* src, std::int64_t m, std::int64_t n, float* dst, std::int64_t ldd) {
+    std::int64_t i0 = 0;
+    for (; i0 + 16 <= m; i0 += 16) {
+        std::int64_t j0 = 0;
+        for (; j0 + 16 <= n; j0 += 16) {
+            __m512 r[16];
+            for (int t = 0; t < 16; ++t) r[t] = _mm512_loadu_ps(src + (i0 + t) * n + j0);
+            transpose16(r);
+            for (int t = 0; t < 16; ++t) _mm512_storeu_ps(dst + (j0 + t) * ldd + i0, r[t]);
+        }
+        for (; j0 < n; ++j0)
+            for (std::int64_t i = i0; i < i0 + 16; ++i) dst[j0 * ldd + i] = src[i * n + j0];
+    }
+    for (; i0 < m; ++i0)
+        for (std::int64_t j = 0; j < n; ++j) dst[j * ldd + i0] = src[i0 * n + j];
+}
+
 }  // namespace
 
 bool sparse_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a, std::int64_t lda,
@@ -245,9 +295,8 @@ bool sparse_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const 
     const float* rows = a;
     std::int64_t ld = lda;
     if (ta) {
-        l.panel.resize(static_cast<std::size_t>(m * k));
-        gather_rows(a, lda, m, k, l.panel.data());
-        rows = l.panel.data();
+        rows = l.panel.get(m * k);
+        gather_rows(a, lda, m, k, l.panel.p);
         ld = k;
     }
     const Pieces pc(k, chain);
@@ -261,7 +310,7 @@ bool sparse_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const 
     l.start[static_cast<std::size_t>(m * pieces)] = static_cast<std::int32_t>(pos);
     // Too many nonzeros: the dense kernel is faster (the caller runs it; the bits are the same).
     if (static_cast<double>(pos) > max_density * static_cast<double>(m) * static_cast<double>(k)) return false;
-    if (pieces > 1) l.partial.resize(static_cast<std::size_t>(m * 16 * kNv));
+    if (pieces > 1) l.partial.get(m * 16 * kNv);
     const Operands o{&l, pieces, b, c, ldc, bias, relu, gate, ldg};
     for (std::int64_t j0 = 0; j0 < n; j0 += 16 * kNv) {
         const std::int64_t cols = std::min<std::int64_t>(16 * kNv, n - j0);
@@ -279,6 +328,17 @@ bool sparse_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const 
             default: column_block<1>(o, pc, m, j0, tail); break;
         }
     }
+    return true;
+}
+
+bool sparse_gemm_ct(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a, std::int64_t lda,
+                    const float* b, std::int64_t ldb, float* c, std::int64_t ldc, std::int64_t chain,
+                    double max_density) {
+    Lists& l = lists();
+    float* out = l.out.get(m * n);
+    if (!sparse_gemm(m, n, k, ta, a, lda, b, ldb, out, n, chain, max_density, nullptr, false, nullptr, 0))
+        return false;
+    transpose_into(out, m, n, c, ldc);
     return true;
 }
 

@@ -32,6 +32,19 @@ Var unfused(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b) 
 
 bool is_f32(const Var& v) { return v.defined() && v.dtype() == DType::f32; }
 
+// The share of nonzeros in up to 16 rows spread over a 2-d f32 tensor: enough to tell which
+// of two ReLU-gated operands is the sparser.
+double density(const Tensor& t) {
+    const std::int64_t rows = t.size(0), cols = t.size(1), step = std::max<std::int64_t>(1, rows / 16);
+    std::int64_t nonzero = 0, seen = 0;
+    for (std::int64_t r = 0; r < rows; r += step) {
+        const float* p = t.f32() + r * cols;
+        for (std::int64_t j = 0; j < cols; ++j) nonzero += p[j] != 0.0f;
+        seen += cols;
+    }
+    return seen ? static_cast<double>(nonzero) / static_cast<double>(seen) : 1.0;
+}
+
 // Rows per block when the fused path applies (f32, 2-d x, at least two layers of matching
 // shapes, all biases, no parameter used twice, and a widest product the tiled GEMM splits by
 // rows), else 0. Everything else - including shapes the ops reject - runs the chain of linear
@@ -146,6 +159,8 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
         std::vector<Tensor> dw(L), db(L);
         std::vector<backend::GemmTiling> tiling(L);
         std::vector<float> beta(L, 0.0f);
+        std::vector<std::int64_t> column_chain(L, 0);
+        constexpr std::int64_t kColumns = 32;
         for (std::size_t l = lo; l < L; ++l) {
             if (sink.needs(1 + 2 * l)) {
                 const std::int64_t in = width[l], out = width[l + 1];
@@ -156,9 +171,23 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
                 } else {
                     dw[l] = Tensor::empty({in, out}, DType::f32);
                 }
-                // Skinny products run whole on gemm_impl's loops, the others in sgemm's tiles.
-                if (!detail::gemm_is_skinny(in, out, B)) tiling[l] = backend::gemm_tiling(in, out, B);
-                for (std::int64_t i = 0; i < tiling[l].count; ++i) tasks.push_back({l, i});
+                // Skinny products run whole on gemm_impl's loops, the others in sgemm's tiles -
+                // or, where the gated gradient is the sparser operand, in 32-column tiles that
+                // skip its zeros (the tiles' order of sums, so the same bits).
+                std::int64_t count = 1;
+                if (!detail::gemm_is_skinny(in, out, B)) {
+                    tiling[l] = backend::gemm_tiling(in, out, B);
+                    count = tiling[l].count;
+                    if (l > 0 && beta[l] == 0.0f) {
+                        const backend::Gemm g{.m = in, .n = out, .k = B, .trans_a = true};
+                        const std::int64_t chain = backend::sgemm_tiles_chain(g, tiling[l]);
+                        if (chain > 0 && density(grads[l]) < std::min(0.65, density(acts[l]))) {
+                            column_chain[l] = chain;
+                            count = (out + kColumns - 1) / kColumns;
+                        }
+                    }
+                }
+                for (std::int64_t i = 0; i < count; ++i) tasks.push_back({l, i});
             }
             if (sink.needs(2 + 2 * l)) tasks.push_back({l, -1});
         }
@@ -169,6 +198,11 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
                 db[l] = kern::sum(grads[l], 0);
             } else if (detail::gemm_is_skinny(width[l], width[l + 1], B)) {
                 detail::gemm_impl("mlp_stack backward", acts[l], true, grads[l], false, dw[l], 1.0, beta[l], nullptr);
+            } else if (column_chain[l] > 0) {
+                const std::int64_t in = width[l], out = width[l + 1], j0 = t.tile * kColumns;
+                const backend::Gemm g{.m = in, .n = out, .k = B, .trans_a = true};
+                backend::sgemm_sparse_columns(g, column_chain[l], acts[l].f32(), in, grads[l].f32(), out, dw[l].f32(),
+                                              out, j0, std::min(out, j0 + kColumns));
             } else {
                 // Layer l > 0's input, the ReLU's output, is half zeros.
                 const backend::Gemm g{

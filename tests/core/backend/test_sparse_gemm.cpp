@@ -136,3 +136,30 @@ TEST_CASE("sgemm_sparse keeps a NaN of A where the dense product has it", "[back
     }
     CHECK(std::isnan(s[3 * n]));
 }
+
+TEST_CASE("sgemm_sparse_columns gives the dense weight gradient's bits, column tile by column tile",
+          "[backend][gemm]") {
+    if (!backend::own_gemm()) {
+        WARN("no AVX-512 on this CPU (or FLOWLAB_GEMM=onednn): no sparse path to test");
+        return;
+    }
+    // dW [in, out] = H^T G over `rows` samples, G (the gated gradient) the sparser operand.
+    struct Shape {
+        std::int64_t rows, in, out;
+    };
+    for (const Shape s : {Shape{512, 128, 128}, Shape{384, 64, 100}, Shape{700, 96, 40}}) {
+        INFO("rows " << s.rows << " in " << s.in << " out " << s.out);
+        const std::vector<float> h = floats(s.rows * s.in, 41, 0.5), gr = floats(s.rows * s.out, 42, 0.6);
+        const backend::Gemm g{.m = s.in, .n = s.out, .k = s.rows, .trans_a = true};
+        const backend::GemmTiling t = backend::gemm_tiling(s.in, s.out, s.rows);
+        const std::int64_t chain = backend::sgemm_tiles_chain(g, t);
+        if (s.rows == 512) CHECK(chain > 0);  // an MLP's 128 x 128 layer on a batch of 512
+        if (chain == 0) continue;
+        std::vector<float> dense(static_cast<std::size_t>(s.in * s.out), -7.0f), sparse = dense;
+        for (std::int64_t i = 0; i < t.count; ++i) backend::sgemm_tile_of(g, t, i, h.data(), gr.data(), dense.data());
+        for (std::int64_t j0 = 0; j0 < s.out; j0 += 32)
+            backend::sgemm_sparse_columns(g, chain, h.data(), s.in, gr.data(), s.out, sparse.data(), s.out, j0,
+                                          std::min(s.out, j0 + 32));
+        CHECK(same_bits(sparse, dense));
+    }
+}
