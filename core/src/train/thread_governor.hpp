@@ -53,6 +53,8 @@ private:
     bool probing_ = false;
     bool settling_ = false;      // the next step is the first back on current_ after a probe
     bool long_probe_ = false;    // this probe (of one thread, under contention) runs 4 windows
+    bool fled_ = false;          // on one thread because of contention (not an idle machine's measure)
+    int probe_contended_ = 0;    // the probe's steps that waited for a CPU
     std::int64_t until_probe_;   // steps left before the next probe
     std::int64_t interval_;      // steps between probes now
     std::vector<double> recent_; // the current setting's last `window` step times

@@ -161,3 +161,31 @@ TEST_CASE("one thread, or the governor off, never probes", "[train][threads]") {
     CHECK(std::count(used.begin(), used.end(), 1) == 100);
     CHECK(g.probes() == 0);
 }
+
+TEST_CASE("on one thread chosen on an idle machine, probes of more threads keep their first interval",
+          "[train][threads]") {
+    // Two threads lose while the CPUs sit apart (no waiting for a CPU: nothing else runs), then
+    // win again from some moment on: the governor must notice within a probe interval, however
+    // long the spell lasted.
+    ThreadGovernor g(2, quick());
+    bool apart = true;
+    auto machine = [&](int t) { return apart ? (t == 2 ? 1.3 : 1.0) : (t == 2 ? 0.6 : 1.0); };
+    drive(g, 400, machine);
+    CHECK(g.current() == 1);
+    const auto probes = g.probes();
+    CHECK(probes > 400 / 20);  // every ~first_probe steps, not backing off to max_interval
+    apart = false;
+    drive(g, 2 * 10 + 3 * 4, machine);  // two first intervals and a few windows
+    CHECK(g.current() == 2);
+}
+
+TEST_CASE("after fleeing contention, probes of more threads still back off", "[train][threads]") {
+    ThreadGovernor g(2, quick());
+    // Beside a busy process: two threads slower and their steps waiting for a CPU.
+    for (int i = 0; i < 400; ++i) {
+        const int t = g.threads();
+        g.record(t == 2 ? 2.0 : 1.0, t == 2 ? 0.5 : 0.0);
+    }
+    CHECK(g.current() == 1);
+    CHECK(g.probes() < 400 / 20);
+}
