@@ -46,7 +46,8 @@ void axpy_rows(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, b
 void dot_rows(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, const float* bt, float* c,
               const float* bias, bool relu);
 
-// C[m, n] = op(A) B (+ bias) (then ReLU) (then gate > 0 ? C : 0), skipping op(A)'s zero entries
+// C[m, n] = op(A) B (+ bias) (then ReLU) (then gate > 0 ? C : 0, with C's rows added to colsum in
+// order when colsum is given, as gemm_tile's epilogue), skipping op(A)'s zero entries
 // (sparse_avx512.cpp): for a ReLU's output or a gradient it gated, about half of them. Each
 // output is summed over k in chain blocks of `chain` (a block's products one FMA after the
 // other from 0, in order of k; the blocks' sums added left to right): with the chain blocks of
@@ -55,7 +56,7 @@ void dot_rows(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, co
 // [m, k] at a[i lda + k], or at a[k lda + i] when `ta`; B [k, n] row-major, not transposed.
 bool sparse_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a, std::int64_t lda,
                  const float* b, std::int64_t ldb, float* c, std::int64_t ldc, std::int64_t chain, double max_density,
-                 const float* bias, bool relu, const float* gate, std::int64_t ldg);
+                 const float* bias, bool relu, const float* gate, std::int64_t ldg, float* colsum = nullptr);
 
 // sparse_gemm with C written transposed: C^T [n, m] at c, rows ldc apart (no epilogue). A
 // weight gradient dW = H^T G whose G is the sparser operand runs as dW^T = G^T H.

@@ -214,6 +214,12 @@ void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t 
 void sgemm_small(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
                  float* c, const float* bias, const float* gate, std::int64_t ldg, float* colsum) {
     if (g.alpha == 1.0f && !g.trans_b && g.k > 0 && own_gemm() && avx512::suits(lda)) {
+        // The own kernel sums each output in one FMA chain over k from 0 (its slices of k
+        // continue from C): skipping op(A)'s zeros gives its bits.
+        if (g.sparse_a && g.beta == 0.0f &&
+            avx512::sparse_gemm(g.m, g.n, g.k, g.trans_a, a, lda, b, ldb, c, ldc, g.k, kSparseMaxDensity,
+                                g.bias ? bias : nullptr, g.relu, gate, ldg, colsum))
+            return;
         avx512::gemm_tile(g.m, g.n, g.k, g.trans_a, a, lda, b, ldb, c, ldc, g.bias ? bias : nullptr, g.beta, g.relu,
                           gate, ldg, colsum);
         return;

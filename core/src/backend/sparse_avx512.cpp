@@ -176,8 +176,9 @@ FLOWLAB_AVX512 __attribute__((always_inline)) inline void load_part(const Row& r
 }
 
 template <int NV>
-FLOWLAB_AVX512 __attribute__((always_inline)) inline void finish_piece(const Row& r, __m512* s, bool closes, bool first_chain, bool last, const float* bias,
-                                 bool relu, __mmask16 tail) {
+FLOWLAB_AVX512 __attribute__((always_inline)) inline void finish_piece(const Row& r, __m512* s, bool closes,
+                                                                       bool first_chain, bool last, const float* bias,
+                                                                       bool relu, float* colsum, __mmask16 tail) {
     const __m512 zero = _mm512_setzero_ps();
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
@@ -195,6 +196,8 @@ FLOWLAB_AVX512 __attribute__((always_inline)) inline void finish_piece(const Row
             if (r.gate)
                 x = _mm512_maskz_mov_ps(
                     _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, r.gate + 16 * v), zero, _CMP_GT_OQ), x);
+            // The rows come in order (pairs in order, the first of a pair first).
+            if (colsum) _mm512_mask_storeu_ps(colsum + 16 * v, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, colsum + 16 * v), x));
         }
         _mm512_mask_storeu_ps(r.c + 16 * v, m, x);
     }
@@ -210,6 +213,7 @@ struct Operands {
     bool relu;
     const float* gate;
     std::int64_t ldg;
+    float* colsum;
     Row row(std::int64_t i, std::int64_t j0) const {
         return {c + i * ldc + j0, l->partial.p + i * 16 * kNv,
                 gate ? gate + i * ldg + j0 : nullptr};
@@ -223,6 +227,7 @@ FLOWLAB_AVX512 void column_block(const Operands& o, const Pieces& pc, std::int64
     const Lists& l = *o.l;
     const float* b = o.b + j0;
     const float* bias = o.bias ? o.bias + j0 : nullptr;
+    float* colsum = o.colsum ? o.colsum + j0 : nullptr;
     bool first_chain = true;
     for (std::int64_t q = 0; q < pc.count(); ++q) {
         const bool opens = pc.opens[static_cast<std::size_t>(q)], closes = pc.closes(q);
@@ -239,8 +244,8 @@ FLOWLAB_AVX512 void column_block(const Operands& o, const Pieces& pc, std::int64
             const std::int64_t n1 = i1 == i ? 0 : st1[1] - st1[0];
             sum_pair<NV>(b, l.off.data() + st0[0], l.val.data() + st0[0], st0[1] - st0[0], l.off.data() + st1[0],
                          l.val.data() + st1[0], n1, s0, s1, tail);
-            finish_piece<NV>(r0, s0, closes, first_chain, last, bias, o.relu, tail);
-            if (i1 != i) finish_piece<NV>(r1, s1, closes, first_chain, last, bias, o.relu, tail);
+            finish_piece<NV>(r0, s0, closes, first_chain, last, bias, o.relu, colsum, tail);
+            if (i1 != i) finish_piece<NV>(r1, s1, closes, first_chain, last, bias, o.relu, colsum, tail);
         }
     }
 }
@@ -287,7 +292,7 @@ FLOWLAB_AVX512 void transpose_into(const float* src, std::int64_t m, std::int64_
 
 bool sparse_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a, std::int64_t lda,
                  const float* b, std::int64_t ldb, float* c, std::int64_t ldc, std::int64_t chain, double max_density,
-                 const float* bias, bool relu, const float* gate, std::int64_t ldg) {
+                 const float* bias, bool relu, const float* gate, std::int64_t ldg, float* colsum) {
     if (m <= 0 || n <= 0 || k <= 0 || chain <= 0) return false;
     // Offsets into B are 32-bit.
     if (static_cast<double>(k) * static_cast<double>(ldb) >= 2147483647.0) return false;
@@ -311,7 +316,7 @@ bool sparse_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const 
     // Too many nonzeros: the dense kernel is faster (the caller runs it; the bits are the same).
     if (static_cast<double>(pos) > max_density * static_cast<double>(m) * static_cast<double>(k)) return false;
     if (pieces > 1) l.partial.get(m * 16 * kNv);
-    const Operands o{&l, pieces, b, c, ldc, bias, relu, gate, ldg};
+    const Operands o{&l, pieces, b, c, ldc, bias, relu, gate, ldg, gate ? colsum : nullptr};
     for (std::int64_t j0 = 0; j0 < n; j0 += 16 * kNv) {
         const std::int64_t cols = std::min<std::int64_t>(16 * kNv, n - j0);
         const int nv = static_cast<int>((cols + 15) / 16);
@@ -336,7 +341,7 @@ bool sparse_gemm_ct(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, con
                     double max_density) {
     Lists& l = lists();
     float* out = l.out.get(m * n);
-    if (!sparse_gemm(m, n, k, ta, a, lda, b, ldb, out, n, chain, max_density, nullptr, false, nullptr, 0))
+    if (!sparse_gemm(m, n, k, ta, a, lda, b, ldb, out, n, chain, max_density, nullptr, false, nullptr, 0, nullptr))
         return false;
     transpose_into(out, m, n, c, ldc);
     return true;

@@ -78,17 +78,18 @@ StackShape fused_shape(const Var& x, const Var& w0, const Var& b0, const Var& w1
 // C[m, n] (+)= op(A) B (+ bias) (relu) on the calling thread.
 void mm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const float* a, std::int64_t lda, const float* b,
         std::int64_t ldb, float* c, std::int64_t ldc, const float* bias = nullptr, bool relu = false,
-        bool accumulate = false) {
+        bool accumulate = false, bool sparse_a = false) {
     const backend::Gemm g{.m = m, .n = n, .k = k, .trans_a = ta, .trans_b = false, .bias = bias != nullptr,
-                          .relu = relu, .beta = accumulate ? 1.0f : 0.0f};
+                          .relu = relu, .beta = accumulate ? 1.0f : 0.0f, .sparse_a = sparse_a};
     backend::sgemm_small(g, lda, ldb, ldc, a, b, c, bias);
 }
 
 // C[m, n] = A B, then C = relu_out > 0 ? C : 0 with C's rows added to colsum in order: a hidden
 // layer's gradient through its ReLU and its bias gradient, in the GEMM's epilogue.
 void mm_gated(std::int64_t m, std::int64_t n, std::int64_t k, const float* a, std::int64_t lda, const float* b,
-              std::int64_t ldb, float* c, std::int64_t ldc, const float* relu_out, float* colsum) {
-    const backend::Gemm g{.m = m, .n = n, .k = k};
+              std::int64_t ldb, float* c, std::int64_t ldc, const float* relu_out, float* colsum,
+              bool sparse_a = false) {
+    const backend::Gemm g{.m = m, .n = n, .k = k, .sparse_a = sparse_a};
     backend::sgemm_small(g, lda, ldb, ldc, a, b, c, nullptr, relu_out, ldc, colsum);
 }
 
@@ -148,7 +149,8 @@ Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const 
             float* a1 = scratch(1, rows * H);
             float* a2 = scratch(2, rows * H);
             mm(rows, H, s.kc0, false, cols, s.kc0, w0p.f32(), H, a1, H, bias0, true);
-            mm(rows, H, H, false, a1, H, w1t.f32(), H, a2, H, bias1, true);
+            // The first layer's output went through a ReLU: half zeros, which the product may skip.
+            mm(rows, H, H, false, a1, H, w1t.f32(), H, a2, H, bias1, true, false, true);
             float* t = scratch(3, rows * s.kc2);
             mm(rows, s.kc2, H, false, a2, H, w2p.f32(), s.kc2, t, s.kc2);
             if (keep) {
@@ -224,7 +226,8 @@ Var conv_stack(const Var& x, const Var& w0, const Var& b0, const Var& w1, const 
                         if (need_w1) mm(H, H, rows, true, d2, H, a1, H, ps + off_w1, H, nullptr, false, !first);
                         if (!need_x && !need_w0) continue;
                         float* d1 = scratch(5, rows * H);
-                        mm_gated(rows, H, H, d2, H, w1p, H, d1, H, a1, ps + off_b0);
+                        // d2 went through the second ReLU's gate: half zeros.
+                        mm_gated(rows, H, H, d2, H, w1p, H, d1, H, a1, ps + off_b0, true);
                         if (need_w0) {
                             float* cols = scratch(0, rows * s.kc0);
                             expand_images(xp + n0 * s.c * s.p, cols, ConvLayout::nchw, {nb, s.c, s.h, s.w}, s.k0, s.k0,

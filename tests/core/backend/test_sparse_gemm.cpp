@@ -163,3 +163,33 @@ TEST_CASE("sgemm_sparse_columns gives the dense weight gradient's bits, column t
         CHECK(same_bits(sparse, dense));
     }
 }
+
+TEST_CASE("sgemm_small skipping zeros gives its own kernel's bits, epilogues and column sums included",
+          "[backend][gemm]") {
+    if (!backend::own_gemm()) {
+        WARN("no AVX-512 on this CPU (or FLOWLAB_GEMM=onednn): no sparse path to test");
+        return;
+    }
+    // conv_stack's hidden layer (a group's pixels x 128, forward with bias and ReLU, backward
+    // gated with the bias gradient's column sums), k past the kernel's 256-step slices, odd m.
+    struct Shape {
+        std::int64_t m, n, k;
+        bool bias, relu, gate;
+    };
+    for (const Shape s : {Shape{196, 128, 128, true, true, false}, Shape{245, 128, 128, false, false, true},
+                          Shape{37, 100, 300, true, false, true}, Shape{16, 36, 128, false, false, false}}) {
+        INFO("m " << s.m << " n " << s.n << " k " << s.k);
+        const std::vector<float> a = floats(s.m * s.k, 61, 0.5), b = floats(s.k * s.n, 62, 0.0);
+        const std::vector<float> bias = floats(s.n, 63, 0.0), gate = floats(s.m * s.n, 64, 0.5);
+        std::vector<float> dense(static_cast<std::size_t>(s.m * s.n), -7.0f), sparse = dense;
+        std::vector<float> sum_d = floats(s.n, 65, 0.0), sum_s = sum_d;
+        backend::Gemm g{.m = s.m, .n = s.n, .k = s.k, .bias = s.bias, .relu = s.relu};
+        backend::sgemm_small(g, s.k, s.n, s.n, a.data(), b.data(), dense.data(), bias.data(),
+                             s.gate ? gate.data() : nullptr, s.n, s.gate ? sum_d.data() : nullptr);
+        g.sparse_a = true;
+        backend::sgemm_small(g, s.k, s.n, s.n, a.data(), b.data(), sparse.data(), bias.data(),
+                             s.gate ? gate.data() : nullptr, s.n, s.gate ? sum_s.data() : nullptr);
+        CHECK(same_bits(sparse, dense));
+        CHECK(same_bits(sum_s, sum_d));
+    }
+}
