@@ -60,9 +60,9 @@ struct GemmPrimitive {
     dnnl::memory::desc a, b, c, bias, scratch;
     // How the implementation oneDNN chose sums over k, as sparse_gemm's chain blocks (0: not
     // known, no sparse path). Found by comparing its results with FMA chains of every block
-    // length (tests/core/backend/test_sparse_gemm.cpp keeps checking them): brgemm sums each output in one
-    // chain up to k = 512; the JIT sgemm (its products with A transposed) in one chain up to
-    // k = 384, in two equal halves (the first the larger) up to 768.
+    // length (tests/core/backend/test_sparse_gemm.cpp keeps checking them): brgemm sums each
+    // output in one chain up to k = 512; the JIT sgemm (its products with A transposed) in one
+    // chain up to k = 384, in two equal halves (the first the larger) up to 768.
     std::int64_t chain = 0;
 };
 
@@ -172,22 +172,18 @@ TileCall& tile_call(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int6
     return tile_call(key, g, lda, ldb, ldc);
 }
 
-// Above this share of nonzeros in op(A), the dense kernel is faster than skipping the zeros.
-constexpr double kSparseMaxDensity = 0.65;
-
 }  // namespace
-
-bool sgemm_sparse(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
-                  float* c, const float* bias, const float* gate, std::int64_t ldg) {
-    if (g.trans_b || g.m == 0 || g.n == 0 || !own_gemm()) return false;
-    const std::int64_t chain = tile_call(g, lda, ldb, ldc).p->chain;
-    return chain > 0 && avx512::sparse_gemm(g.m, g.n, g.k, g.trans_a, a, lda, b, ldb, c, ldc, chain,
-                                            kSparseMaxDensity, g.bias ? bias : nullptr, g.relu, gate, ldg);
-}
 
 std::int64_t sgemm_chain(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc) {
     if (g.trans_b || g.m == 0 || g.n == 0 || !own_gemm()) return 0;
     return tile_call(g, lda, ldb, ldc).p->chain;
+}
+
+bool sgemm_sparse(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
+                  float* c, const float* bias, const float* gate, std::int64_t ldg) {
+    const std::int64_t chain = sgemm_chain(g, lda, ldb, ldc);
+    return chain > 0 && avx512::sparse_gemm(g.m, g.n, g.k, g.trans_a, a, lda, b, ldb, c, ldc, chain,
+                                            kSparseMaxDensity, g.bias ? bias : nullptr, g.relu, gate, ldg);
 }
 
 void sgemm_sparse_columns(const Gemm& g, std::int64_t chain, const float* a, std::int64_t lda, const float* b,

@@ -104,6 +104,10 @@ void sgemm(const Gemm& g, const float* a, const float* b, float* c, const float*
 void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
                 float* c, const float* bias);
 
+// Above this share of nonzeros in the operand a product would skip the zeros of, the dense
+// kernel is faster (backend/sparse_avx512.cpp puts the break-even at about 70 %).
+inline constexpr double kSparseMaxDensity = 0.65;
+
 // sgemm_tile's product with op(A)'s zero entries skipped, where that is faster and gives
 // sgemm_tile's exact bits (oneDNN's order of sums for the shape known, f32 with AVX-512, B not
 // transposed, op(A) at most 65 % nonzeros); then (the gate as sgemm_small's, without the

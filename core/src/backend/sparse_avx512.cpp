@@ -10,10 +10,11 @@
 //
 // The price of skipping: B's rows are no longer shared by the rows of a register block, so
 // every FMA loads its vector of B (a dense kernel loads one per 4-6 FMAs), and the kernel runs
-// at about 75 % of the FMA peak on the terms it keeps: at half zeros, a 128 x 128 x 128 product
-// takes 0.77-0.79 of oneDNN's time on one core, all nonzeros 1.38 times it: it breaks even at
-// about 70 % nonzeros (the caller's threshold is 65 %). B's columns are taken 128 at a time, two rows of op(A)
-// side by side: 16 independent sums.
+// at about 75 % of the FMA peak on the terms it keeps. In a microbenchmark on one core, a
+// 128 x 128 x 128 product at half zeros takes 0.75-0.79 of oneDNN's time (or the own kernel's),
+// with all nonzeros 1.33-1.38 times it: it breaks even at about 70 % nonzeros (the callers'
+// threshold is 65 %). Inside training steps it gains less (0.86 on W3's shape, measured per
+// call). B's columns are taken 128 at a time and two rows of op(A) side by side: 16 sums.
 #include "backend/avx512_transpose.hpp"
 #include "backend/gemm_avx512.hpp"
 
@@ -31,13 +32,6 @@ namespace {
 
 #define FLOWLAB_AVX512 __attribute__((target("avx512f")))
 
-// A thread's lists: entry e is op(A)'s value val[e] at B's row offset off[e] (k * ldb); row i's
-// piece q spans [start[i * pieces + q], start[i * pieces + q + 1]). Pieces split the summed
-// dimension at the chain blocks' edges and every kPiece rows of B in between, and every row of
-// op(A) passes through one piece's rows of B before the next: read in the order of a row's
-// nonzeros, B's rows come in no order a prefetcher follows, and a whole 128 x 128 B (64 KB)
-// did not stay in L1 (pieces of 16, 32, 64 and 128 rows measured: 64 best, 1.1 times faster
-// than none).
 // Floats on 64-byte lines (a vector load across two lines costs two).
 struct Buffer {
     float* p = nullptr;
@@ -61,6 +55,14 @@ struct Buffer {
     }
 };
 
+// A thread's lists: entry e is op(A)'s value val[e] at B's row offset off[e] (k * ldb); row i's
+// piece q spans [start[i * pieces + q], start[i * pieces + q + 1]). Pieces split the summed
+// dimension at the chain blocks' edges and every kPiece rows of B in between, and every row of
+// op(A) passes through one piece's rows of B before the next: read in the order of a row's
+// nonzeros, B's rows come in no order a prefetcher follows, and a whole 128 x 128 B (64 KB)
+// did not stay in L1 (pieces of 16, 32, 64 and 128 rows measured: 64 best, 1.1 times faster
+// than none). Also kept: op(A)'s gathered rows, partial sums between pieces, a transposed
+// result before it is written.
 struct Lists {
     std::vector<std::int32_t> off, start;
     std::vector<float> val;
@@ -72,10 +74,7 @@ Lists& lists() {
     return l;
 }
 
-#ifndef SP_PIECE
-#define SP_PIECE 64
-#endif
-constexpr std::int64_t kPiece = SP_PIECE;
+constexpr std::int64_t kPiece = 64;
 constexpr int kNv = 8;  // vectors of 16 columns per column block  // vectors of 16 columns per column block
 
 // The pieces of [0, k): [edge[q], edge[q + 1]), and whether piece q starts a chain block.
@@ -169,10 +168,13 @@ struct Row {
 };
 
 template <int NV>
-FLOWLAB_AVX512 __attribute__((always_inline)) inline void load_part(const Row& r, bool opens, __m512* s, __mmask16 tail) {
+FLOWLAB_AVX512 __attribute__((always_inline)) inline void load_part(const Row& r, bool opens, __m512* s,
+                                                                    __mmask16 tail) {
 #pragma GCC unroll 8
-    for (int v = 0; v < NV; ++v)
-        s[v] = opens ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(v + 1 < NV ? __mmask16(0xFFFF) : tail, r.part + 16 * v);
+    for (int v = 0; v < NV; ++v) {
+        const __mmask16 m = v + 1 < NV ? __mmask16(0xFFFF) : tail;
+        s[v] = opens ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(m, r.part + 16 * v);
+    }
 }
 
 template <int NV>
@@ -197,7 +199,9 @@ FLOWLAB_AVX512 __attribute__((always_inline)) inline void finish_piece(const Row
                 x = _mm512_maskz_mov_ps(
                     _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(m, r.gate + 16 * v), zero, _CMP_GT_OQ), x);
             // The rows come in order (pairs in order, the first of a pair first).
-            if (colsum) _mm512_mask_storeu_ps(colsum + 16 * v, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, colsum + 16 * v), x));
+            if (colsum)
+                _mm512_mask_storeu_ps(colsum + 16 * v, m,
+                                      _mm512_add_ps(_mm512_maskz_loadu_ps(m, colsum + 16 * v), x));
         }
         _mm512_mask_storeu_ps(r.c + 16 * v, m, x);
     }
@@ -250,42 +254,25 @@ FLOWLAB_AVX512 void column_block(const Operands& o, const Pieces& pc, std::int64
     }
 }
 
-// op(A)'s rows into the panel [m, k] when A is stored transposed ([k, lda]): 16 x 16 blocks
-// through registers, the edges element by element.
-FLOWLAB_AVX512 void gather_rows(const float* a, std::int64_t lda, std::int64_t m, std::int64_t k, float* panel) {
+// dst[j, i] = src[i, j] for i < rows, j < cols, src rows lds apart, dst rows ldd apart: 16 x 16
+// blocks through registers, the edges element by element. Gathers op(A)'s rows when A is stored
+// transposed, and writes a transposed result.
+FLOWLAB_AVX512 void transpose_strided(const float* src, std::int64_t rows, std::int64_t cols, std::int64_t lds,
+                                      float* dst, std::int64_t ldd) {
     std::int64_t i0 = 0;
-    for (; i0 + 16 <= m; i0 += 16) {
-        std::int64_t k0 = 0;
-        for (; k0 + 16 <= k; k0 += 16) {
-            __m512 r[16];
-            for (int t = 0; t < 16; ++t) r[t] = _mm512_loadu_ps(a + (k0 + t) * lda + i0);
-            transpose16(r);
-            for (int t = 0; t < 16; ++t) _mm512_storeu_ps(panel + (i0 + t) * k + k0, r[t]);
-        }
-        for (; k0 < k; ++k0)
-            for (std::int64_t i = i0; i < i0 + 16; ++i) panel[i * k + k0] = a[k0 * lda + i];
-    }
-    for (; i0 < m; ++i0)
-        for (std::int64_t kk = 0; kk < k; ++kk) panel[i0 * k + kk] = a[kk * lda + i0];
-}
-
-// dst[j, i] = src[i, j]: src [m, n] contiguous, dst rows ldd apart; 16 x 16 blocks through
-// registers, the edges element by element.
-FLOWLAB_AVX512 void transpose_into(const float* src, std::int64_t m, std::int64_t n, float* dst, std::int64_t ldd) {
-    std::int64_t i0 = 0;
-    for (; i0 + 16 <= m; i0 += 16) {
+    for (; i0 + 16 <= rows; i0 += 16) {
         std::int64_t j0 = 0;
-        for (; j0 + 16 <= n; j0 += 16) {
+        for (; j0 + 16 <= cols; j0 += 16) {
             __m512 r[16];
-            for (int t = 0; t < 16; ++t) r[t] = _mm512_loadu_ps(src + (i0 + t) * n + j0);
+            for (int t = 0; t < 16; ++t) r[t] = _mm512_loadu_ps(src + (i0 + t) * lds + j0);
             transpose16(r);
             for (int t = 0; t < 16; ++t) _mm512_storeu_ps(dst + (j0 + t) * ldd + i0, r[t]);
         }
-        for (; j0 < n; ++j0)
-            for (std::int64_t i = i0; i < i0 + 16; ++i) dst[j0 * ldd + i] = src[i * n + j0];
+        for (; j0 < cols; ++j0)
+            for (std::int64_t i = i0; i < i0 + 16; ++i) dst[j0 * ldd + i] = src[i * lds + j0];
     }
-    for (; i0 < m; ++i0)
-        for (std::int64_t j = 0; j < n; ++j) dst[j * ldd + i0] = src[i0 * n + j];
+    for (; i0 < rows; ++i0)
+        for (std::int64_t j = 0; j < cols; ++j) dst[j * ldd + i0] = src[i0 * lds + j];
 }
 
 }  // namespace
@@ -301,7 +288,7 @@ bool sparse_gemm(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, const 
     std::int64_t ld = lda;
     if (ta) {
         rows = l.panel.get(m * k);
-        gather_rows(a, lda, m, k, l.panel.p);
+        transpose_strided(a, k, m, lda, l.panel.p, k);
         ld = k;
     }
     const Pieces pc(k, chain);
@@ -343,7 +330,7 @@ bool sparse_gemm_ct(std::int64_t m, std::int64_t n, std::int64_t k, bool ta, con
     float* out = l.out.get(m * n);
     if (!sparse_gemm(m, n, k, ta, a, lda, b, ldb, out, n, chain, max_density, nullptr, false, nullptr, 0, nullptr))
         return false;
-    transpose_into(out, m, n, c, ldc);
+    transpose_strided(out, m, n, n, c, ldc);
     return true;
 }
 

@@ -181,7 +181,7 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
                     if (l > 0 && beta[l] == 0.0f) {
                         const backend::Gemm g{.m = in, .n = out, .k = B, .trans_a = true};
                         const std::int64_t chain = backend::sgemm_tiles_chain(g, tiling[l]);
-                        if (chain > 0 && density(grads[l]) < std::min(0.65, density(acts[l]))) {
+                        if (chain > 0 && density(grads[l]) < std::min(backend::kSparseMaxDensity, density(acts[l]))) {
                             column_chain[l] = chain;
                             count = (out + kColumns - 1) / kColumns;
                         }
