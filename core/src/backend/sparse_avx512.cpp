@@ -219,7 +219,8 @@ struct Operands {
     std::int64_t ldg;
     float* colsum;
     Row row(std::int64_t i, std::int64_t j0) const {
-        return {c + i * ldc + j0, l->partial.p + i * 16 * kNv,
+        // No partial sums (and no buffer for them) when k is one piece.
+        return {c + i * ldc + j0, l->partial.p ? l->partial.p + i * 16 * kNv : nullptr,
                 gate ? gate + i * ldg + j0 : nullptr};
     }
 };
