@@ -100,7 +100,7 @@ void sgemm(const Gemm& g, const float* a, const float* b, float* c, const float*
 
 // One GEMM on the calling thread (a primitive built for one thread), on operands inside larger
 // row-major matrices with leading dimensions lda, ldb, ldc: sgemm's tiles, and callers that
-// schedule their own blocks (block_sparse_linear).
+// schedule their own blocks (block_sparse_linear). With g.sparse_a, first sgemm_sparse.
 void sgemm_tile(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
                 float* c, const float* bias);
 
@@ -111,7 +111,8 @@ inline constexpr double kSparseMaxDensity = 0.65;
 // sgemm_tile's product with op(A)'s zero entries skipped, where that is faster and gives
 // sgemm_tile's exact bits (oneDNN's order of sums for the shape known, f32 with AVX-512, B not
 // transposed, op(A) at most 65 % nonzeros); then (the gate as sgemm_small's, without the
-// column sums) returns true, else false having written nothing.
+// column sums) returns true, else false having written nothing. Inf or NaN in B where op(A)
+// has a zero is left out (the dense product would make it NaN there); a NaN in op(A) is kept.
 bool sgemm_sparse(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,
                   float* c, const float* bias, const float* gate = nullptr, std::int64_t ldg = 0);
 
@@ -128,8 +129,8 @@ void sgemm_sparse_columns(const Gemm& g, std::int64_t chain, const float* a, std
 // few hundred rows at a time): flowlab's own AVX-512 kernel (gemm_avx512.hpp) where the CPU
 // has it and the operands suit it - no per-call setup, and 3-4 % faster on W3's shapes - else
 // sgemm_tile. B is never transposed here. The general GEMMs (sgemm, sgemm_tile) stay oneDNN's:
-// another kernel sums in another order, and the results of existing runs move with it.
-// With a gate [m, n] (leading dimension ldg), C then becomes gate > 0 ? C : 0 and colsum[j]
+// another kernel sums in another order, and the results of existing runs move with it (their
+// sparse path, like this one's with `sparse_a`, keeps the order it replaces). With a gate [m, n] (leading dimension ldg), C then becomes gate > 0 ? C : 0 and colsum[j]
 // takes C's rows in order (colsum[j] += C[i, j], i = 0, 1, ...): a ReLU's backward and its
 // bias gradient, done in the kernel's epilogue instead of another pass over C.
 void sgemm_small(const Gemm& g, std::int64_t lda, std::int64_t ldb, std::int64_t ldc, const float* a, const float* b,

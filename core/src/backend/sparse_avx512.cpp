@@ -75,7 +75,7 @@ Lists& lists() {
 }
 
 constexpr std::int64_t kPiece = 64;
-constexpr int kNv = 8;  // vectors of 16 columns per column block  // vectors of 16 columns per column block
+constexpr int kNv = 8;  // vectors of 16 columns per column block
 
 // The pieces of [0, k): [edge[q], edge[q + 1]), and whether piece q starts a chain block.
 struct Pieces {
