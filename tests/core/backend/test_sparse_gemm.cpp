@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "backend/gemm_avx512.hpp"
 #include "backend/onednn.hpp"
 #include "flowlab/rng.hpp"
 #include "flowlab/tensor.hpp"
@@ -191,5 +192,13 @@ TEST_CASE("sgemm_small skipping zeros gives its own kernel's bits, epilogues and
                              s.gate ? gate.data() : nullptr, s.n, s.gate ? sum_s.data() : nullptr);
         CHECK(same_bits(sparse, dense));
         CHECK(same_bits(sum_s, sum_d));
+        // The kernel itself, told to run whatever the density: it must run, with the same bits
+        // (so the comparison above cannot pass by sgemm_small declining the sparse path).
+        std::vector<float> direct(dense.size(), -7.0f), sum_k = floats(s.n, 65, 0.0);
+        REQUIRE(backend::avx512::sparse_gemm(s.m, s.n, s.k, false, a.data(), s.k, b.data(), s.n, direct.data(), s.n,
+                                             s.k, 1.0, s.bias ? bias.data() : nullptr, s.relu,
+                                             s.gate ? gate.data() : nullptr, s.n, s.gate ? sum_k.data() : nullptr));
+        CHECK(same_bits(direct, dense));
+        CHECK(same_bits(sum_k, sum_d));
     }
 }
