@@ -34,6 +34,17 @@ void parallel_samples(std::int64_t n, std::int64_t work_per_sample,
 // by taking the next one as they come free. Inline when one thread is configured.
 void parallel_tasks(std::int64_t n, const std::function<void(std::int64_t)>& fn);
 
+// Like parallel_tasks, but task i with home[i] >= 0 runs, when the threads allow, on the pool
+// thread whose slot is home[i] % num_threads() (slot 0 is the calling thread): every thread first
+// takes the tasks homed on it, then the unhomed ones, and only then another thread's - so a
+// thread that is not running holds nobody up. Work split the same way at every step (the rows of
+// a batch, say) then stays in the cache of the core that wrote it, which is what two cores that
+// do not share a last-level cache need. Which thread ran a task never changes its result.
+// Example: two passes over the halves of a batch, each half on the same thread both times:
+//     parallel_tasks_homed({0, 1}, [&](std::int64_t h) { forward(h); });
+//     parallel_tasks_homed({0, 1}, [&](std::int64_t h) { backward(h); });
+void parallel_tasks_homed(const std::vector<int>& home, const std::function<void(std::int64_t)>& fn);
+
 // Sets the pool's size, and the threads in use, to n (0 = all cores).
 void set_num_threads(int n);
 // The threads parallel sections use now.

@@ -95,10 +95,21 @@ void parallel_for_parts(const std::vector<std::int64_t>& sizes, std::int64_t gra
     chunks.clear();
     for (std::size_t p = 0; p < sizes.size(); ++p)
         for (std::int64_t b = 0; b < sizes[p]; b += grain) chunks.push_back({p, b, std::min(sizes[p], b + grain)});
-    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, chunks.size(), 1),
-                      [&](const tbb::blocked_range<std::size_t>& r) {
-                          for (std::size_t i = r.begin(); i < r.end(); ++i) fn(chunks[i].part, chunks[i].begin, chunks[i].end);
-                      });
+    // Each chunk homed by its place in the whole: at every call the same elements go to the same
+    // thread (an optimizer's state then stays in one core's cache from step to step).
+    thread_local std::vector<int> reused_home;
+    std::vector<int>& home = reused_home;
+    home.clear();
+    const int threads = num_threads();
+    std::int64_t before = 0;
+    for (const Chunk& c : chunks) {
+        home.push_back(static_cast<int>((before + (c.end - c.begin) / 2) * threads / total));
+        before += c.end - c.begin;
+    }
+    parallel_tasks_homed(home, [&](std::int64_t i) {
+        const Chunk& c = chunks[static_cast<std::size_t>(i)];
+        fn(c.part, c.begin, c.end);
+    });
 }
 
 void parallel_tasks(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
@@ -110,6 +121,42 @@ void parallel_tasks(std::int64_t n, const std::function<void(std::int64_t)>& fn)
     tbb::parallel_for(tbb::blocked_range<std::int64_t>(0, n, 1),
                       [&](const tbb::blocked_range<std::int64_t>& r) {
                           for (std::int64_t i = r.begin(); i < r.end(); ++i) fn(i);
+                      },
+                      tbb::simple_partitioner());
+}
+
+void parallel_tasks_homed(const std::vector<int>& home, const std::function<void(std::int64_t)>& fn) {
+    const auto n = static_cast<std::int64_t>(home.size());
+    const int threads = num_threads();
+    if (n <= 0) return;
+    if (n == 1 || threads == 1) {
+        for (std::int64_t i = 0; i < n; ++i) fn(i);
+        return;
+    }
+    // One claim flag per task; each of `threads` sweeps claims what it can, in the order: its
+    // own tasks, the unhomed, the others' (the sweep that runs on a thread that arrives late
+    // finds its own tasks already taken).
+    std::unique_ptr<std::atomic<bool>[]> claimed(new std::atomic<bool>[static_cast<std::size_t>(n)]);
+    for (std::int64_t i = 0; i < n; ++i) claimed[static_cast<std::size_t>(i)].store(false, std::memory_order_relaxed);
+    auto claim = [&](std::int64_t i) {
+        auto& c = claimed[static_cast<std::size_t>(i)];
+        if (!c.load(std::memory_order_relaxed) && !c.exchange(true, std::memory_order_acq_rel)) fn(i);
+    };
+    auto sweep = [&] {
+        const int slot = std::max(0, tbb::this_task_arena::current_thread_index()) % threads;
+        auto owner = [&](std::int64_t i) {
+            const int h = home[static_cast<std::size_t>(i)];
+            return h < 0 ? -1 : h % threads;
+        };
+        for (std::int64_t i = 0; i < n; ++i)
+            if (owner(i) == slot) claim(i);
+        for (std::int64_t i = 0; i < n; ++i)
+            if (owner(i) < 0) claim(i);
+        for (std::int64_t i = 0; i < n; ++i) claim(i);
+    };
+    tbb::parallel_for(tbb::blocked_range<int>(0, threads, 1),
+                      [&](const tbb::blocked_range<int>& r) {
+                          for (int t = r.begin(); t < r.end(); ++t) sweep();
                       },
                       tbb::simple_partitioner());
 }
