@@ -12,7 +12,14 @@
 // The blocks are the row tiles the core's tiled GEMM gives the widest layer, and every product
 // goes through detail::gemm_rows: when the other products tile the same way (W1's do), the op
 // gives the unfused chain's bits exactly.
+//
+// Each block has a home thread, the same in the forward pass, the backward rows and (in the
+// weight gradients' chain blocks) the partial weight gradients: a block's rows stay in the cache
+// of the core that wrote them. On two cores without a shared last-level cache, W1 on 2 fixed
+// threads went from about 105k to about 117k samples/s with that (docs/PERFORMANCE.md).
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <vector>
 
 #include "backend/onednn.hpp"
@@ -74,6 +81,35 @@ std::int64_t block_rows(const Var& x, const std::vector<Var>& w, const std::vect
     return step;
 }
 
+// The chain blocks over the batch in which the widest non-skinny layer's weight gradient
+// H^T G is summed (backend::sgemm_tiles_chain), when there are at least two, else 0. Each chain
+// block's partial sum is then a product over that block's rows alone, computed from scratch:
+// a thread can keep a block's rows through the forward pass, the backward rows and its partial
+// weight gradients, and the sum of the partials gives the same bits.
+std::int64_t batch_chain(std::int64_t rows, const std::vector<std::int64_t>& width) {
+    std::int64_t chain = 0;
+    double widest = 0.0;
+    for (std::size_t l = 0; l + 1 < width.size(); ++l) {
+        const std::int64_t in = width[l], out = width[l + 1];
+        const double flops = static_cast<double>(in) * static_cast<double>(out);
+        if (detail::gemm_is_skinny(in, out, rows) || flops <= widest) continue;
+        widest = flops;
+        const backend::Gemm g{.m = in, .n = out, .k = rows, .trans_a = true};
+        chain = backend::sgemm_tiles_chain(g, backend::gemm_tiling(in, out, rows));
+    }
+    return chain > 0 && chain < rows ? chain : 0;
+}
+
+// The home thread (parallel_tasks_homed) of each block of R rows: the chain block it falls in,
+// or with no chain blocks an even split over the threads.
+std::vector<int> row_homes(std::int64_t rows, std::int64_t R, std::int64_t chain) {
+    const std::int64_t blocks = (rows + R - 1) / R, threads = num_threads();
+    std::vector<int> home(static_cast<std::size_t>(blocks));
+    for (std::int64_t k = 0; k < blocks; ++k)
+        home[static_cast<std::size_t>(k)] = static_cast<int>(chain > 0 ? k * R / chain : k * threads / blocks);
+    return home;
+}
+
 }  // namespace
 
 Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b) {
@@ -95,23 +131,22 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
     std::vector<Tensor> acts = {x.value()};
     for (std::size_t l = 1; l < L; ++l) acts.push_back(Tensor::empty({B, width[l]}, DType::f32));
     Tensor y = Tensor::empty({B, width[L]}, DType::f32);
-    parallel_for(blocks, 1, [&](std::int64_t k0, std::int64_t k1) {
-        for (std::int64_t k = k0; k < k1; ++k) {
-            const std::int64_t r0 = k * R, r1 = std::min(B, r0 + R);
-            for (std::size_t l = 0; l < L; ++l) {
-                float* out = l + 1 < L ? acts[l + 1].f32() : y.f32();
-                // Layer l > 0's input is the ReLU's output: about half zeros, which the product
-                // may skip.
-                detail::gemm_rows(acts[l].f32(), w[l].value().f32(), false, out, B, width[l + 1], width[l], r0, r1,
-                                  b[l].value().f32(), l + 1 < L, nullptr, l > 0);
-            }
+    const std::int64_t chain = keep ? batch_chain(B, width) : 0;
+    parallel_tasks_homed(row_homes(B, R, chain), [&](std::int64_t k) {
+        const std::int64_t r0 = k * R, r1 = std::min(B, r0 + R);
+        for (std::size_t l = 0; l < L; ++l) {
+            float* out = l + 1 < L ? acts[l + 1].f32() : y.f32();
+            // Layer l > 0's input is the ReLU's output: about half zeros, which the product
+            // may skip.
+            detail::gemm_rows(acts[l].f32(), w[l].value().f32(), false, out, B, width[l + 1], width[l], r0, r1,
+                              b[l].value().f32(), l + 1 < L, nullptr, l > 0);
         }
     });
     if (!keep) acts.clear();
     return make_op("mlp_stack", std::move(y), std::move(inputs),
-                   [w, acts, R, width](const Tensor& gy, const Tensor&, GradSink& sink) {
+                   [w, acts, R, width, chain](const Tensor& gy, const Tensor&, GradSink& sink) {
         const std::size_t L = w.size();
-        const std::int64_t B = gy.size(0), blocks = (B + R - 1) / R;
+        const std::int64_t B = gy.size(0);
         const bool need_x = sink.needs(0);
         // The lowest layer whose gradient is needed: everything below it is skipped.
         std::size_t lo = L;
@@ -131,36 +166,46 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
         if (backend::own_gemm())
             for (std::size_t l = lo + 1; l + 1 < L; ++l)
                 if (!detail::gemm_is_skinny(B, width[l], width[l + 1])) wt[l] = detail::transpose_kernel(w[l].value());
-        parallel_for(blocks, 1, [&](std::int64_t k0, std::int64_t k1) {
-            for (std::int64_t k = k0; k < k1; ++k) {
-                const std::int64_t r0 = k * R, r1 = std::min(B, r0 + R);
-                // Gated by the ReLU's output: where it passed its input through (and only there)
-                // the input has a gradient.
-                for (std::size_t l = L - 1; l > lo; --l)
-                    if (wt[l].defined())
-                        detail::gemm_rows(grads[l].f32(), wt[l].f32(), false, grads[l - 1].f32(), B, width[l],
-                                          width[l + 1], r0, r1, nullptr, false, acts[l].f32(), true);
-                    else
-                        detail::gemm_rows(grads[l].f32(), w[l].value().f32(), true, grads[l - 1].f32(), B, width[l],
-                                          width[l + 1], r0, r1, nullptr, false, acts[l].f32());
-                if (need_x)
-                    detail::gemm_rows(grads[0].f32(), w[0].value().f32(), true, gx.f32(), B, width[0], width[1], r0,
-                                      r1, nullptr, false);
-            }
+        const std::vector<int> homes = row_homes(B, R, chain);
+        parallel_tasks_homed(homes, [&](std::int64_t k) {
+            const std::int64_t r0 = k * R, r1 = std::min(B, r0 + R);
+            // Gated by the ReLU's output: where it passed its input through (and only there)
+            // the input has a gradient.
+            for (std::size_t l = L - 1; l > lo; --l)
+                if (wt[l].defined())
+                    detail::gemm_rows(grads[l].f32(), wt[l].f32(), false, grads[l - 1].f32(), B, width[l],
+                                      width[l + 1], r0, r1, nullptr, false, acts[l].f32(), true);
+                else
+                    detail::gemm_rows(grads[l].f32(), w[l].value().f32(), true, grads[l - 1].f32(), B, width[l],
+                                      width[l + 1], r0, r1, nullptr, false, acts[l].f32());
+            if (need_x)
+                detail::gemm_rows(grads[0].f32(), w[0].value().f32(), true, gx.f32(), B, width[0], width[1], r0, r1,
+                                  nullptr, false);
         });
         // The weight and bias gradients, sums over the batch, as linear's backward computes them
         // (the same tiles, the same loops), but in one parallel section: the tiles of the wide
-        // layers' products beside the narrow layers' products and the bias sums.
+        // layers' products beside the narrow layers' products and the bias sums. Where the batch
+        // is summed in chain blocks (batch_chain), a wide layer's product is instead one task per
+        // chain block - that block's partial sum, homed on the thread that computed its rows -
+        // and the task that finishes a layer's last block adds the partials in order.
         struct Task {
             std::size_t layer;
-            std::int64_t tile;  // the weight gradient's tile, or -1 for the bias gradient
+            std::int64_t tile;   // the weight gradient's tile, or -1 for the bias gradient
+            std::int64_t block;  // the chain block of a partial sum, or -1
         };
         std::vector<Task> tasks;
+        std::vector<int> task_home;
         std::vector<Tensor> dw(L), db(L);
+        std::vector<std::vector<Tensor>> partial(L);  // partial[l][q]: chain block q's sum, q >= 1
         std::vector<backend::GemmTiling> tiling(L);
         std::vector<float> beta(L, 0.0f);
         std::vector<std::int64_t> column_chain(L, 0);
+        const std::int64_t chain_blocks = chain > 0 ? (B + chain - 1) / chain : 0;
         constexpr std::int64_t kColumns = 32;
+        auto block_gemm = [&](std::size_t l, std::int64_t q) {
+            const std::int64_t k0 = q * chain;
+            return backend::Gemm{.m = width[l], .n = width[l + 1], .k = std::min(B, k0 + chain) - k0, .trans_a = true};
+        };
         for (std::size_t l = lo; l < L; ++l) {
             if (sink.needs(1 + 2 * l)) {
                 const std::int64_t in = width[l], out = width[l + 1];
@@ -175,38 +220,81 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
                 // or, where the gated gradient is the sparser operand, in 32-column tiles that
                 // skip its zeros (the tiles' order of sums, so the same bits).
                 std::int64_t count = 1;
+                bool by_blocks = false;
                 if (!detail::gemm_is_skinny(in, out, B)) {
                     tiling[l] = backend::gemm_tiling(in, out, B);
                     count = tiling[l].count;
-                    if (l > 0 && beta[l] == 0.0f) {
+                    if (beta[l] == 0.0f) {
                         const backend::Gemm g{.m = in, .n = out, .k = B, .trans_a = true};
-                        const std::int64_t chain = backend::sgemm_tiles_chain(g, tiling[l]);
-                        if (chain > 0 && density(grads[l]) < std::min(backend::kSparseMaxDensity, density(acts[l]))) {
-                            column_chain[l] = chain;
-                            count = (out + kColumns - 1) / kColumns;
+                        const std::int64_t layer_chain = backend::sgemm_tiles_chain(g, tiling[l]);
+                        if (l > 0 && layer_chain > 0 &&
+                            density(grads[l]) < std::min(backend::kSparseMaxDensity, density(acts[l])))
+                            column_chain[l] = layer_chain;
+                        // Each block's product alone must sum in one chain, as its block of the
+                        // whole product does.
+                        by_blocks = chain_blocks >= 2 && layer_chain == chain;
+                        for (std::int64_t q = 0; by_blocks && q < chain_blocks; ++q) {
+                            const backend::Gemm bg = block_gemm(l, q);
+                            by_blocks = column_chain[l] > 0 || backend::sgemm_chain(bg, in, out, out) == bg.k;
                         }
+                        if (!by_blocks && column_chain[l] > 0) count = (out + kColumns - 1) / kColumns;
                     }
                 }
-                for (std::int64_t i = 0; i < count; ++i) tasks.push_back({l, i});
+                if (by_blocks) {
+                    for (std::int64_t q = 0; q < chain_blocks; ++q) {
+                        if (q > 0) partial[l].push_back(Tensor::empty({in, out}, DType::f32));
+                        tasks.push_back({l, 0, q});
+                        task_home.push_back(static_cast<int>(q));
+                    }
+                } else {
+                    for (std::int64_t i = 0; i < count; ++i) {
+                        tasks.push_back({l, i, -1});
+                        task_home.push_back(-1);
+                    }
+                }
             }
-            if (sink.needs(2 + 2 * l)) tasks.push_back({l, -1});
+            if (sink.needs(2 + 2 * l)) {
+                tasks.push_back({l, -1, -1});
+                task_home.push_back(-1);
+            }
         }
-        parallel_tasks(static_cast<std::int64_t>(tasks.size()), [&](std::int64_t i) {
+        std::unique_ptr<std::atomic<std::int64_t>[]> blocks_done(new std::atomic<std::int64_t>[L]);
+        for (std::size_t l = 0; l < L; ++l) blocks_done[l].store(0, std::memory_order_relaxed);
+        parallel_tasks_homed(task_home, [&](std::int64_t i) {
             const Task& t = tasks[static_cast<std::size_t>(i)];
             const std::size_t l = t.layer;
-            if (t.tile < 0) {
+            const std::int64_t in = width[l], out = width[l + 1];
+            if (t.block >= 0) {
+                const std::int64_t q = t.block, k0 = q * chain;
+                const backend::Gemm g = block_gemm(l, q);
+                float* c = q == 0 ? dw[l].f32() : partial[l][static_cast<std::size_t>(q - 1)].f32();
+                const float *a = acts[l].f32() + k0 * in, *gr = grads[l].f32() + k0 * out;
+                if (column_chain[l] > 0)
+                    backend::sgemm_sparse_columns(g, g.k, a, in, gr, out, c, out, 0, out);
+                else
+                    backend::sgemm_tile(backend::Gemm{.m = in, .n = out, .k = g.k, .trans_a = true, .sparse_a = l > 0},
+                                        in, out, out, a, gr, c, nullptr);
+                // The last block's task adds the partials to block 0's, in the chain blocks'
+                // order: the whole product's sums.
+                if (blocks_done[l].fetch_add(1, std::memory_order_acq_rel) + 1 == chain_blocks) {
+                    float* total = dw[l].f32();
+                    for (const Tensor& p : partial[l]) {
+                        const float* pp = p.f32();
+                        for (std::int64_t e = 0; e < in * out; ++e) total[e] += pp[e];
+                    }
+                }
+            } else if (t.tile < 0) {
                 db[l] = kern::sum(grads[l], 0);
-            } else if (detail::gemm_is_skinny(width[l], width[l + 1], B)) {
+            } else if (detail::gemm_is_skinny(in, out, B)) {
                 detail::gemm_impl("mlp_stack backward", acts[l], true, grads[l], false, dw[l], 1.0, beta[l], nullptr);
             } else if (column_chain[l] > 0) {
-                const std::int64_t in = width[l], out = width[l + 1], j0 = t.tile * kColumns;
+                const std::int64_t j0 = t.tile * kColumns;
                 const backend::Gemm g{.m = in, .n = out, .k = B, .trans_a = true};
                 backend::sgemm_sparse_columns(g, column_chain[l], acts[l].f32(), in, grads[l].f32(), out, dw[l].f32(),
                                               out, j0, std::min(out, j0 + kColumns));
             } else {
                 // Layer l > 0's input, the ReLU's output, is half zeros.
-                const backend::Gemm g{
-                    .m = width[l], .n = width[l + 1], .k = B, .trans_a = true, .beta = beta[l], .sparse_a = l > 0};
+                const backend::Gemm g{.m = in, .n = out, .k = B, .trans_a = true, .beta = beta[l], .sparse_a = l > 0};
                 backend::sgemm_tile_of(g, tiling[l], t.tile, acts[l].f32(), grads[l].f32(), dw[l].f32());
             }
         });

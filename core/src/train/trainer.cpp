@@ -60,10 +60,27 @@ void gather_rows(const Tensor& src, const std::int64_t* idx, std::int64_t n, Ten
 }
 
 double grad_norm(const std::vector<Var>& params) {
-    double sq = 0.0;
+    // Each tensor's sum of squares on a thread of its own, homed like the optimizer's chunks
+    // (parallel_for_parts) so that a gradient is read where the update will read it; the sums
+    // are added in the parameters' order whatever ran where.
+    std::vector<double> sq(params.size(), 0.0);
+    std::vector<int> home(params.size(), -1);
+    std::int64_t total = 0, before = 0;
     for (const auto& p : params)
-        if (p.grad().defined()) sq += kern::sq_norm(p.grad());
-    return std::sqrt(sq);
+        if (p.grad().defined()) total += p.grad().numel();
+    for (std::size_t i = 0; i < params.size(); ++i)
+        if (params[i].grad().defined() && total > 0) {
+            const std::int64_t n = params[i].grad().numel();
+            home[i] = static_cast<int>((before + n / 2) * num_threads() / total);
+            before += n;
+        }
+    parallel_tasks_homed(home, [&](std::int64_t i) {
+        const Tensor& g = params[static_cast<std::size_t>(i)].grad();
+        if (g.defined()) sq[static_cast<std::size_t>(i)] = kern::sq_norm(g);
+    });
+    double sum = 0.0;
+    for (double v : sq) sum += v;
+    return std::sqrt(sum);
 }
 
 std::string fmt(const char* f, double v) {
