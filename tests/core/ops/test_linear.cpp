@@ -234,20 +234,27 @@ TEST_CASE("mlp_stack gives the chain's bits when its blocks are the GEMM's tiles
     // with the second hidden layer's biases lowered, its gated gradient is the sparser operand
     // of the weight gradient, which then runs in column tiles that skip it; with them raised,
     // its gradient has no zeros to skip and the products run dense (on the transposed weights).
+    // On 2 threads the 128-wide weight gradient runs as two partial sums over the batch's halves
+    // (the chain blocks of oneDNN's product), on 1 as whole tiles.
     const std::vector<Tensor> base = mlp_inputs(512, {1, 128, 128, 2}, 900);
-    for (double shift : {0.0, -0.6, 5.0}) {
-        std::vector<Tensor> in = base;
-        in[4] = kern::add_scalar(in[4], shift);
-        for (bool twice : {false, true}) {
-            const std::vector<Tensor> a = run_mlp(true, in, DType::f32, all_grads(in.size()), twice);
-            const std::vector<Tensor> b = run_mlp(false, in, DType::f32, all_grads(in.size()), twice);
-            REQUIRE(a.size() == b.size());
-            for (std::size_t i = 0; i < a.size(); ++i) {
-                INFO("output " << i << (twice ? ", accumulated" : "") << ", biases shifted by " << shift);
-                CHECK(kern::max_abs_diff(a[i], b[i]) == 0.0);
+    for (int threads : {1, 2}) {
+        set_num_threads(threads);
+        for (double shift : {0.0, -0.6, 5.0}) {
+            std::vector<Tensor> in = base;
+            in[4] = kern::add_scalar(in[4], shift);
+            for (bool twice : {false, true}) {
+                const std::vector<Tensor> a = run_mlp(true, in, DType::f32, all_grads(in.size()), twice);
+                const std::vector<Tensor> b = run_mlp(false, in, DType::f32, all_grads(in.size()), twice);
+                REQUIRE(a.size() == b.size());
+                for (std::size_t i = 0; i < a.size(); ++i) {
+                    INFO(threads << " threads, output " << i << (twice ? ", accumulated" : "")
+                                 << ", biases shifted by " << shift);
+                    CHECK(kern::max_abs_diff(a[i], b[i]) == 0.0);
+                }
             }
         }
     }
+    set_num_threads(0);
 }
 
 TEST_CASE("mlp_stack matches the chain of linear ops on any widths", "[ops][linear]") {
