@@ -60,9 +60,10 @@ void gather_rows(const Tensor& src, const std::int64_t* idx, std::int64_t n, Ten
 }
 
 double grad_norm(const std::vector<Var>& params) {
-    // Each tensor's sum of squares on a thread of its own, homed like the optimizer's chunks
-    // (parallel_for_parts) so that a gradient is read where the update will read it; the sums
-    // are added in the parameters' order whatever ran where.
+    // Each tensor's sum of squares as one task, homed by its middle element's place among all
+    // gradients, as parallel_for_parts homes the optimizer's chunks: a tensor of one chunk (all
+    // of W1's) is read on the thread whose update will read it. The sums are added in the
+    // parameters' order whatever ran where.
     std::vector<double> sq(params.size(), 0.0);
     std::vector<int> home(params.size(), -1);
     std::int64_t total = 0, before = 0;
