@@ -144,30 +144,27 @@ FlowResult coupling_update(const Var& x, const Var& h, const std::shared_ptr<con
     if (!plan->additive && grad_enabled() && (x.requires_grad() || h.requires_grad()))
         sv = Tensor::empty({B, plan->ct, plan->P}, xv.dtype());
     const std::int64_t per_sample = plan->C * plan->P;
-    // The forward's work per sample in element-wise units: each transformed element costs an
-    // exponential, a division and a logarithm, several simple operations' worth, so a Glow-sized
-    // batch (64 x 4 x 196) is split across the threads rather than run on one. The backward
-    // rules read the stored sigmoid, but each element still reads five tensors and writes two,
-    // with a division or a few products: counted the same, a Glow batch's backward splits too
-    // (at one unit per element, one thread took W3's couplings alone, 1.0 ms a step against
-    // 0.65 split).
-    const std::int64_t forward_per_sample = 4 * per_sample;
-    const std::int64_t backward_per_sample = 4 * per_sample;
+    // The work per sample in element-wise units, forward and backward alike: a transformed
+    // element costs an exponential, a division and a logarithm forward, and backward (from the
+    // stored sigmoid) reads five tensors and writes two, so a Glow-sized batch (64 x 4 x 196) is
+    // split across the threads rather than run on one. (At one unit per element the backward
+    // ran on one thread: W3's couplings 1.0 ms a step against 0.65 split.)
+    const std::int64_t work_per_sample = 4 * per_sample;
     dispatch(xv.dtype(), [&](auto tag) {
         using T = decltype(tag);
         T* sp = sv.defined() ? sv.data<T>() : nullptr;
-        parallel_samples(B, forward_per_sample, [&](std::int64_t n0, std::int64_t n1) {
+        parallel_samples(B, work_per_sample, [&](std::int64_t n0, std::int64_t n1) {
             update_fwd<T>(xv.data<T>(), hv.data<T>(), out.data<T>(), ld.data<T>(), sp, n0, n1, *plan, inverse);
         });
     });
     Var out_v = make_op(inverse ? "conv_coupling_inverse" : "conv_coupling_forward", std::move(out), {x, h},
-                        [hv, sv, plan, inverse, backward_per_sample](const Tensor& gy, const Tensor& y, GradSink& g) {
+                        [hv, sv, plan, inverse, work_per_sample](const Tensor& gy, const Tensor& y, GradSink& g) {
                             if (!g.needs(0) && !g.needs(1)) return;
                             dispatch(y.dtype(), [&](auto tag) {
                                 using T = decltype(tag);
                                 T* gx = g.needs(0) ? g.buffer(0).template data<T>() : nullptr;
                                 T* gh = g.needs(1) ? g.buffer(1).template data<T>() : nullptr;
-                                parallel_samples(y.size(0), backward_per_sample, [&](std::int64_t n0, std::int64_t n1) {
+                                parallel_samples(y.size(0), work_per_sample, [&](std::int64_t n0, std::int64_t n1) {
                                     update_bwd<T>(gy.data<T>(), nullptr, y.data<T>(), hv.data<T>(),
                                                   sv.defined() ? sv.data<T>() : nullptr, gx, gh, n0, n1, *plan,
                                                   inverse);
