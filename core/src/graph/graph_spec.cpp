@@ -4,6 +4,7 @@
 // ("layers.3", "layers.3.rest.0"), so checkpoints of list configs load into the graph form.
 #include "graph/graph_spec.hpp"
 
+#include <limits>
 #include <set>
 
 #include "flowlab/errors.hpp"
@@ -97,12 +98,16 @@ private:
         const std::vector<Params> body = item.get_object_list("layers");
         const std::size_t before = spec_.nodes.size();
         expand(body, 0, true, prefix, index, tensor);
-        const auto per_rep = static_cast<double>(spec_.nodes.size() - before);
-        if (per_rep * static_cast<double>(n) > static_cast<double>(kMaxLayers))
-            throw ConfigError(item.where("repeat") + ": repeat " + std::to_string(n) + " makes " +
-                              std::to_string(static_cast<long long>(per_rep * static_cast<double>(n))) +
+        const auto per_rep = static_cast<std::int64_t>(spec_.nodes.size() - before);
+        if (per_rep > 0 && n > kMaxLayers / per_rep) {
+            // n per_rep can pass 64 bits (repeat counts up to 9.2e18 parse): named, not computed.
+            const std::string total = n > std::numeric_limits<std::int64_t>::max() / per_rep
+                                          ? "more than " + std::to_string(std::numeric_limits<std::int64_t>::max())
+                                          : std::to_string(n * per_rep);
+            throw ConfigError(item.where("repeat") + ": repeat " + std::to_string(n) + " makes " + total +
                               " layers, more than the limit of " + std::to_string(kMaxLayers) +
                               "; a deep flow has hundreds");
+        }
         if (n > 1 && per_rep > 0) {
             // The builder checks what all repetitions would cost once it has built the first.
             const std::size_t second = spec_.nodes.size();

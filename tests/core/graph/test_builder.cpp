@@ -45,6 +45,13 @@ TEST_CASE("a repeat count past the layer limit is a config error at the block, a
         "conditioner": {"type": "mlp", "hidden": [4]}}, {"type": "reverse"}]}]})", "m.json");
     CHECK(error_of<ConfigError>([&] { build_flow(typo, {4}, {}, standard_and_image_registry(), rng); })
               .rfind("m.json:/layers/0/repeat: repeat 20478 makes 40956 layers, more than the limit of 10000", 0) == 0);
+    // A count whose product with the block's size passes 64 bits (found by fuzz_graph: the
+    // message's layer count overflowed) is the same error.
+    Params huge = Params::parse(R"({"layers": [{"repeat": 8888888888888888885, "layers": [{"type": "x",
+        "conditioner": {"type": "mlp", "hidden": [4]}}, {"type": "reverse"}]}]})", "m.json");
+    CHECK(error_of<ConfigError>([&] { build_flow(huge, {4}, {}, standard_and_image_registry(), rng); })
+              .rfind("m.json:/layers/0/repeat: repeat 8888888888888888885 makes more than 9223372036854775807 layers, "
+                     "more than the limit of 10000", 0) == 0);
     // 2,500 couplings are one flow module's children: names are checked in constant time, so this
     // builds in linear time (it was quadratic when each name was compared with every other).
     Params deep = Params::parse(R"({"layers": [{"repeat": 2500, "layers": [{"type": "affine_coupling",
