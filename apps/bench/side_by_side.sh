@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Training throughput of flowlab against a PyTorch reference of the same workload, measured
 # side by side on one machine: the two alternate, round after round, so that drifts in the
-# machine's speed hit both alike. Prints each run's JSON line, then the ratio of the medians
-# and both systems' median peak resident memory.
+# machine's speed hit both alike. Prints each run's JSON line, then the ratio of the medians,
+# each round's ratio (round_ratios, and their median: the spread says how far to trust a
+# figure) and both systems' median peak resident memory.
 #
 #   [THREADS=1|2] [BUSY=1] [REPLICAS=N] apps/bench/side_by_side.sh REFERENCE_DIR w1|w2|w3 [ROUNDS]
 #
@@ -80,8 +81,14 @@ def med(f, key="samples_per_s"):
     return (statistics.median(vals) if vals else float("nan")), vals
 f, fv = med("flowlab.jsonl")
 t, tv = med("torch.jsonl")
+def per_round(a, b):
+    # Each round's ratio (its two runs ran minutes apart at most) and their range: on a shared
+    # machine one run can move by 10-15 %, which a ratio of medians alone does not show.
+    r = [round(x / y, 3) for x, y in zip(a, b)]
+    return r, (round(statistics.median(r), 2) if r else float("nan"))
+rr, rm = per_round(fv, tv)
 summary = {"flowlab_samples_per_s": round(f, 1), "torch_samples_per_s": round(t, 1), "ratio": round(f / t, 2),
-           "flowlab_runs": fv, "torch_runs": tv,
+           "round_ratios": rr, "round_ratio_median": rm, "flowlab_runs": fv, "torch_runs": tv,
            "flowlab_core_round_trip_ns": [r.get("core_round_trip_ns", []) for r in rows("flowlab.jsonl")],
            "flowlab_peak_rss_mb": med("flowlab.jsonl", "peak_rss_mb")[0],
            "torch_peak_rss_mb": med("torch.jsonl", "peak_rss_mb")[0]}
@@ -89,6 +96,8 @@ if sys.argv[2] == "1":
     f1, f1v = med("flowlab1.jsonl")
     summary.update({"busy": True, "flowlab_1_thread_samples_per_s": round(f1, 1), "flowlab_1_thread_runs": f1v,
                     "threads_vs_1_thread": round(f / f1, 2)})
+    br, bm = per_round(fv, f1v)
+    summary.update({"threads_vs_1_thread_rounds": br, "threads_vs_1_thread_round_median": bm})
 if int(sys.argv[3]) > 1:
     fr, frv = med("flowlab_replicas.jsonl")
     summary.update({"replicas": int(sys.argv[3]), "flowlab_replicas_samples_per_s": round(fr, 1),
