@@ -102,6 +102,7 @@ if int(sys.argv[3]) > 1:
     fr, frv = med("flowlab_replicas.jsonl")
     summary.update({"replicas": int(sys.argv[3]), "flowlab_replicas_samples_per_s": round(fr, 1),
                     "flowlab_replicas_runs": frv, "replicas_ratio": round(fr / t, 2),
+                    "flowlab_replicas_core_round_trip_ns": [r.get("core_round_trip_ns", []) for r in rows("flowlab_replicas.jsonl")],
                     "replicas_vs_threads": round(fr / f, 2),
                     "flowlab_replicas_peak_rss_mb": med("flowlab_replicas.jsonl", "peak_rss_mb")[0]})
 print(json.dumps(summary))

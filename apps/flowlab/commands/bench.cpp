@@ -138,14 +138,15 @@ int run(const Args& a) {
     if (a.positional().size() != 1) throw UsageError("bench takes one CONFIG");
     Session s = Session::from_config(a.positional()[0], session_options(a));
     const int replicas = replicas_of(s.config(), false);
-    // At each window's edge: the time the previous window ended, the cores' round trip (not
-    // with replicas, whose threads hold the CPUs), the time the next one starts.
+    // At each window's edge: the time the previous window ended, the cores' round trip, the
+    // time the next one starts. With replicas, the others finish the step they are in and then
+    // wait for this one at the gradients' sum, asleep: a few of the probe's 50 ms at most.
     using Clock = std::chrono::steady_clock;
     std::vector<Clock::time_point> ends, starts;
     std::vector<double> round_trips;
     auto edge = [&] {
         ends.push_back(Clock::now());
-        if (replicas == 1) round_trips.push_back(core_round_trip_ns());
+        round_trips.push_back(core_round_trip_ns());
         starts.push_back(Clock::now());
     };
     TrainOptions opt;
