@@ -36,14 +36,25 @@ void parallel_tasks(std::int64_t n, const std::function<void(std::int64_t)>& fn)
 
 // Like parallel_tasks, but task i with home[i] >= 0 runs, when the threads allow, on the pool
 // thread whose slot is home[i] % num_threads() (slot 0 is the calling thread): every thread first
-// takes the tasks homed on it, then the unhomed ones, and only then another thread's - so a
-// thread that is not running holds nobody up. Work split the same way at every step (the rows of
+// takes the tasks homed on it, then the unhomed ones, and only then another thread's - at once
+// when that thread has not joined the section, else once it has taken nothing for twice this
+// thread's longest task (at least 20 us) - so a thread that is not running holds nobody up for
+// long, and one a little behind keeps its rows. Work split the same way at every step (the rows of
 // a batch, say) then stays in the cache of the core that wrote it, which is what two cores that
 // do not share a last-level cache need. Which thread ran a task never changes its result.
 // Example: two passes over the halves of a batch, each half on the same thread both times:
 //     parallel_tasks_homed({0, 1}, [&](std::int64_t h) { forward(h); });
 //     parallel_tasks_homed({0, 1}, [&](std::int64_t h) { backward(h); });
 void parallel_tasks_homed(const std::vector<int>& home, const std::function<void(std::int64_t)>& fn);
+
+// Like parallel_tasks_homed, with an order between some tasks: task i starts only after task
+// after[i] has finished (after[i] < i, or -1 for none; std::invalid_argument otherwise). A
+// thread whose own tasks all wait runs others' that are ready, so the section finishes on any
+// number of running threads. For a sum continued block by block, each block on the thread
+// that holds its rows:
+//     parallel_tasks_homed({0, 1}, {-1, 0}, [&](std::int64_t q) { continue_sum(q); });
+void parallel_tasks_homed(const std::vector<int>& home, const std::vector<std::int64_t>& after,
+                          const std::function<void(std::int64_t)>& fn);
 
 // Sets the pool's size, and the threads in use, to n (0 = all cores).
 void set_num_threads(int n);

@@ -4,8 +4,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 #include <thread>
 
 #include <tbb/blocked_range.h>
@@ -125,40 +128,120 @@ void parallel_tasks(std::int64_t n, const std::function<void(std::int64_t)>& fn)
                       tbb::simple_partitioner());
 }
 
-void parallel_tasks_homed(const std::vector<int>& home, const std::function<void(std::int64_t)>& fn) {
+namespace {
+std::int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+// parallel_tasks_homed's sections; `after` may be null (no order between the tasks).
+void run_homed(const std::vector<int>& home, const std::int64_t* after, const std::function<void(std::int64_t)>& fn) {
     const auto n = static_cast<std::int64_t>(home.size());
     const int threads = num_threads();
     if (n <= 0) return;
-    if (n == 1 || threads == 1) {
+    if (n == 1 || threads == 1) {  // in index order, which every order allows
         for (std::int64_t i = 0; i < n; ++i) fn(i);
         return;
     }
-    // One claim flag per task; each of `threads` sweeps claims what it can, in the order: its
-    // own tasks, the unhomed, the others' (the sweep that runs on a thread that arrives late
-    // finds its own tasks already taken).
-    std::unique_ptr<std::atomic<bool>[]> claimed(new std::atomic<bool>[static_cast<std::size_t>(n)]);
-    for (std::int64_t i = 0; i < n; ++i) claimed[static_cast<std::size_t>(i)].store(false, std::memory_order_relaxed);
-    auto claim = [&](std::int64_t i) {
-        auto& c = claimed[static_cast<std::size_t>(i)];
-        if (!c.load(std::memory_order_relaxed) && !c.exchange(true, std::memory_order_acq_rel)) fn(i);
+    const auto N = static_cast<std::size_t>(n), T = static_cast<std::size_t>(threads);
+    std::unique_ptr<std::atomic<bool>[]> claimed(new std::atomic<bool>[N]), done(new std::atomic<bool>[N]);
+    for (std::size_t i = 0; i < N; ++i) {
+        claimed[i].store(false, std::memory_order_relaxed);
+        done[i].store(false, std::memory_order_relaxed);
+    }
+    // Per home slot: whether its thread has joined the section, and when it last took a task.
+    std::unique_ptr<std::atomic<bool>[]> joined(new std::atomic<bool>[T]);
+    std::unique_ptr<std::atomic<std::int64_t>[]> last_take(new std::atomic<std::int64_t>[T]);
+    for (std::size_t t = 0; t < T; ++t) {
+        joined[t].store(false, std::memory_order_relaxed);
+        last_take[t].store(0, std::memory_order_relaxed);
+    }
+    std::atomic<std::int64_t> unclaimed{n};
+    std::atomic<bool> failed{false};  // a task threw: its exception ends the section
+    auto owner = [&](std::int64_t i) {
+        const int h = home[static_cast<std::size_t>(i)];
+        return h < 0 ? -1 : h % threads;
     };
     auto sweep = [&] {
         const int slot = std::max(0, tbb::this_task_arena::current_thread_index()) % threads;
-        auto owner = [&](std::int64_t i) {
-            const int h = home[static_cast<std::size_t>(i)];
-            return h < 0 ? -1 : h % threads;
+        const auto S = static_cast<std::size_t>(slot);
+        joined[S].store(true, std::memory_order_relaxed);
+        last_take[S].store(now_ns(), std::memory_order_relaxed);
+        std::int64_t longest = 0;  // this thread's longest task in the section
+        auto claim = [&](std::int64_t i) {
+            const auto I = static_cast<std::size_t>(i);
+            const std::int64_t a = after ? after[I] : -1;
+            if (claimed[I].load(std::memory_order_relaxed) ||
+                (a >= 0 && !done[static_cast<std::size_t>(a)].load(std::memory_order_acquire)))
+                return false;
+            if (claimed[I].exchange(true, std::memory_order_acq_rel)) return false;
+            unclaimed.fetch_sub(1, std::memory_order_relaxed);
+            const std::int64_t t0 = now_ns();
+            last_take[S].store(t0, std::memory_order_relaxed);
+            try {
+                if (after)
+                    // A task waited for must not wait itself: isolated, a thread inside it cannot
+                    // pick up this section's other sweeps (one of which might wait for it).
+                    tbb::this_task_arena::isolate([&] { fn(i); });
+                else
+                    fn(i);
+            } catch (...) {
+                failed.store(true, std::memory_order_relaxed);  // the others stop waiting
+                throw;
+            }
+            done[I].store(true, std::memory_order_release);
+            longest = std::max(longest, now_ns() - t0);
+            return true;
         };
-        for (std::int64_t i = 0; i < n; ++i)
-            if (owner(i) == slot) claim(i);
-        for (std::int64_t i = 0; i < n; ++i)
-            if (owner(i) < 0) claim(i);
-        for (std::int64_t i = 0; i < n; ++i) claim(i);
+        // Another slot's task is taken only when its thread has not joined, or has taken
+        // nothing for twice the time this thread's longest task took (it is most likely not
+        // running): its rows are in that thread's cache, and on two cores that share no
+        // cache a thread that writes the other's rows costs both more than a short wait.
+        auto may_take = [&](std::int64_t i) {
+            const int o = owner(i);
+            if (o < 0 || o == slot || !joined[static_cast<std::size_t>(o)].load(std::memory_order_relaxed)) return true;
+            const std::int64_t patience = std::max<std::int64_t>(20000, 2 * longest);
+            return now_ns() - last_take[static_cast<std::size_t>(o)].load(std::memory_order_relaxed) > patience;
+        };
+        for (int idle = 0; unclaimed.load(std::memory_order_relaxed) > 0 && !failed.load(std::memory_order_relaxed);) {
+            bool took = false;
+            for (std::int64_t i = 0; i < n; ++i)
+                if (owner(i) == slot) took = claim(i) || took;
+            for (std::int64_t i = 0; i < n; ++i)
+                if (owner(i) < 0) took = claim(i) || took;
+            if (!took)
+                for (std::int64_t i = 0; i < n && !took; ++i)
+                    if (!claimed[static_cast<std::size_t>(i)].load(std::memory_order_relaxed) && may_take(i))
+                        took = claim(i);
+            if (took)
+                idle = 0;
+            else if (++idle > 64)
+                std::this_thread::yield();
+        }
     };
     tbb::parallel_for(tbb::blocked_range<int>(0, threads, 1),
                       [&](const tbb::blocked_range<int>& r) {
                           for (int t = r.begin(); t < r.end(); ++t) sweep();
                       },
                       tbb::simple_partitioner());
+}
+}  // namespace
+
+void parallel_tasks_homed(const std::vector<int>& home, const std::function<void(std::int64_t)>& fn) {
+    run_homed(home, nullptr, fn);
+}
+
+void parallel_tasks_homed(const std::vector<int>& home, const std::vector<std::int64_t>& after,
+                          const std::function<void(std::int64_t)>& fn) {
+    const auto n = static_cast<std::int64_t>(home.size());
+    if (static_cast<std::int64_t>(after.size()) != n)
+        throw std::invalid_argument("parallel_tasks_homed: " + std::to_string(after.size()) + " orders for " +
+                                    std::to_string(n) + " tasks");
+    for (std::int64_t i = 0; i < n; ++i)
+        if (after[static_cast<std::size_t>(i)] >= i)
+            throw std::invalid_argument("parallel_tasks_homed: task " + std::to_string(i) + " after task " +
+                                        std::to_string(after[static_cast<std::size_t>(i)]) + ", not an earlier one");
+    run_homed(home, after.data(), fn);
 }
 
 void parallel_samples(std::int64_t n, std::int64_t work_per_sample,

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <memory>
+#include <stdexcept>
 #include <vector>
 
 #include "flowlab/parallel.hpp"
@@ -47,6 +48,69 @@ TEST_CASE("parallel_tasks_homed runs every task once, on any homes and thread co
                 CHECK(run_counts(cases[c]) == std::vector<int>(cases[c].size(), 1));
         }
     }
+    set_num_threads(0);
+}
+
+TEST_CASE("parallel_tasks_homed with an order starts each task after its predecessor", "[parallel]") {
+    // Chains across the homes (a sum continued block by block on alternate threads), tasks
+    // without an order between them, a chain homed all on one thread, a long chain.
+    struct Case {
+        std::vector<int> home;
+        std::vector<std::int64_t> after;
+    };
+    std::vector<Case> cases = {
+        {{0, 0, 1, 1, 0, 1}, {-1, -1, 0, 1, 2, 3}},
+        {{-1, 1, 0, 1, 2}, {-1, 0, -1, 2, 1}},
+        {{1, 1, 1, 1}, {-1, 0, 1, 2}},
+    };
+    Case longest;
+    for (int i = 0; i < 64; ++i) {
+        longest.home.push_back(i % 3);
+        longest.after.push_back(i - 1);
+    }
+    cases.push_back(longest);
+    for (int threads : {1, 2, 3}) {
+        set_num_threads(threads);
+        for (std::size_t c = 0; c < cases.size(); ++c) {
+            const Case& k = cases[c];
+            for (int repeat = 0; repeat < 20; ++repeat) {
+                std::atomic<int> clock{0};
+                std::unique_ptr<std::atomic<int>[]> begin(new std::atomic<int>[k.home.size()]);
+                std::unique_ptr<std::atomic<int>[]> end(new std::atomic<int>[k.home.size()]);
+                std::unique_ptr<std::atomic<int>[]> runs(new std::atomic<int>[k.home.size()]);
+                for (std::size_t i = 0; i < k.home.size(); ++i) runs[i].store(0);
+                parallel_tasks_homed(k.home, k.after, [&](std::int64_t i) {
+                    begin[static_cast<std::size_t>(i)].store(clock.fetch_add(1));
+                    volatile double x = 0.0;
+                    for (std::int64_t j = 0; j < 1000 * (i % 5 + 1); ++j) x = x + 1.0;
+                    runs[static_cast<std::size_t>(i)].fetch_add(1);
+                    end[static_cast<std::size_t>(i)].store(clock.fetch_add(1));
+                });
+                INFO(threads << " threads, case " << c);
+                for (std::size_t i = 0; i < k.home.size(); ++i) {
+                    INFO("task " << i);
+                    CHECK(runs[i].load() == 1);
+                    if (k.after[i] >= 0) CHECK(end[static_cast<std::size_t>(k.after[i])].load() < begin[i].load());
+                }
+            }
+        }
+    }
+    // A task that throws ends the section with its exception, also for the tasks that wait for
+    // it (which then never run).
+    for (int threads : {1, 2}) {
+        set_num_threads(threads);
+        std::atomic<int> later{0};
+        CHECK_THROWS_AS(parallel_tasks_homed({0, 1, 1, 0}, {-1, 0, 1, 2},
+                                             [&](std::int64_t i) {
+                                                 if (i == 1) throw std::runtime_error("task 1");
+                                                 if (i > 1) later.fetch_add(1);
+                                             }),
+                        std::runtime_error);
+        CHECK(later.load() == 0);
+    }
+    set_num_threads(2);
+    CHECK_THROWS_AS(parallel_tasks_homed({0, 1}, {-1, 1}, [](std::int64_t) {}), std::invalid_argument);
+    CHECK_THROWS_AS(parallel_tasks_homed({0, 1}, {-1}, [](std::int64_t) {}), std::invalid_argument);
     set_num_threads(0);
 }
 
