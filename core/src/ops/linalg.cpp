@@ -260,6 +260,33 @@ void skinny_rows(const float* pa, bool ta, const float* pb, bool tb, float* pc, 
 namespace detail {
 bool gemm_is_skinny(std::int64_t m, std::int64_t n, std::int64_t k) { return is_skinny(m, n, k); }
 
+std::int64_t skinny_grad_state_size(std::int64_t m, std::int64_t n) {
+    return backend::avx512::available() ? m * n : 0;
+}
+
+bool skinny_grad_block(const float* a, const float* g, std::int64_t m, std::int64_t n, std::int64_t k0,
+                       std::int64_t k1, bool first, bool last, float* state, float* c) {
+    // skinny_rows' fast paths for A transposed, alpha 1, beta 0, whose sums are FMA chains over
+    // k started from zero: a block continues them from the state with beta 1.
+    if (!backend::avx512::available()) return false;
+    const std::int64_t rows = k1 - k0;
+    const float beta = first ? 0.0f : 1.0f;
+    if (!(n <= kSkinny && n < m)) {
+        // Axpy form: C's rows are the running sums themselves.
+        backend::avx512::axpy_rows(m, n, rows, a + k0 * m, true, g + k0 * n, state, beta, nullptr, false, nullptr);
+        if (last && c != state) std::copy(state, state + m * n, c);
+        return true;
+    }
+    // Transposed dot form: C^T [n, m] = G^T A as axpy sums, G's block transposed into rows.
+    thread_local std::vector<float> gt;
+    materialize(g + k0 * n, true, n, rows, gt);
+    backend::avx512::axpy_rows(n, m, rows, gt.data(), false, a + k0 * m, state, beta, nullptr, false, nullptr);
+    if (last)
+        for (std::int64_t i = 0; i < m; ++i)
+            for (std::int64_t j = 0; j < n; ++j) c[i * n + j] = state[j * m + i];
+    return true;
+}
+
 void gemm_rows(const float* a, const float* b, bool tb, float* c, std::int64_t m, std::int64_t n, std::int64_t k,
                std::int64_t r0, std::int64_t r1, const float* bias, bool relu, const float* gate, bool sparse_a) {
     if (r1 <= r0 || n == 0) return;

@@ -192,6 +192,7 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
             std::size_t layer;
             std::int64_t tile;   // the weight gradient's tile, or -1 for the bias gradient
             std::int64_t block;  // the chain block of a partial sum, or -1
+            int continued = 0;   // a block of a continued sum: 1 the bias's, 2 the weight's
         };
         std::vector<Task> tasks;
         std::vector<int> task_home;
@@ -203,6 +204,13 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
         // On one thread the whole products are faster (about 2 % of the backward pass: twice the
         // calls, each on half the operands); the bits are the same either way.
         const std::int64_t chain_blocks = chain > 0 && num_threads() > 1 ? (B + chain - 1) / chain : 0;
+        // The sums that run in one chain over the whole batch - the bias gradients and the skinny
+        // layers' weight gradients - continued block by block, each block on its rows' thread,
+        // instead of read whole by one thread, half of them from the other core's cache. The
+        // same sums in the same order, so the same bits.
+        const bool continue_sums = chain_blocks >= 2;
+        std::vector<Task> continued;
+        std::vector<std::vector<float>> state(L);
         constexpr std::int64_t kColumns = 32;
         auto block_gemm = [&](std::size_t l, std::int64_t q) {
             const std::int64_t k0 = q * chain;
@@ -242,7 +250,11 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
                         if (!by_blocks && column_chain[l] > 0) count = (out + kColumns - 1) / kColumns;
                     }
                 }
-                if (by_blocks) {
+                if (continue_sums && beta[l] == 0.0f && detail::gemm_is_skinny(in, out, B) &&
+                    detail::skinny_grad_state_size(in, out) > 0) {
+                    state[l].resize(static_cast<std::size_t>(detail::skinny_grad_state_size(in, out)));
+                    continued.push_back({l, 0, -1, 2});
+                } else if (by_blocks) {
                     for (std::int64_t q = 0; q < chain_blocks; ++q) {
                         if (q > 0) partial[l].push_back(Tensor::empty({in, out}, DType::f32));
                         tasks.push_back({l, 0, q});
@@ -256,17 +268,65 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
                 }
             }
             if (sink.needs(2 + 2 * l)) {
-                tasks.push_back({l, -1, -1});
-                task_home.push_back(-1);
+                if (continue_sums && width[l + 1] >= 2) {
+                    db[l] = Tensor::empty({width[l + 1]}, DType::f32);
+                    continued.push_back({l, -1, -1, 1});
+                } else {
+                    tasks.push_back({l, -1, -1});
+                    task_home.push_back(-1);
+                }
             }
+        }
+        // The continued sums' blocks: the first blocks ahead of everything (cheap, and what the
+        // other threads' blocks wait for), the later ones after the products, each after the
+        // same sum's previous block.
+        std::vector<std::int64_t> after(tasks.size(), -1);
+        if (!continued.empty()) {
+            std::vector<Task> all;
+            std::vector<int> all_home;
+            std::vector<std::int64_t> all_after;
+            for (Task t : continued) {
+                t.block = 0;
+                all.push_back(t);
+                all_home.push_back(0);
+                all_after.push_back(-1);
+            }
+            for (std::size_t i = 0; i < tasks.size(); ++i) {
+                all.push_back(tasks[i]);
+                all_home.push_back(task_home[i]);
+                all_after.push_back(-1);
+            }
+            for (std::int64_t q = 1; q < chain_blocks; ++q)
+                for (std::size_t c = 0; c < continued.size(); ++c) {
+                    Task t = continued[c];
+                    t.block = q;
+                    all_after.push_back(q == 1 ? static_cast<std::int64_t>(c)
+                                               : static_cast<std::int64_t>(all.size()) -
+                                                     static_cast<std::int64_t>(continued.size()));
+                    all.push_back(t);
+                    all_home.push_back(static_cast<int>(q));
+                }
+            tasks = std::move(all);
+            task_home = std::move(all_home);
+            after = std::move(all_after);
         }
         std::unique_ptr<std::atomic<std::int64_t>[]> blocks_done(new std::atomic<std::int64_t>[L]);
         for (std::size_t l = 0; l < L; ++l) blocks_done[l].store(0, std::memory_order_relaxed);
-        parallel_tasks_homed(task_home, [&](std::int64_t i) {
+        parallel_tasks_homed(task_home, after, [&](std::int64_t i) {
             const Task& t = tasks[static_cast<std::size_t>(i)];
             const std::size_t l = t.layer;
             const std::int64_t in = width[l], out = width[l + 1];
-            if (t.block >= 0) {
+            if (t.continued > 0) {
+                // Block q of a sum over the batch, on the thread that holds its rows, carrying on
+                // the running sums of blocks 0..q-1.
+                const std::int64_t k0 = t.block * chain, k1 = std::min(B, k0 + chain);
+                const bool first = t.block == 0, last = k1 == B;
+                if (t.continued == 1)
+                    detail::column_sum_block(grads[l].f32(), out, k0, k1, first, db[l].f32());
+                else
+                    detail::skinny_grad_block(acts[l].f32(), grads[l].f32(), in, out, k0, k1, first, last,
+                                              state[l].data(), dw[l].f32());
+            } else if (t.block >= 0) {
                 const std::int64_t q = t.block, k0 = q * chain;
                 const backend::Gemm g = block_gemm(l, q);
                 float* c = q == 0 ? dw[l].f32() : partial[l][static_cast<std::size_t>(q - 1)].f32();

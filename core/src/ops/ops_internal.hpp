@@ -279,6 +279,21 @@ void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool t
 // rather than on oneDNN.
 bool gemm_is_skinny(std::int64_t m, std::int64_t n, std::int64_t k);
 
+// One block of rows [k0, k1) of a skinny weight gradient C = A^T G (A [k, m], G [k, n], f32,
+// row-major; gemm_is_skinny(m, n, k)), continuing the sums of the blocks before it: blocks run
+// in order over [0, k) give gemm_impl(A, true, G, false, C, 1, 0)'s bits, so each block can
+// run on the thread that holds its rows. `state` carries the running sums from block to block
+// (skinny_grad_state_size floats, 0 when this machine's kernels cannot continue a sum: the
+// caller then runs the whole product, and this returns false); the last block writes C.
+std::int64_t skinny_grad_state_size(std::int64_t m, std::int64_t n);
+bool skinny_grad_block(const float* a, const float* g, std::int64_t m, std::int64_t n, std::int64_t k0,
+                       std::int64_t k1, bool first, bool last, float* state, float* c);
+
+// Rows [r0, r1) of sum(a, 0)'s running column sums over a [rows, cols] f32 (cols >= 2),
+// continuing out's (first: starting from row r0): blocks run in order over all rows give
+// sum(a, 0)'s bits.
+void column_sum_block(const float* a, std::int64_t cols, std::int64_t r0, std::int64_t r1, bool first, float* out);
+
 // Rows r0..r1 of the f32 product C = A op(B) (+ bias) (ReLU when `relu`), A [m, k] and C [m, n]
 // row-major, on the calling thread; with `gate` (a tensor of C's shape) then gate > 0 ? C : 0,
 // a ReLU's backward pass. The same bits as gemm_impl gives those rows when they are one of its

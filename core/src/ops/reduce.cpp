@@ -2,6 +2,7 @@
 // (sum_to, the backward of every broadcast).
 #include "flowlab/ops/reduce.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -131,6 +132,29 @@ double sum_in_double(const Tensor& a, const char* what, F f) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------- kern
+
+namespace detail {
+void column_sum_block(const float* a, std::int64_t cols, std::int64_t r0, std::int64_t r1, bool first, float* out) {
+    // sum_mid's additions for inner = cols, outer = 1, in its order: each column's running sum
+    // over the rows, the first row copied rather than added to zero.
+    constexpr std::int64_t kStrip = 128;
+    for (std::int64_t i0 = 0; i0 < cols; i0 += kStrip) {
+        const std::int64_t w = std::min(kStrip, cols - i0);
+        float acc[kStrip];
+        std::int64_t k = r0;
+        const float* start = first ? a + (k++) * cols + i0 : out + i0;
+#pragma omp simd
+        for (std::int64_t i = 0; i < w; ++i) acc[i] = start[i];
+        for (; k < r1; ++k) {
+            const float* r = a + k * cols + i0;
+#pragma omp simd
+            for (std::int64_t i = 0; i < w; ++i) acc[i] += r[i];
+        }
+#pragma omp simd
+        for (std::int64_t i = 0; i < w; ++i) out[i0 + i] = acc[i];
+    }
+}
+}  // namespace detail
 
 namespace kern {
 

@@ -257,6 +257,29 @@ TEST_CASE("mlp_stack gives the chain's bits when its blocks are the GEMM's tiles
     set_num_threads(0);
 }
 
+TEST_CASE("mlp_stack continues its batch sums block by block with the chain's bits", "[ops][linear]") {
+    // On 2 threads the bias gradients and the narrow layers' weight gradients (1 -> 128 in the
+    // axpy form, 128 -> 3 in the transposed dot form) are summed one chain block at a time,
+    // each block on its rows' thread, carrying the previous blocks' running sums: over 640
+    // rows, three chain blocks of 256 (the last one short), on 2 threads two of them homed on
+    // the same thread.
+    const std::vector<Tensor> in = mlp_inputs(640, {1, 128, 128, 3}, 930);
+    for (int threads : {2, 3}) {
+        set_num_threads(threads);
+        const std::vector<Tensor> a = run_mlp(true, in, DType::f32, all_grads(in.size()));
+        set_num_threads(1);
+        const std::vector<Tensor> one = run_mlp(true, in, DType::f32, all_grads(in.size()));
+        const std::vector<Tensor> b = run_mlp(false, in, DType::f32, all_grads(in.size()));
+        REQUIRE(a.size() == b.size());
+        for (std::size_t i = 0; i < a.size(); ++i) {
+            INFO(threads << " threads, output " << i);
+            CHECK(kern::max_abs_diff(a[i], b[i]) == 0.0);
+            CHECK(kern::max_abs_diff(one[i], b[i]) == 0.0);
+        }
+    }
+    set_num_threads(0);
+}
+
 TEST_CASE("mlp_stack matches the chain of linear ops on any widths", "[ops][linear]") {
     struct Case {
         std::int64_t rows;
