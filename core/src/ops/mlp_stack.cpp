@@ -162,12 +162,24 @@ Var mlp_stack(const Var& x, const std::vector<Var>& w, const std::vector<Var>& b
         // The gradients below the top layer were gated by a ReLU, half zeros: their products with
         // the weights may skip them, given the weights transposed (row k of W^T is what a
         // nonzero in column k multiplies).
-        std::vector<Tensor> wt(L);
+        // Each thread transposes them for itself, at its first block: made once by the calling
+        // thread, they were read by the other threads from its cache (64 KB a layer).
+        std::vector<bool> transposed(L, false);
         if (backend::own_gemm())
             for (std::size_t l = lo + 1; l + 1 < L; ++l)
-                if (!detail::gemm_is_skinny(B, width[l], width[l + 1])) wt[l] = detail::transpose_kernel(w[l].value());
+                transposed[l] = !detail::gemm_is_skinny(B, width[l], width[l + 1]);
+        static std::atomic<std::uint64_t> passes{0};
+        const std::uint64_t pass = ++passes;
         const std::vector<int> homes = row_homes(B, R, chain);
         parallel_tasks_homed(homes, [&](std::int64_t k) {
+            thread_local std::uint64_t made_for = 0;
+            thread_local std::vector<Tensor> wt;
+            if (made_for != pass) {
+                wt.assign(L, Tensor());
+                for (std::size_t l = 0; l < L; ++l)
+                    if (transposed[l]) wt[l] = detail::transpose_kernel(w[l].value());
+                made_for = pass;
+            }
             const std::int64_t r0 = k * R, r1 = std::min(B, r0 + R);
             // Gated by the ReLU's output: where it passed its input through (and only there)
             // the input has a gradient.
