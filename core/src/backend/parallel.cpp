@@ -241,7 +241,9 @@ void parallel_tasks_homed(const std::vector<int>& home, const std::vector<std::i
         if (after[static_cast<std::size_t>(i)] >= i)
             throw std::invalid_argument("parallel_tasks_homed: task " + std::to_string(i) + " after task " +
                                         std::to_string(after[static_cast<std::size_t>(i)]) + ", not an earlier one");
-    run_homed(home, after.data(), fn);
+    // Without an order the tasks need no isolation (run_homed).
+    const bool ordered = std::any_of(after.begin(), after.end(), [](std::int64_t a) { return a >= 0; });
+    run_homed(home, ordered ? after.data() : nullptr, fn);
 }
 
 void parallel_samples(std::int64_t n, std::int64_t work_per_sample,

@@ -272,7 +272,7 @@ bool skinny_grad_block(const float* a, const float* g, std::int64_t m, std::int6
     const std::int64_t rows = k1 - k0;
     const float beta = first ? 0.0f : 1.0f;
     if (!(n <= kSkinny && n < m)) {
-        // Axpy form: C's rows are the running sums themselves.
+        // Axpy form: the running sums are C's own entries, kept in the state until the last block.
         backend::avx512::axpy_rows(m, n, rows, a + k0 * m, true, g + k0 * n, state, beta, nullptr, false, nullptr);
         if (last && c != state) std::copy(state, state + m * n, c);
         return true;
